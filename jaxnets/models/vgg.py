@@ -1,0 +1,92 @@
+"""VGG from a config table (pytorch-cifar's `cfg`), with two heads.
+
+`head='cifar'`: Linear 512 -> num_classes, as pytorch-cifar (32x32 inputs).
+`head='imagenet'`: adaptive average pool to 7x7, then
+Linear 25088 -> 4096 -> 4096 -> num_classes with ReLU and Dropout(0.5), as
+torchvision (and the text's classifier).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxnets import layers
+
+# Numbers are conv output channels (3x3, pad 1, + ReLU); "M" is a 2x2 max pool.
+CONFIGS: dict[str, tuple[int | str, ...]] = {
+    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"),
+}
+HEADS = ("cifar", "imagenet")
+
+
+class VGG(nn.Module):
+    """VGG builder.
+
+    Input: `[N, H, W, in_channels]` float32 (NHWC; 32x32 for the CIFAR head).
+    Output: `[N, num_classes]` float32 logits.
+    PyTorch names: `features.{i}` counted over the torch `nn.Sequential`
+    (conv, [bn], relu, ..., maxpool), then `classifier` (CIFAR head) or
+    `classifier.{0,3,6}` (ImageNet head).
+    """
+
+    config: str = "vgg16"
+    batch_norm: bool = False
+    head: str = "cifar"
+    num_classes: int = 10
+    in_channels: int = 3
+    image_size: int = 32
+    dropout_rate: float = 0.5
+    dtype: Any = jnp.float32
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.image_size, self.image_size, self.in_channels)
+
+    @property
+    def torch_flatten(self) -> tuple[str, int] | None:
+        return ("classifier.0", 512) if self.head == "imagenet" else None
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        name = self.config + ("_bn" if self.batch_norm else "")
+        if self.head not in HEADS:
+            raise ValueError(f"{name}: unknown head {self.head!r}; choose one of {HEADS}")
+        # The CIFAR head's Linear(512) only fits a 1x1 map: 32x32 inputs.
+        spatial = self.image_size if self.head == "cifar" else None
+        layers.check_input(x, name, (spatial, spatial, self.in_channels))
+        x = x.astype(self.dtype)
+        index = 0  # position in PyTorch's nn.Sequential, for matching names
+        for item in CONFIGS[self.config]:
+            if item == "M":
+                x = layers.max_pool(x, 2)
+                index += 1
+                continue
+            x = layers.Conv(item, (3, 3), padding=1, dtype=self.dtype, name=f"features.{index}")(x)
+            index += 1
+            if self.batch_norm:
+                x = layers.BatchNorm(use_running_average=not train, dtype=self.dtype, name=f"features.{index}")(x)
+                index += 1
+            x = nn.relu(x)
+            index += 1
+        if self.head == "cifar":
+            x = layers.flatten(x)
+            x = layers.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+        else:
+            x = layers.flatten(layers.adaptive_avg_pool(x, (7, 7)))
+            for i in (0, 3):
+                x = nn.relu(layers.Dense(4096, dtype=self.dtype, name=f"classifier.{i}")(x))
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            x = layers.Dense(self.num_classes, dtype=self.dtype, name="classifier.6")(x)
+        return x.astype(jnp.float32)
+
+
+def vgg(config: str, batch_norm: bool = False):
+    """`VGG` preset for one config of the table (e.g. `vgg('vgg16', True)`)."""
+    return functools.partial(VGG, config=config, batch_norm=batch_norm)

@@ -1,0 +1,34 @@
+"""Shared fixtures. Rank promotion raises, so silent broadcasting bugs fail loudly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+SHARED_DATA = Path(os.environ.get("JAXNETS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture
+def getkey():
+    """`getkey()` returns a fresh PRNG key each call (equinox's pattern)."""
+    key = jax.random.key(0)
+
+    def _next():
+        nonlocal key
+        key, sub = jax.random.split(key)
+        return sub
+
+    return _next
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """`../shared/data` (real MNIST / CIFAR samples); skips the test when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real sample data not found at {SHARED_DATA} (only present on the project's build machines)")
+    return SHARED_DATA

@@ -1,0 +1,137 @@
+"""Shapes, parameter counts, jit == eager and clear errors for every model."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnets import models
+
+# Counts of the same architectures in PyTorch (10 classes); the PyTorch side
+# is recounted in test_interop.py. README's model table lists these.
+EXPECTED_PARAMS = {
+    "mlp": 8_070,
+    "lenet": 106_154,
+    "lenet5": 62_006,
+    "lenet-cifar": 121_182,
+    "resnet18": 11_173_962,
+    "resnet34": 21_282_122,
+    "resnet50": 23_520_842,
+    "vgg11": 9_225_610,
+    "vgg11_bn": 9_231_114,
+    "vgg13": 9_410_122,
+    "vgg13_bn": 9_416_010,
+    "vgg16": 14_719_818,
+    "vgg16_bn": 14_728_266,
+    "vgg19": 20_029_514,
+    "vgg19_bn": 20_040_522,
+}
+
+
+def test_registry_lists_every_model():
+    assert models.available() == list(EXPECTED_PARAMS)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
+def test_parameter_count(name):
+    shapes = jax.eval_shape(lambda: models.init(models.create(name), jax.random.key(0)))
+    assert models.count_params(shapes) == EXPECTED_PARAMS[name]
+
+
+def test_vgg16_imagenet_head_parameter_count():
+    shapes = jax.eval_shape(lambda: models.init(models.create("vgg16", head="imagenet"), jax.random.key(0)))
+    # torchvision vgg16 with a 10-way last layer: 138,357,544 - 4096*990 - 990.
+    assert models.count_params(shapes) == 134_301_514
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
+def test_shapes_and_jit_matches_eager(name, getkey):
+    model = models.create(name)
+    variables = models.init(model, getkey())
+    x = jax.random.normal(getkey(), (3, *model.input_shape))
+    eager = model.apply(variables, x)
+    jitted = jax.jit(model.apply)(variables, x)
+    assert eager.shape == (3, 10) and eager.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-5, rtol=0)
+
+    # Train mode: BatchNorm uses batch statistics and returns new running ones.
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": getkey()})
+    assert logits.shape == (3, 10)
+    has_bn = "batch_stats" in variables
+    assert bool(updates) == has_bn
+    if has_bn:
+        old = jax.tree_util.tree_leaves(variables["batch_stats"])
+        new = jax.tree_util.tree_leaves(updates["batch_stats"])
+        assert any(not np.allclose(a, b) for a, b in zip(old, new)), "running statistics did not move"
+
+
+def test_imagenet_head_dropout_differs_per_key(getkey):
+    model = models.create("vgg11", head="imagenet", num_classes=4)
+    variables = models.init(model, getkey())
+    x = jax.random.normal(getkey(), (2, 32, 32, 3))
+    a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    c = model.apply(variables, x, train=False)
+    d = model.apply(variables, x, train=False)
+    assert a.shape == (2, 4)
+    assert not np.allclose(a, b), "dropout masks must differ between keys"
+    np.testing.assert_array_equal(c, d)  # eval mode is deterministic
+
+
+def test_kwargs_reach_the_model(getkey):
+    model = models.create("resnet18", num_classes=100)
+    assert model.apply(models.init(model, getkey()), jnp.zeros((1, 32, 32, 3))).shape == (1, 100)
+    mlp = models.create("mlp", num_layers=1, hidden_size=10, input_dim=2, output_dim=1)
+    assert mlp.apply(models.init(mlp, getkey()), jnp.zeros((5, 2))).shape == (5, 1)
+    assert models.create("mlp", num_classes=3).output_dim == 3
+    sigmoid = models.create("mlp", num_layers=1, hidden_size=2, input_dim=1, output_dim=1, activation="sigmoid")
+    assert models.count_params(models.init(sigmoid, getkey())) == 7  # the 1-2-1 net of text 002
+
+
+def test_mlp_flattens_images(getkey):
+    model = models.create("mlp")
+    variables = models.init(model, getkey())
+    assert model.apply(variables, jnp.zeros((4, 28, 28, 1))).shape == (4, 10)
+
+
+def test_bfloat16_compute_returns_float32_logits(getkey):
+    model = models.create("lenet5", dtype=jnp.bfloat16)
+    variables = models.init(model, getkey())
+    assert jax.tree_util.tree_leaves(variables)[0].dtype == jnp.float32  # params stay float32
+    assert model.apply(variables, jnp.ones((2, 32, 32, 3))).dtype == jnp.float32
+
+
+def test_unknown_name_lists_available():
+    with pytest.raises(ValueError, match=r"unknown model 'resnet9'.*resnet18.*vgg16_bn"):
+        models.create("resnet9")
+
+
+def test_unknown_kwarg_lists_accepted():
+    with pytest.raises(ValueError, match=r"does not take \['depth'\].*num_classes"):
+        models.create("lenet5", depth=3)
+
+
+def test_unknown_vgg_head():
+    model = models.create("vgg11", head="tiny")
+    with pytest.raises(ValueError, match="unknown head 'tiny'"):
+        models.init(model, jax.random.key(0))
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "message"),
+    [
+        ("lenet", (2, 28, 28, 3), r"lenet expects input of shape \(N, 28, 28, 1\); got \(2, 28, 28, 3\)"),
+        ("lenet", (28, 28, 1), r"\(N, 28, 28, 1\).*Add a batch axis"),
+        ("lenet5", (2, 3, 32, 32), r"\(N, 32, 32, 3\).*NCHW"),
+        ("resnet18", (2, 32, 32), r"resnet18 expects input of shape \(N, any, any, 3\)"),
+        ("vgg16", (2, 64, 64, 3), r"vgg16 expects input of shape \(N, 32, 32, 3\)"),
+        ("mlp", (2, 100), r"mlp expects input of shape \(N, 784\)"),
+    ],
+)
+def test_wrong_input_shape_says_what_was_expected(name, shape, message):
+    model = models.create(name)
+    variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
+    with pytest.raises(ValueError, match=message):
+        jax.eval_shape(model.apply, variables, jnp.zeros(shape))
