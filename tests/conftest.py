@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Data caches go to a throwaway folder, never into ~/.cache or the shared data.
+os.environ.setdefault("JAXNETS_CACHE", tempfile.mkdtemp(prefix="jaxnets-cache-"))
 
 SHARED_DATA = Path(os.environ.get("JAXNETS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -1,0 +1,307 @@
+"""jaxnets.data: real files, hostile pickles, corrupt files, tfds mock, splits and the loader."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnets import data
+
+MNIST_TEST_HISTOGRAM = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # the published t10k counts
+
+
+# ------------------------------------------------------------------ real files
+
+def test_real_mnist_t10k(shared_data):
+    ds = data.load("mnist", "test", source="files", data_dir=shared_data / "mnist-t10k")
+    assert ds.images.shape == (10_000, 28, 28, 1) and ds.images.dtype == np.uint8
+    assert ds.labels.dtype == np.int32
+    assert np.bincount(ds.labels).tolist() == MNIST_TEST_HISTOGRAM
+    assert ds.class_names == tuple("0123456789")
+    assert 30 < ds.images.mean() < 40  # MNIST is mostly black: mean pixel ~33
+
+
+def test_real_mnist_in_torchvision_layout(shared_data, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (shared_data / "mnist-t10k").glob("*.gz"):
+        with gzip.open(f) as src, open(raw / f.name[:-3], "wb") as dst:  # uncompressed, as torchvision leaves them
+            shutil.copyfileobj(src, dst)
+    ds = data.load("mnist", "test", data_dir=tmp_path)  # source='auto' finds the files
+    assert np.bincount(ds.labels).tolist() == MNIST_TEST_HISTOGRAM
+
+
+def test_real_cifar10_subset(shared_data):
+    ds = data.load("cifar10", "train", source="files", data_dir=shared_data / "cifar10-subset")
+    assert ds.images.shape == (5_085, 32, 32, 3) and ds.images.dtype == np.uint8
+    assert np.bincount(ds.labels, minlength=10).tolist() == [517, 524, 490, 493, 537, 475, 503, 516, 529, 501]
+    assert ds.class_names[0] == "airplane" and ds.class_names[9] == "truck"
+    # Channel means of CIFAR-10 are (125, 123, 114) over the full training set.
+    np.testing.assert_allclose(ds.images.reshape(-1, 3).mean(0), [125.3, 123.0, 113.9], atol=4)
+
+
+def test_cache_is_used_and_survives_damage(shared_data, tmp_path):
+    folder = tmp_path / "cifar"
+    shutil.copytree(shared_data / "cifar10-subset", folder)
+    for sub in (folder, *folder.iterdir()):
+        sub.chmod(0o755)  # copytree keeps the shared folder's read-only bits
+    first = data.load("cifar10", "train", data_dir=folder)
+    caches = list(folder.glob(".jaxnets-cifar10-train-*.npz"))
+    assert len(caches) == 1, "the cache goes beside writable data"
+    caches[0].write_bytes(b"garbage")
+    again = data.load("cifar10", "train", data_dir=folder)
+    np.testing.assert_array_equal(again.images, first.images)
+
+
+def test_read_only_data_dir_is_never_written(shared_data):
+    before = sorted(p.name for p in (shared_data / "mnist-t10k").iterdir())
+    data.load("mnist", "test", data_dir=shared_data / "mnist-t10k")
+    assert sorted(p.name for p in (shared_data / "mnist-t10k").iterdir()) == before
+
+
+# ------------------------------------------------------------------ CIFAR python
+
+def _write_cifar_py(folder, images, labels):
+    folder.mkdir(parents=True)
+    flat = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    for i, part in enumerate(np.array_split(np.arange(len(images)), 5)):
+        with open(folder / f"data_batch_{i + 1}", "wb") as f:
+            pickle.dump({b"data": flat[part], b"labels": labels[part].tolist(), b"batch_label": b"b"}, f, protocol=2)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [n.encode() for n in data.files.CIFAR10_CLASSES]}, f, protocol=2)
+
+
+def test_cifar_python_format(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 20).astype(np.int32)
+    _write_cifar_py(tmp_path / "cifar-10-batches-py", images, labels)
+    ds = data.load("cifar10", "train", source="files", data_dir=tmp_path)
+    np.testing.assert_array_equal(ds.images, images)
+    np.testing.assert_array_equal(ds.labels, labels)
+    assert ds.class_names[1] == "automobile"
+
+
+class _Exploit:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "pwned"
+    with open(folder / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": _Exploit(marker), b"labels": [0]}, f, protocol=2)
+    with pytest.raises(data.UnsafePickle, match=r"data_batch_1.*refusing.*(posix|os)\.system"):
+        data.load("cifar10", "train", source="files", data_dir=tmp_path)
+    assert not marker.exists(), "the payload must never run"
+
+
+# ------------------------------------------------------------------ corrupt files
+
+def test_truncated_idx_names_the_file(shared_data, tmp_path):
+    src = shared_data / "mnist-t10k"
+    raw = gzip.open(src / "t10k-images-idx3-ubyte.gz").read()
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(raw[: len(raw) // 2])
+    shutil.copy(src / "t10k-labels-idx1-ubyte.gz", tmp_path)
+    with pytest.raises(data.CorruptDataFile, match=r"t10k-images-idx3-ubyte.gz.*truncated"):
+        data.load("mnist", "test", data_dir=tmp_path)
+
+
+def test_cut_gzip_stream_names_the_file(tmp_path):
+    payload = b"\0\0\x08\x03" + np.random.default_rng(0).bytes(4000)  # incompressible
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(payload)[:2000])
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x01\0\0\0\0"))
+    with pytest.raises(data.CorruptDataFile, match=r"t10k-images-idx3-ubyte.gz: cannot read"):
+        data.load("mnist", "test", data_dir=tmp_path)
+
+
+def test_wrong_magic_names_the_file(tmp_path):
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"PK\x03\x04 not idx")
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01\0\0\0\0")
+    with pytest.raises(data.CorruptDataFile, match=r"t10k-images-idx3-ubyte: not an IDX file"):
+        data.load("mnist", "test", data_dir=tmp_path)
+
+
+def test_truncated_cifar_binary_names_the_file(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    (folder / "data_batch_1.bin").write_bytes(bytes(3073 * 3 + 100))
+    with pytest.raises(data.CorruptDataFile, match=r"data_batch_1.bin.*not a whole number of 3073-byte"):
+        data.load("cifar10", "train", data_dir=tmp_path)
+
+
+# ------------------------------------------------------------------ missing / bad requests
+
+def test_missing_dataset_offline_says_what_to_do(tmp_path):
+    with pytest.raises(data.DataNotFound, match=r"mnist \(train\).*train-images-idx3-ubyte.gz"):
+        data.load("mnist", "train", data_dir=tmp_path, download=False)
+    with pytest.raises(data.DataNotFound, match=r"cifar-10-batches-bin"):
+        data.load("cifar10", "test", source="files", data_dir=tmp_path)
+    with pytest.raises(data.DataNotFound, match="needs data_dir"):
+        data.load("cifar10", "test", source="files")
+
+
+def test_bad_requests():
+    with pytest.raises(data.DataError, match=r"unknown data set 'imagenet'.*digits"):
+        data.load("imagenet")
+    with pytest.raises(data.DataError, match=r"unknown split 'val'"):
+        data.load("digits", "val")
+    with pytest.raises(data.DataError, match=r"unknown source 'web'"):
+        data.load("digits", source="web")
+
+
+# ------------------------------------------------------------------ tfds
+
+@pytest.mark.parametrize(("name", "shape"), [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
+def test_tfds_path_under_mock_data(name, shape, tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12):
+        ds = data.load(name, "train", source="tfds", data_dir=tmp_path)
+    assert ds.images.shape == (12, *shape) and ds.images.dtype == np.uint8
+    assert ds.labels.dtype == np.int32 and ds.labels.min() >= 0 and ds.labels.max() < 10
+    assert ds.num_classes == 10
+
+
+# ------------------------------------------------------------------ embedded
+
+def test_digits_embedded():
+    train, test = data.load("digits", "train"), data.load("digits", "test")
+    assert train.images.shape[1:] == (28, 28, 1) and train.images.dtype == np.uint8
+    assert len(train) + len(test) == 1797
+    assert np.bincount(np.concatenate([train.labels, test.labels])).min() >= 174  # every class present
+    assert train.images[:, :4].max() == 0 and train.images.max() == 255  # framed like MNIST
+
+
+def test_synthetic_is_seeded():
+    a = data.load("synthetic", shape=(16, 16, 3), num_examples=50, num_classes=4, seed=3)
+    b = data.load("synthetic", shape=(16, 16, 3), num_examples=50, num_classes=4, seed=3)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert a.images.shape == (50, 16, 16, 3) and a.num_classes == 4
+
+
+# ------------------------------------------------------------------ splits
+
+def test_random_split_matches_torch_rule():
+    parts = data.random_split(1437, (0.8, 0.2), seed=0)
+    assert [len(p) for p in parts] == [1150, 287]  # floor, remainder to the first part
+    assert len(np.intersect1d(*parts)) == 0 and len(np.union1d(*parts)) == 1437
+    again = data.random_split(1437, (0.8, 0.2), seed=0)
+    other = data.random_split(1437, (0.8, 0.2), seed=1)
+    np.testing.assert_array_equal(parts[0], again[0])
+    assert not np.array_equal(parts[0], other[0])
+    with pytest.raises(ValueError, match="sum to 1"):
+        data.random_split(10, (0.5, 0.2))
+
+
+def test_random_split_matches_pytorch_lengths():
+    torch = pytest.importorskip("torch")
+    for n in (10, 1437, 8001):
+        ours = [len(p) for p in data.random_split(n, (0.7, 0.2, 0.1))]
+        theirs = [len(p) for p in torch.utils.data.random_split(range(n), (0.7, 0.2, 0.1))]
+        assert ours == theirs
+
+
+def test_train_val_split_is_disjoint():
+    train, val = data.train_val_split(data.load("digits"), 0.2, seed=0)
+    assert abs(len(val) / (len(train) + len(val)) - 0.2) < 0.01
+    assert val.split == "validation"
+
+
+# ------------------------------------------------------------------ loader
+
+def _loader(n=50, batch_size=16, train=True, **kw):
+    images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 1), np.uint8)
+    cfg = data.Preprocess(mean=(0.0,), std=(1 / 255,))  # normalised pixel == raw value
+    return data.Loader(images, np.arange(n), batch_size, preprocess=cfg, train=train, **kw)
+
+
+def test_eval_loader_sees_every_example_once_with_fixed_shapes():
+    loader = _loader(train=False)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 4
+    assert {b.image.shape for b in batches} == {(16, 4, 4, 1)}
+    labels = np.concatenate([np.asarray(b.label)[np.asarray(b.mask)] for b in batches])
+    np.testing.assert_array_equal(labels, np.arange(50))
+    np.testing.assert_allclose(np.asarray(batches[0].image[:, 0, 0, 0]), np.arange(16), atol=1e-4)
+
+
+def test_train_loader_shuffles_per_epoch_and_drops_last():
+    loader = _loader()
+    assert len(loader) == 3
+    e0 = np.concatenate([np.asarray(b.label) for b in loader.epoch(0)])
+    e0_again = np.concatenate([np.asarray(b.label) for b in loader.epoch(0)])
+    e1 = np.concatenate([np.asarray(b.label) for b in loader.epoch(1)])
+    assert len(e0) == 48 and len(set(e0.tolist())) == 48
+    np.testing.assert_array_equal(e0, e0_again)  # resumable: same seed + epoch, same order
+    assert not np.array_equal(e0, e1)
+
+
+def test_augmentation_is_keyed_by_epoch_and_step():
+    images = np.random.default_rng(0).integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
+    cfg = data.Preprocess((0.5,) * 3, (0.5,) * 3, crop_padding=2, flip=True)
+    loader = data.Loader(images, np.zeros(64), 32, preprocess=cfg, train=True)
+    a0, a1 = (np.asarray(b.image) for b in loader.epoch(0))
+    b0, _ = (np.asarray(b.image) for b in loader.epoch(0))
+    np.testing.assert_array_equal(a0, b0)
+    c0, _ = (np.asarray(b.image) for b in loader.epoch(1))
+    assert not np.array_equal(a0, c0)
+
+
+def test_random_flip_mirrors_or_keeps_each_image(getkey):
+    x = jax.random.normal(getkey(), (64, 5, 5, 2))
+    y = data.random_flip(getkey(), x)
+    kept = jnp.all(y == x, axis=(1, 2, 3))
+    flipped = jnp.all(y == x[:, :, ::-1], axis=(1, 2, 3))
+    assert bool(jnp.all(kept | flipped)) and 10 < int(flipped.sum()) < 54
+
+
+def test_random_crop_is_a_window_of_the_padded_image(getkey):
+    x = jax.random.normal(getkey(), (6, 8, 8, 1))
+    y = np.asarray(data.random_crop(getkey(), x, 2))
+    padded = np.pad(np.asarray(x), ((0, 0), (2, 2), (2, 2), (0, 0)))
+    offsets = set()
+    for i in range(6):
+        found = [(dy, dx) for dy in range(5) for dx in range(5) if np.array_equal(padded[i, dy:dy + 8, dx:dx + 8], y[i])]
+        assert found, f"image {i} is not a crop"
+        offsets.add(found[0])
+    assert len(offsets) > 1
+
+
+def test_preprocess_normalises_and_is_jittable(getkey):
+    train = data.load("digits")
+    cfg = data.Preprocess.for_dataset("digits", train.images, augment=True)
+    x = jnp.asarray(train.images[:256])
+    eager = data.preprocess(getkey(), x, cfg, train=False)
+    jitted = jax.jit(data.preprocess, static_argnames=("config", "train"))(getkey(), x, config=cfg, train=False)
+    np.testing.assert_allclose(eager, jitted, atol=1e-6)
+    assert abs(float(eager.mean())) < 0.1 and abs(float(eager.std()) - 1) < 0.1
+    half = data.Preprocess.for_dataset("cifar10", np.zeros((1, 2, 2, 3), np.uint8), normalize="half")
+    assert half.mean == (0.5, 0.5, 0.5) and half.crop_padding == 0
+
+
+def test_loader_places_batches_with_a_sharding():
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    batch = next(iter(_loader(batch_size=len(jax.devices()) * 4, sharding=sharding)))
+    assert batch.image.sharding.is_equivalent_to(sharding, batch.image.ndim)
+    assert batch.label.sharding.is_equivalent_to(sharding, 1)
+
+
+def test_loader_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"uint8 \[N, H, W, C\]"):
+        data.Loader(np.zeros((4, 2, 2)), np.zeros(4), 2, preprocess=data.Preprocess(), train=True)
+    with pytest.raises(ValueError, match="smaller than one batch"):
+        _loader(n=10, batch_size=16)
