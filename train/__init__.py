@@ -1,0 +1,1 @@
+"""Command-line entry points (`jaxnets-train`, `python -m train`), thin over `jaxnets`."""
