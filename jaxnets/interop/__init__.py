@@ -166,7 +166,7 @@ def to_torch(name: str, variables: Mapping[str, Any], **create_kwargs) -> dict:
         for part in path:
             tree = tree[part]
         array = _flax_to_torch(np.asarray(tree, np.float32), path[-1], flatten)
-        state_dict[key] = torch.from_numpy(np.ascontiguousarray(array))
+        state_dict[key] = torch.from_numpy(np.array(array, copy=True))  # writable: JAX buffers are read-only
         if key.endswith("running_var"):
             state_dict[key.rsplit(".", 1)[0] + ".num_batches_tracked"] = torch.tensor(0)
     return state_dict

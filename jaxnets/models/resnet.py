@@ -98,7 +98,7 @@ class ResNet(nn.Module):
                 x = self.block_cls(planes, stride, dtype=self.dtype, name=f"layer{stage + 1}.{j}")(x, train)
         x = layers.flatten(layers.avg_pool(x, 4))
         x = layers.Dense(self.num_classes, dtype=self.dtype, name="linear")(x)
-        return x.astype(jnp.float32)
+        return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # float32 logits, float64 kept
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock, name_for_errors="resnet18")

@@ -84,7 +84,7 @@ class VGG(nn.Module):
                 x = nn.relu(layers.Dense(4096, dtype=self.dtype, name=f"classifier.{i}")(x))
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
             x = layers.Dense(self.num_classes, dtype=self.dtype, name="classifier.6")(x)
-        return x.astype(jnp.float32)
+        return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # float32 logits, float64 kept
 
 
 def vgg(config: str, batch_norm: bool = False):
