@@ -100,6 +100,17 @@ class Checkpoints:
         self._last.wait_until_finished()
         self._best.wait_until_finished()
 
+    def read_meta(self, epoch: int | None = None) -> dict:
+        """The JSON metadata (config, history) of a checkpoint, without touching its arrays."""
+        epoch = self._last.latest_step() if epoch is None else epoch
+        if epoch is None:
+            raise CheckpointError(f"no checkpoint in {self.workdir / 'checkpoints'}")
+        try:
+            return self._last.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as err:  # orbax raises many types
+            raise CheckpointError(f"cannot read {self.workdir / 'checkpoints' / str(epoch)}: corrupt metadata "
+                                  f"({type(err).__name__}: {err})") from err
+
     def restore(self, target_arrays: dict, epoch: int | None = None, best: bool = False) -> tuple[dict, dict]:
         """Restore `(state_arrays, meta)` against `target_arrays`' structure, shapes and dtypes.
 

@@ -274,12 +274,12 @@ def fit(
 
 
 def _resume(checkpoints: Checkpoints, config: TrainConfig, fresh: TrainState, log) -> tuple:
-    state_arrays, meta = checkpoints.restore(fresh.arrays())
-    saved = TrainConfig.from_json(meta["config"])
-    for field in _RESUME_MUST_MATCH:
+    saved = TrainConfig.from_json(checkpoints.read_meta()["config"])
+    for field in _RESUME_MUST_MATCH:  # checked first: a clearer message than a shape mismatch
         if getattr(saved, field) != getattr(config, field):
             raise CheckpointError(f"cannot resume: the checkpoint was trained with {field}={getattr(saved, field)!r}, "
                                   f"this run asks for {getattr(config, field)!r}")
+    state_arrays, meta = checkpoints.restore(fresh.arrays())
     if saved.epochs != config.epochs and config.schedule != "constant":
         warnings.warn(f"resuming a {saved.epochs}-epoch run as {config.epochs} epochs: the {config.schedule} "
                       "schedule's length changes with it", stacklevel=3)
