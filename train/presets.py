@@ -2,7 +2,7 @@
 
 | preset | text | recipe |
 |---|---|---|
-| `digits-lenet` | default | LeNet on the embedded digits, Adam 3e-3, 10 epochs (no download) |
+| `digits-lenet` | default | LeNet on the embedded digits, Adam 3e-3 + cosine, 15 epochs (no download, ~15 s) |
 | `mnist-lenet` | 000 `Net` | LeNet on MNIST, batch 32, SGD 0.05/0.9/5e-4 + cosine, 5 epochs |
 | `cifar10-lenet5` | 003 `CNN` | LeNet-5 on CIFAR-10, batch 128, SGD 0.01/0.9/5e-4, cosine |
 | `cifar10-lenet-adam` | 002 `LeNet` | wide LeNet on CIFAR-10, batch 36, Adam 1e-4, Normalize(0.5, 0.5) |
@@ -16,7 +16,8 @@ _CIFAR_SGD = dict(dataset="cifar10", batch_size=128, optimizer="sgd", lr=0.1, mo
                   schedule="cosine", augment=True, epochs=200)
 
 PRESETS: dict[str, dict] = {
-    "digits-lenet": dict(model="lenet", dataset="digits", batch_size=64, optimizer="adam", lr=3e-3, epochs=10),
+    "digits-lenet": dict(model="lenet", dataset="digits", batch_size=64, optimizer="adam", lr=3e-3, schedule="cosine",
+                         epochs=15),
     # Batch 128 with Adam 1e-3 gets ~95% held-out in 5 epochs on 8,000 images; this gets 97.5-98.3%.
     "mnist-lenet": dict(model="lenet", dataset="mnist", batch_size=32, optimizer="sgd", lr=0.05, momentum=0.9,
                         weight_decay=5e-4, schedule="cosine", epochs=5),

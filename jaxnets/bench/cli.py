@@ -1,0 +1,81 @@
+"""`jaxnets-bench`: eager vs jit vs PyTorch in one table, JSON and plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jaxnets import bench, models
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxnets-bench", description="Eager vs jit (vs PyTorch), measured in one run.")
+    p.add_argument("--models", default="mlp,lenet,resnet18,vgg16", help="comma-separated model names")
+    p.add_argument("--modes", default=",".join(bench.MODES), help="comma-separated: " + ", ".join(bench.MODES))
+    p.add_argument("--batch-size", type=int, default=128)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--steps", type=int, default=None, help="timed steps per case")
+    group.add_argument("--min-time", type=float, default=None, help="seconds of timed steps per case (default 2)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--what", choices=("train", "infer", "pipeline"), default="train",
+                   help="train step, inference, or the input pipeline vs the ResNet-18 step")
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 files for --what pipeline (default: synthetic)")
+    p.add_argument("--numerics", action="store_true", help="also report eager vs jit loss/params after 3 steps")
+    p.add_argument("--vary-batch", action="store_true", help="show recompilation on new batch shapes")
+    p.add_argument("--json", default=None, help="write results here")
+    p.add_argument("--plot", default=None, help="write a bar chart here (PNG)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    names = [m for m in args.models.split(",") if m]
+    modes = [m for m in args.modes.split(",") if m]
+    bad = [m for m in names if m not in models.available()]
+    if bad:
+        print(f"jaxnets-bench: error: unknown model(s) {bad}; available: {', '.join(models.available())}",
+              file=sys.stderr)
+        return 2
+    bad = [m for m in modes if m not in bench.MODES]
+    if bad:
+        print(f"jaxnets-bench: error: unknown mode(s) {bad}; choose from {', '.join(bench.MODES)}", file=sys.stderr)
+        return 2
+    report: dict = {"machine": bench.machine(), "peak_gflops": bench.peak_gflops(), "command": " ".join(sys.argv)}
+    print(f"machine: {report['machine']}  peak {report['peak_gflops']:.1f} GFLOP/s (jitted 2048^2 matmul)")
+    if args.what == "pipeline":
+        from jaxnets.bench import pipeline  # noqa: PLC0415
+
+        result = pipeline.run(args.data_dir, args.batch_size)
+        report["pipeline"] = result
+        print(f"input pipeline ({result['dataset']}, batch {args.batch_size}, crop+flip+normalize): "
+              f"{result['pipeline']['images_per_s']:,.0f} img/s; ResNet-18 jit train step: "
+              f"{result['resnet18_jit_train']['images_per_s']:,.1f} img/s; ratio {result['ratio']:,.0f}x")
+    else:
+        rows = bench.run(names, modes, args.batch_size, steps=args.steps,
+                         min_time=args.min_time if args.steps is None else None, dtype=args.dtype, what=args.what)
+        report["rows"], report["ratios"] = rows, bench.ratios(rows)
+        print()
+        bench.print_table(rows)
+        if args.plot:
+            bench.plot(rows, args.plot)
+            print(f"plot: {args.plot}")
+    if args.numerics:
+        report["numerics"] = [bench.numerics(n) for n in names]
+        for n in report["numerics"]:
+            print(f"numerics {n['model']}: after {n['steps']} steps loss eager {n['loss_eager']:.6f} jit "
+                  f"{n['loss_jit']:.6f} (|diff| {n['loss_abs_diff']:.2e}), params max |diff| {n['params_max_abs_diff']:.2e}")
+    if args.vary_batch:
+        report["vary_batch"] = bench.vary_batch(names[0] if names else "lenet")
+        for r in report["vary_batch"]:
+            print(f"vary-batch {r['mode']:>5} batch {r['batch_size']:>3} {'new' if r['new_shape'] else 'seen':>4}: "
+                  f"{r['compilations']:>3} compilations ({r['compile_s']:.2f}s compiling), {r['seconds']:.3f}s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+        print(f"json: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

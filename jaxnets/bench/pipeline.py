@@ -1,0 +1,63 @@
+"""Input pipeline throughput next to the train step it feeds (same machine, same run)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnets import data, models
+from jaxnets.training import TrainState, make_steps, optimizers
+
+
+def pipeline_throughput(images: np.ndarray, labels: np.ndarray, batch_size: int = 128, epochs: int = 2,
+                        seed: int = 0) -> dict:
+    """Images/s of `data.Loader` with crop + flip + normalise, each batch forced to completion."""
+    preprocess = data.Preprocess.for_dataset("cifar10", images, augment=True)
+    loader = data.Loader(images, labels, batch_size, preprocess=preprocess, train=True, seed=seed)
+    for batch in loader.epoch(0):  # compile the preprocessing once
+        batch.image.block_until_ready()
+    start, count = time.perf_counter(), 0
+    for epoch in range(1, epochs + 1):
+        for batch in loader.epoch(epoch):
+            batch.image.block_until_ready()
+            count += batch_size
+    seconds = time.perf_counter() - start
+    return {"images_per_s": count / seconds, "batches": count // batch_size, "seconds": seconds}
+
+
+def train_step_rate(model_name: str = "resnet18", batch_size: int = 128, steps: int = 3, seed: int = 0) -> dict:
+    """Images/s of the jitted train step (after compilation)."""
+    model = models.create(model_name)
+    state = TrainState.create(model, optimizers.sgd(0.1, momentum=0.9, weight_decay=5e-4), seed=seed)
+    step = make_steps(mode="jit").train
+    rng = np.random.default_rng(seed)
+    batch = data.Batch(jnp.asarray(rng.normal(size=(batch_size, *model.input_shape)), jnp.float32),
+                       jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32), jnp.ones(batch_size, bool))
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    seconds = (time.perf_counter() - start) / steps
+    return {"images_per_s": batch_size / seconds, "step_s": seconds}
+
+
+def run(data_dir: str | Path | None = None, batch_size: int = 128, step_steps: int = 3) -> dict:
+    """The issue-3 benchmark: pipeline images/s vs ResNet-18 jit train-step images/s.
+
+    Uses the real CIFAR-10 files in `data_dir` when given, else 10,000
+    synthetic CIFAR-shaped images.
+    """
+    if data_dir is not None:
+        ds = data.load("cifar10", "train", source="files", data_dir=data_dir)
+    else:
+        ds = data.load("synthetic", shape=(32, 32, 3), num_examples=10_000)
+    pipe = pipeline_throughput(ds.images, ds.labels, batch_size)
+    step = train_step_rate("resnet18", batch_size, step_steps)
+    return {"dataset": f"{ds.name} ({len(ds)} images)", "batch_size": batch_size, "pipeline": pipe,
+            "resnet18_jit_train": step, "ratio": pipe["images_per_s"] / step["images_per_s"]}
