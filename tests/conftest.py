@@ -35,3 +35,9 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real sample data not found at {SHARED_DATA} (only present on the project's build machines)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def shared_data_optional() -> Path | None:
+    """`../shared/data` when present (notebooks then use real CIFAR images), else None."""
+    return SHARED_DATA if SHARED_DATA.is_dir() else None

@@ -173,6 +173,10 @@ def test_tfds_path_under_mock_data(name, shape, tmp_path):
     assert ds.images.shape == (12, *shape) and ds.images.dtype == np.uint8
     assert ds.labels.dtype == np.int32 and ds.labels.min() >= 0 and ds.labels.max() < 10
     assert ds.num_classes == 10
+    assert list(tmp_path.glob(f".jaxnets-tfds-{name}-*-train-12.npz")), "the second load comes from the cache"
+    with tfds.testing.mock_data(num_examples=12):
+        again = data.load(name, "train", source="tfds", data_dir=tmp_path)
+    np.testing.assert_array_equal(again.images, ds.images)
 
 
 # ------------------------------------------------------------------ embedded

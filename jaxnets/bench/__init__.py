@@ -149,8 +149,8 @@ def _batch(model, batch_size: int, dtype, seed: int = 0) -> Batch:
     return Batch(jnp.asarray(x, dtype), jnp.asarray(y), jnp.ones(batch_size, bool))
 
 
-def _flops(compiled) -> float | None:
-    cost = compiled.cost_analysis()
+def _flops(lowered_or_compiled) -> float | None:
+    cost = lowered_or_compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
     return float(cost["flops"]) if cost and "flops" in cost else None
@@ -159,6 +159,7 @@ def _flops(compiled) -> float | None:
 # ----------------------------------------------------------------- JAX
 
 def _jax_case(name: str, mode: str, what: str, batch_size: int, dtype, *, steps, min_time, seed: int = 0) -> dict:
+    jax.clear_caches()  # no case may reuse another's executables: compile times are measured cold
     model = models.create(name, dtype=dtype, **BENCH_KWARGS.get(name, {}))
     batch = _batch(model, batch_size, dtype, seed)
     state = TrainState.create(model, optimizers.sgd(0.01, momentum=0.9, weight_decay=5e-4), seed=seed)
@@ -167,37 +168,36 @@ def _jax_case(name: str, mode: str, what: str, batch_size: int, dtype, *, steps,
     counter = _compile_counter()
     holder = {"state": state}
 
-    # FLOPs of one step, from XLA's cost analysis of the compiled program (same for both modes).
+    # FLOPs of one step, from XLA's cost analysis of the lowered program (same for both modes).
+    start = time.perf_counter()
     if what == "train":
         lowered = jax.jit(train_step, donate_argnums=(0,)).lower(state, batch)
     else:
         lowered = jax.jit(infer).lower(state.variables, batch.image)
-    start = time.perf_counter()
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - start
-    flops = _flops(compiled)
+    trace_s = time.perf_counter() - start  # tracing to a jaxpr + lowering to HLO, before XLA compiles
+    flops = _flops(lowered)  # XLA's HLO cost analysis; compiling here would warm jit's cache
 
+    compile_s = None
+    run_train, run_infer = train_step, infer
     if mode == "jit":
-        if what == "train":
-            def step():
-                holder["state"], metrics = compiled(holder["state"], batch)
-                jax.block_until_ready(metrics)
-        else:
-            def step():
-                compiled(state.variables, batch.image).block_until_ready()
+        start = time.perf_counter()
+        compiled = lowered.compile()
+        compile_s = time.perf_counter() - start
+        run_train = run_infer = compiled
+
+    if what == "train":
+        def step():
+            holder["state"], metrics = run_train(holder["state"], batch)
+            jax.block_until_ready(metrics)
     else:
-        if what == "train":
-            def step():
-                holder["state"], metrics = train_step(holder["state"], batch)
-                jax.block_until_ready(metrics)
-        else:
-            def step():
-                infer(state.variables, batch.image).block_until_ready()
+        def step():
+            run_infer(state.variables, batch.image).block_until_ready()
     with counter.counting():
         first = _timed(step)
         timing = _measure(step, steps=steps, min_time=min_time)
     compilations = counter.count + (1 if mode == "jit" else 0)
     return {"compile_s": compile_s if mode == "jit" else first, "first_step_s": first, "flops_per_step": flops,
+            "trace_s": trace_s if mode == "jit" else None,
             "compilations": compilations, "peak_memory_bytes": _peak_memory(), **timing}
 
 
@@ -247,6 +247,7 @@ def _torch_case(name: str, mode: str, what: str, batch_size: int, dtype, *, step
     timing = _measure(step, steps=steps, min_time=min_time)
     peak = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
     return {"compile_s": first, "first_step_s": first, "flops_per_step": float(counter.get_total_flops()),
+            "trace_s": None,
             "compilations": None, "peak_memory_bytes": peak, **timing}
 
 

@@ -18,18 +18,26 @@ import jax.numpy as jnp
 from jaxnets import layers
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs (ResNet-18/34). `[N, H, W, Cin] -> [N, H/s, W/s, planes]`."""
+class _Block(nn.Module):
+    """Fields and layer factories shared by the two block types."""
 
     planes: int
     stride: int = 1
     dtype: Any = jnp.float32
     expansion = 1
 
-    @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def layer_factories(self, train: bool):
         conv = functools.partial(layers.Conv, use_bias=False, dtype=self.dtype)
         norm = functools.partial(layers.BatchNorm, use_running_average=not train, dtype=self.dtype)
+        return conv, norm
+
+
+class BasicBlock(_Block):
+    """Two 3x3 convs (ResNet-18/34). `[N, H, W, Cin] -> [N, H/s, W/s, planes]`."""
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        conv, norm = self.layer_factories(train)
         out = conv(self.planes, (3, 3), strides=self.stride, padding=1, name="conv1")(x)
         out = nn.relu(norm(name="bn1")(out))
         out = conv(self.planes, (3, 3), padding=1, name="conv2")(out)
@@ -37,18 +45,14 @@ class BasicBlock(nn.Module):
         return nn.relu(out + _shortcut(self, x, conv, norm))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """1x1 -> 3x3 -> 1x1 convs (ResNet-50). `[N, H, W, Cin] -> [N, H/s, W/s, 4*planes]`."""
 
-    planes: int
-    stride: int = 1
-    dtype: Any = jnp.float32
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        conv = functools.partial(layers.Conv, use_bias=False, dtype=self.dtype)
-        norm = functools.partial(layers.BatchNorm, use_running_average=not train, dtype=self.dtype)
+        conv, norm = self.layer_factories(train)
         out = nn.relu(norm(name="bn1")(conv(self.planes, (1, 1), name="conv1")(x)))
         out = conv(self.planes, (3, 3), strides=self.stride, padding=1, name="conv2")(out)
         out = nn.relu(norm(name="bn2")(out))
@@ -56,7 +60,7 @@ class Bottleneck(nn.Module):
         return nn.relu(out + _shortcut(self, x, conv, norm))
 
 
-def _shortcut(block: BasicBlock | Bottleneck, x: jnp.ndarray, conv, norm) -> jnp.ndarray:
+def _shortcut(block: _Block, x: jnp.ndarray, conv, norm) -> jnp.ndarray:
     """Identity, or 1x1 conv + BN (`shortcut.0`, `shortcut.1`) when the shape changes."""
     out_channels = block.expansion * block.planes
     if block.stride == 1 and x.shape[-1] == out_channels:

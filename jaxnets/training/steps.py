@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxnets.data import Batch
@@ -123,3 +124,14 @@ def evaluate(steps: Steps, state: TrainState, loader) -> dict[str, float]:
     if totals is None:
         raise ValueError("evaluation loader yielded no batches")
     return summarize(totals)
+
+
+def predict(state: TrainState, loader) -> tuple[np.ndarray, np.ndarray]:
+    """`(labels, predicted classes)` for every real example of an evaluation `Loader` (eval mode, jitted)."""
+    forward = jax.jit(lambda s, x: jnp.argmax(s.apply_fn(s.variables, x, train=False), axis=-1))
+    labels, predictions = [], []
+    for batch in loader:
+        keep = np.asarray(batch.mask)
+        labels.append(np.asarray(batch.label)[keep])
+        predictions.append(np.asarray(forward(state, batch.image))[keep])
+    return np.concatenate(labels), np.concatenate(predictions)
