@@ -1,0 +1,189 @@
+"""Batches on the device: seeded shuffling, jitted augmentation, prefetch.
+
+The host only gathers uint8 indices; conversion to float, random crop, flip
+and normalisation run as one jitted function on the accelerator, with PRNG
+keys derived from (seed, epoch, step), so a resumed run sees the same
+batches and the same augmentations as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Per-channel mean/std of the training sets (on [0, 1] pixels).
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+class Batch(NamedTuple):
+    """One batch on the device."""
+
+    image: jax.Array  # [B, H, W, C] float32, normalised (and augmented when training)
+    label: jax.Array  # [B] int32
+    mask: jax.Array  # [B] bool; False marks padding in the last evaluation batch
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """Static (hashable) preprocessing config: normalisation and augmentation.
+
+    `mean`/`std` are per channel on [0, 1] pixels (the texts' `Normalize`);
+    `crop_padding` > 0 enables `RandomCrop(size, padding)`; `flip` enables
+    `RandomHorizontalFlip()`. Augmentation applies to training batches only.
+    """
+
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    crop_padding: int = 0
+    flip: bool = False
+
+    @classmethod
+    def for_dataset(cls, name: str, images: np.ndarray, normalize: str = "dataset", augment: bool = False):
+        """Normalisation for data set `name`: `'dataset'` (its mean/std, computed
+        from `images` when not tabled), `'half'` (the texts' (0.5, 0.5)) or `'none'`;
+        `augment` turns on crop (4-pixel padding) + horizontal flip."""
+        channels = images.shape[-1]
+        if normalize == "half":
+            mean, std = (0.5,) * channels, (0.5,) * channels
+        elif normalize == "none":
+            mean, std = (0.0,) * channels, (1.0,) * channels
+        elif normalize == "dataset":
+            if name in NORMALIZATION:
+                mean, std = NORMALIZATION[name]
+            else:
+                mean, std = channel_stats(images)
+        else:
+            raise ValueError(f"normalize must be 'dataset', 'half' or 'none'; got {normalize!r}")
+        return cls(tuple(mean), tuple(std), 4 if augment else 0, augment)
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 `[N, H, W, C]` images, on [0, 1]."""
+    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    return tuple(pixels.mean(0).tolist()), tuple(np.maximum(pixels.std(0), 1e-3).tolist())
+
+
+def random_crop(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:
+    """`RandomCrop(size, padding)`: zero-pad by `padding`, cut a random window per image.
+
+    `[B, H, W, C] -> [B, H, W, C]`, any float dtype.
+    """
+    batch, height, width, channels = images.shape
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    offsets = jax.random.randint(key, (batch, 2), 0, 2 * padding + 1)
+
+    def crop(image, offset):
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
+
+    return jax.vmap(crop)(padded, offsets)
+
+
+def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
+    """`RandomHorizontalFlip()`: mirror each image with probability 1/2. `[B, H, W, C]`."""
+    flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
+    return jnp.where(flip, images[:, :, ::-1, :], images)
+
+
+def preprocess(key: jax.Array, images: jax.Array, config: Preprocess, train: bool) -> jax.Array:
+    """uint8 `[B, H, W, C]` -> float32 normalised (and augmented when `train`)."""
+    x = images.astype(jnp.float32) / 255.0
+    if train and config.crop_padding:
+        key, sub = jax.random.split(key)
+        x = random_crop(sub, x, config.crop_padding)
+    if train and config.flip:
+        x = random_flip(key, x)
+    channels = x.shape[-1]
+    mean = jnp.broadcast_to(jnp.asarray(config.mean, jnp.float32), (channels,))
+    std = jnp.broadcast_to(jnp.asarray(config.std, jnp.float32), (channels,))
+    return (x - mean.reshape(1, 1, 1, channels)) / std.reshape(1, 1, 1, channels)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "train"))
+def _prepare(key, epoch, step, images, labels, mask, config: Preprocess, train: bool) -> Batch:
+    key = jax.random.fold_in(jax.random.fold_in(key, epoch), step)
+    return Batch(preprocess(key, images, config, train), labels, mask)
+
+
+class Loader:
+    """Iterate `(images, labels)` in batches on the device, like `torch.utils.data.DataLoader`.
+
+    Training loaders (`train=True`) shuffle with a permutation seeded by
+    (seed, epoch), drop the last incomplete batch (fixed shapes: no
+    recompiles) and augment. Evaluation loaders keep order and pad the last
+    batch to full size, with `Batch.mask` False on the padding, so every
+    example is seen exactly once with one compiled shape.
+
+    Args:
+      images: uint8 `[N, H, W, C]` (host numpy).
+      labels: int `[N]`.
+      batch_size: examples per batch.
+      preprocess: normalisation/augmentation config.
+      train: training (shuffle, drop last, augment) or evaluation behaviour.
+      seed: shuffling and augmentation seed.
+      sharding: optional `jax.sharding.Sharding` to place each batch with
+        (batch axis first), e.g. `NamedSharding(mesh, PartitionSpec('data'))`.
+      prefetch: batches dispatched ahead of the one being consumed.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, *, preprocess: Preprocess,
+                 train: bool, seed: int = 0, sharding: jax.sharding.Sharding | None = None, prefetch: int = 2):
+        images, labels = np.asarray(images), np.asarray(labels)
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 [N, H, W, C]; got {images.dtype} {images.shape}")
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if train and len(images) < batch_size:
+            raise ValueError(f"training set of {len(images)} examples is smaller than one batch of {batch_size}; "
+                             "lower the batch size")
+        self.images, self.labels = images, labels.astype(np.int32)
+        self.batch_size, self.preprocess, self.train = batch_size, preprocess, train
+        self.seed, self.sharding, self.prefetch = seed, sharding, max(1, prefetch)
+        self._key = jax.random.key(seed)
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Example indices of one epoch: a seeded permutation when training."""
+        n = len(self.images)
+        return np.random.default_rng([self.seed, epoch]).permutation(n) if self.train else np.arange(n)
+
+    def _host_batches(self, epoch: int):
+        order = self.order(epoch)
+        for step in range(len(self)):
+            index = order[step * self.batch_size:(step + 1) * self.batch_size]
+            mask = np.ones(self.batch_size, bool)
+            if len(index) < self.batch_size:  # eval only: pad to a full batch
+                mask[len(index):] = False
+                index = np.concatenate([index, np.zeros(self.batch_size - len(index), index.dtype)])
+            yield step, self.images[index], self.labels[index], mask
+
+    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
+        """The batches of epoch `epoch` (deterministic in seed and epoch)."""
+        queue: collections.deque[Batch] = collections.deque()
+        for step, images, labels, mask in self._host_batches(epoch):
+            images, labels, mask = jax.device_put((images, labels, mask), self.sharding)
+            # Dispatch is asynchronous: this enqueues work and returns at once.
+            queue.append(_prepare(self._key, epoch, step, images, labels, mask, self.preprocess, self.train))
+            if len(queue) > self.prefetch:
+                yield queue.popleft()
+        while queue:
+            yield queue.popleft()
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.epoch(0)

@@ -1,0 +1,56 @@
+"""The tensorflow-datasets path, through `tfds.data_source` (array_record, no TensorFlow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxnets.data import files
+from jaxnets.data.errors import DataNotFound
+
+TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10", "cifar100": "cifar100"}
+
+
+def load_tfds(name: str, split: str, data_dir: str | Path | None = None, download: bool = True):
+    """Read a whole split through `tfds.data_source` into memory (cached as .npz after the first read).
+
+    Returns:
+      images uint8 `[N, H, W, C]`, labels int32 `[N]`, class names.
+
+    Raises:
+      DataNotFound: the data set is not prepared in `data_dir` and cannot be
+        downloaded and prepared here (offline, or tfds lacks what it needs).
+    """
+    import tensorflow_datasets as tfds  # noqa: PLC0415 - heavy import, only on this path
+
+    tfds_name = TFDS_NAMES[name]
+    try:
+        source = tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=download)
+        class_names = tuple(tfds.builder(tfds_name, data_dir=data_dir).info.features["label"].names)
+    except Exception as err:  # tfds raises many unrelated types here; all mean "not available"
+        where = data_dir or "~/tensorflow_datasets"
+        raise DataNotFound(
+            f"{name} ({split}) is not available through tensorflow-datasets in {where} "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Offline, either put the "
+            f"original files in a folder and pass data_dir=/--data-dir with source='files', or prepare it once "
+            f"with internet access (tfds build {tfds_name} --file_format=array_record)."
+        ) from err
+    n = len(source)
+    version = tfds.builder(tfds_name, data_dir=data_dir).info.version
+    filename = f".jaxnets-tfds-{tfds_name}-{version}-{split}-{n}.npz"
+    candidates = [Path(data_dir) / filename] if data_dir else []
+    candidates.append(files.user_cache_dir() / filename)
+    cached = files.read_cache(candidates)
+    if cached is not None:
+        return cached
+    first = source[0]
+    images = np.empty((n, *np.shape(first["image"])), np.uint8)
+    labels = np.empty((n,), np.int32)
+    for i in tqdm(range(n), desc=f"tfds {tfds_name}:{split}", disable=n < 5000, leave=False):
+        record = first if i == 0 else source[i]
+        images[i] = record["image"]
+        labels[i] = record["label"]
+    files.write_cache(candidates, images, labels, class_names)
+    return images, labels, class_names
