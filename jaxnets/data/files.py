@@ -335,4 +335,4 @@ def user_cache_dir() -> Path:
 
 
 __all__ = ["CIFAR10_CLASSES", "FILE_DATASETS", "expected_files", "has_files", "load_files", "load_restricted_pickle",
-           "read_cifar_binary", "read_idx"]
+           "read_cache", "read_cifar_binary", "read_idx", "user_cache_dir", "write_cache"]

@@ -126,12 +126,17 @@ def evaluate(steps: Steps, state: TrainState, loader) -> dict[str, float]:
     return summarize(totals)
 
 
+@jax.jit
+def _predicted_classes(state: TrainState, images: jax.Array) -> jax.Array:
+    """`[B]` argmax of the eval-mode logits; compiled once per model and batch shape."""
+    return jnp.argmax(state.apply_fn(state.variables, images, train=False), axis=-1)
+
+
 def predict(state: TrainState, loader) -> tuple[np.ndarray, np.ndarray]:
     """`(labels, predicted classes)` for every real example of an evaluation `Loader` (eval mode, jitted)."""
-    forward = jax.jit(lambda s, x: jnp.argmax(s.apply_fn(s.variables, x, train=False), axis=-1))
     labels, predictions = [], []
     for batch in loader:
         keep = np.asarray(batch.mask)
         labels.append(np.asarray(batch.label)[keep])
-        predictions.append(np.asarray(forward(state, batch.image))[keep])
+        predictions.append(np.asarray(_predicted_classes(state, batch.image))[keep])
     return np.concatenate(labels), np.concatenate(predictions)
