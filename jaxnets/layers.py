@@ -14,22 +14,105 @@ Conventions (PyTorch semantics, JAX layouts):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.nn import initializers
+
+from jaxnets import backend
 
 # PyTorch's default for Linear and Conv2d weights: kaiming_uniform(a=sqrt(5))
 # == U(-b, b) with b = 1/sqrt(fan_in) == variance_scaling(1/3, fan_in, uniform).
 torch_default_kernel_init = initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
+def conv_algorithm(platform: str, input_shape: Sequence[int], kernel_shape: Sequence[int],
+                   strides: Sequence[int], padding, lhs_dilation, rhs_dilation, groups: int) -> str:
+    """Which lowering `conv_general_dilated` uses: `'dense'` (one matmul) or `'lax'`.
+
+    `'dense'` only on the CPU with jaxnets' CPU path on (`jaxnets.backend`),
+    for a plain 2-D NHWC convolution whose kernel window is larger than its
+    input map (`kh * kw > H * W`: VGG's 3x3 convs on 2x2 maps). XLA swaps the
+    operands of exactly those convolutions and runs them far off its fast
+    paths; as a matmul they run at matmul speed. Everything else, and every
+    convolution on GPU/TPU, is `lax.conv_general_dilated`.
+    """
+    if not backend.fast_cpu_path(platform) or len(input_shape) != 4 or groups != 1:
+        return "lax"
+    if any(d != 1 for d in tuple(lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1))):
+        return "lax"
+    if isinstance(padding, str):
+        return "lax"
+    height, width = input_shape[1], input_shape[2]
+    kh, kw = kernel_shape[0], kernel_shape[1]
+    return "dense" if kh * kw > height * width else "lax"
+
+
+def _dense_conv_indices(in_hw, kernel_hw, strides, padding) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Static gather indices that turn an HWIO kernel into an `[H*W, Ho*Wo]` tap table.
+
+    Returns (tap index `[H*W, Ho*Wo]` into the flattened `kh*kw` window, valid
+    mask of the same shape, (Ho, Wo)).
+    """
+    (height, width), (kh, kw), (sh, sw) = in_hw, kernel_hw, strides
+    (pt, pb), (pl, pr) = padding
+    out_h = (height + pt + pb - kh) // sh + 1
+    out_w = (width + pl + pr - kw) // sw + 1
+    ih, iw, oh, ow = np.meshgrid(np.arange(height), np.arange(width), np.arange(out_h), np.arange(out_w),
+                                 indexing="ij")
+    dy, dx = ih - oh * sh + pt, iw - ow * sw + pl  # kernel tap that links input (ih, iw) to output (oh, ow)
+    valid = (dy >= 0) & (dy < kh) & (dx >= 0) & (dx < kw)
+    taps = np.where(valid, dy * kw + dx, 0).reshape(height * width, out_h * out_w)
+    return taps, valid.reshape(height * width, out_h * out_w), (out_h, out_w)
+
+
+def dense_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding) -> jax.Array:
+    """A small-map 2-D convolution as one matmul. `[N, H, W, C] x [kh, kw, C, O] -> [N, Ho, Wo, O]`.
+
+    The kernel is gathered into a `[H*W*C, Ho*Wo*O]` matrix (zeros where a
+    tap falls into the padding), so for tiny maps the whole layer is one
+    `[N, H*W*C] @ [H*W*C, Ho*Wo*O]` product; gradients flow through the
+    gather. Equal to `lax.conv_general_dilated` up to float reassociation.
+    """
+    batch, height, width, channels = x.shape
+    kh, kw, _, out_channels = kernel.shape
+    taps, valid, (out_h, out_w) = _dense_conv_indices((height, width), (kh, kw), tuple(strides), padding)
+    table = kernel.reshape(kh * kw, channels, out_channels)[taps]  # [H*W, Ho*Wo, C, O]
+    table = table * jnp.asarray(valid, kernel.dtype)[:, :, None, None]
+    matrix = table.transpose(0, 2, 1, 3).reshape(height * width * channels, out_h * out_w * out_channels)
+    y = x.reshape(batch, height * width * channels) @ matrix
+    return y.reshape(batch, out_h, out_w, out_channels)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """`lax.conv_general_dilated` with jaxnets' CPU lowering for tiny maps (see `conv_algorithm`).
+
+    flax's `nn.Conv` calls it with NHWC inputs and HWIO kernels.
+    """
+    nhwc = dimension_numbers is not None and tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2) and tuple(
+        dimension_numbers.rhs_spec) == (3, 2, 0, 1)
+    if nhwc and not kwargs and conv_algorithm(jax.default_backend(), lhs.shape, rhs.shape, window_strides, padding,
+                                              lhs_dilation, rhs_dilation, feature_group_count) == "dense":
+        return dense_conv(lhs, rhs, window_strides, tuple(tuple(p) for p in padding))
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                    rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                    feature_group_count=feature_group_count, precision=precision, **kwargs)
+
+
 class Conv(nn.Conv):
-    """2-D convolution, NHWC in and out, kernel `[kh, kw, in, out]` (HWIO)."""
+    """2-D convolution, NHWC in and out, kernel `[kh, kw, in, out]` (HWIO).
+
+    The convolution itself is `conv_general_dilated` above: `lax`'s, except
+    for the CPU lowering of tiny maps.
+    """
 
     kernel_init: initializers.Initializer = torch_default_kernel_init
+    conv_general_dilated: Callable | None = conv_general_dilated
 
 
 class Dense(nn.Dense):

@@ -11,16 +11,22 @@ PyTorch's FlopCounterMode for torch), achieved GFLOP/s and % of this
 machine's peak (measured here with a large jitted matmul), process CPU
 utilisation, peak memory where the backend reports it, and how many XLA
 compilations the run triggered. Modes: 'eager' (the train step run op by op),
-'jit' (one compiled program), 'torch-eager', 'torch-compile'.
+'jit' (one compiled program), 'jit-xla' (the same jit step with XLA's default CPU
+convolutions, i.e. with `JAXNETS_CPU_CONV=xla`; measured in a child process
+because that choice is made when JAX starts), 'torch-eager', 'torch-compile'.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,13 +35,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnets import models
+from jaxnets import backend, models
 from jaxnets.data import Batch
 from jaxnets.training import TrainState, make_steps, optimizers
 
 JAX_MODES = ("eager", "jit")
+XLA_DEFAULT_MODE = "jit-xla"  # jit with XLA's default CPU convolutions (jaxnets.backend switched off)
 TORCH_MODES = ("torch-eager", "torch-compile")
-MODES = JAX_MODES + TORCH_MODES
+MODES = JAX_MODES + (XLA_DEFAULT_MODE,) + TORCH_MODES
 WHAT = ("train", "infer")
 
 # The benchmark's MLP is the 784-512-512-10 net of the reference figures, not the
@@ -61,8 +68,9 @@ def machine() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": __import__("os").cpu_count(), "python": platform.python_version(),
-            "jax": jax.__version__, "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind)}
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "jax": jax.__version__, "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+            **backend.describe()}
     if torch_available():
         import torch  # noqa: PLC0415
 
@@ -171,9 +179,9 @@ def _jax_case(name: str, mode: str, what: str, batch_size: int, dtype, *, steps,
     # FLOPs of one step, from XLA's cost analysis of the lowered program (same for both modes).
     start = time.perf_counter()
     if what == "train":
-        lowered = jax.jit(train_step, donate_argnums=(0,)).lower(state, batch)
+        lowered = backend.jit(train_step, donate_argnums=(0,)).lower(state, batch)
     else:
-        lowered = jax.jit(infer).lower(state.variables, batch.image)
+        lowered = backend.jit(infer).lower(state.variables, batch.image)
     trace_s = time.perf_counter() - start  # tracing to a jaxpr + lowering to HLO, before XLA compiles
     flops = _flops(lowered)  # XLA's HLO cost analysis; compiling here would warm jit's cache
 
@@ -199,6 +207,23 @@ def _jax_case(name: str, mode: str, what: str, batch_size: int, dtype, *, steps,
     return {"compile_s": compile_s if mode == "jit" else first, "first_step_s": first, "flops_per_step": flops,
             "trace_s": trace_s if mode == "jit" else None,
             "compilations": compilations, "peak_memory_bytes": _peak_memory(), **timing}
+
+
+def _xla_default_case(name: str, what: str, batch_size: int, dtype, *, steps, min_time, seed: int = 0) -> dict:
+    """The jit case in a child process started with `JAXNETS_CPU_CONV=xla` (XLA's own CPU defaults)."""
+    args = dict(name=name, mode="jit", what=what, batch_size=batch_size, dtype=jnp.dtype(dtype).name, steps=steps,
+                min_time=min_time, seed=seed)
+    code = ("import json, sys; from jaxnets import bench; a = json.loads(sys.argv[1]); "
+            "print('JAXNETS-BENCH-ROW ' + json.dumps(bench._jax_case(a.pop('name'), a.pop('mode'), a.pop('what'), "
+            "a.pop('batch_size'), a.pop('dtype'), **a)))")
+    env = {**os.environ, backend.ENV_VAR: "xla"}
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(args)], env=env, capture_output=True, text=True,
+                          check=False)
+    rows = [line for line in done.stdout.splitlines() if line.startswith("JAXNETS-BENCH-ROW ")]
+    if done.returncode or not rows:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"child process failed (exit {done.returncode}): {tail[0][:200]}")
+    return json.loads(rows[-1].split(" ", 1)[1])
 
 
 # ----------------------------------------------------------------- PyTorch
@@ -286,9 +311,13 @@ def run(model_names: Sequence[str] = ("mlp", "lenet", "resnet18", "vgg16"), mode
             if mode in TORCH_MODES and not torch_available():
                 row["skipped"] = "torch is not installed (pip install 'jaxnets[torch]')"
             else:
-                case = _torch_case if mode in TORCH_MODES else _jax_case
                 try:
-                    row.update(case(name, mode, what, batch_size, jnp.dtype(dtype), steps=steps, min_time=min_time))
+                    kwargs = dict(steps=steps, min_time=min_time)
+                    if mode == XLA_DEFAULT_MODE:
+                        row.update(_xla_default_case(name, what, batch_size, jnp.dtype(dtype), **kwargs))
+                    else:
+                        case = _torch_case if mode in TORCH_MODES else _jax_case
+                        row.update(case(name, mode, what, batch_size, jnp.dtype(dtype), **kwargs))
                 except Exception as err:  # report and continue: one broken backend must not hide the rest
                     row["skipped"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
             if "step_s_median" in row:
@@ -384,6 +413,8 @@ def ratios(rows: list[dict]) -> list[dict]:
         torch_best = max((v for m, v in ips.items() if m in TORCH_MODES), default=None)
         out.append({"model": key[0], "what": key[1], "batch_size": key[2],
                     "jit_over_eager": ips["jit"] / ips["eager"] if "jit" in ips and "eager" in ips else None,
+                    "jit_over_xla_default": (ips["jit"] / ips[XLA_DEFAULT_MODE]
+                                             if "jit" in ips and XLA_DEFAULT_MODE in ips else None),
                     "jit_over_best_torch": ips["jit"] / torch_best if "jit" in ips and torch_best else None})
     return out
 
@@ -394,6 +425,8 @@ def print_table(rows: list[dict]) -> None:
         parts = [f"{r['model']} {r['what']} b{r['batch_size']}:"]
         if r["jit_over_eager"] is not None:
             parts.append(f"jit/eager {r['jit_over_eager']:.1f}x")
+        if r["jit_over_xla_default"] is not None:
+            parts.append(f"jit/jit-xla {r['jit_over_xla_default']:.2f}x")
         if r["jit_over_best_torch"] is not None:
             parts.append(f"jaxnets-jit/best-torch {r['jit_over_best_torch']:.2f}x")
         print("  ".join(parts))
@@ -428,5 +461,5 @@ def plot(rows: list[dict], path: str) -> str:
     return path
 
 
-__all__ = ["MODES", "CompileCounter", "machine", "numerics", "peak_gflops", "plot", "print_table", "ratios", "run",
+__all__ = ["MODES", "XLA_DEFAULT_MODE", "CompileCounter", "machine", "numerics", "peak_gflops", "plot", "print_table", "ratios", "run",
            "table", "torch_available", "vary_batch"]

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnets import backend
+
 # Per-channel mean/std of the training sets (on [0, 1] pixels).
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "mnist": ((0.1307,), (0.3081,)),
@@ -110,7 +112,7 @@ def preprocess(key: jax.Array, images: jax.Array, config: Preprocess, train: boo
     return (x - mean.reshape(1, 1, 1, channels)) / std.reshape(1, 1, 1, channels)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "train"))
+@functools.partial(backend.jit, static_argnames=("config", "train"))
 def _prepare(key, epoch, step, images, labels, mask, config: Preprocess, train: bool) -> Batch:
     key = jax.random.fold_in(jax.random.fold_in(key, epoch), step)
     return Batch(preprocess(key, images, config, train), labels, mask)

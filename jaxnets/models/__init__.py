@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxnets import backend
+
 from jaxnets.models.lenet import LeNet, LeNet5, LeNetCIFAR, LeNetMNIST
 from jaxnets.models.mlp import MLP
 from jaxnets.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet34, ResNet50
@@ -92,7 +94,7 @@ def init(model: nn.Module, key: jax.Array, batch_size: int = 1) -> dict:
     program rather than thousands of eager ops.
     """
     x = example_input(model, batch_size)
-    return jax.jit(lambda k: model.init(k, x, train=False))(key)
+    return backend.jit(lambda k: model.init(k, x, train=False))(key)
 
 
 def count_params(variables: dict) -> int:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxnets import backend
 from jaxnets.data import Batch
 from jaxnets.training.losses import correct, get_loss
 from jaxnets.training.state import TrainState
@@ -99,7 +100,7 @@ def make_steps(loss: str = "cross_entropy", mode: str = "jit", label_smoothing: 
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
     train_step, eval_step = make_train_step(loss, label_smoothing), make_eval_step(loss)
     if mode == "jit":
-        return Steps(jax.jit(train_step, donate_argnums=(0,)), jax.jit(eval_step), mode)
+        return Steps(backend.jit(train_step, donate_argnums=(0,)), backend.jit(eval_step), mode)
     return Steps(train_step, eval_step, mode)
 
 
@@ -126,7 +127,7 @@ def evaluate(steps: Steps, state: TrainState, loader) -> dict[str, float]:
     return summarize(totals)
 
 
-@jax.jit
+@backend.jit
 def _predicted_classes(state: TrainState, images: jax.Array) -> jax.Array:
     """`[B]` argmax of the eval-mode logits; compiled once per model and batch shape."""
     return jnp.argmax(state.apply_fn(state.variables, images, train=False), axis=-1)

@@ -1,0 +1,155 @@
+"""How jaxnets runs convolutions on the CPU: one switch, one place.
+
+XLA:CPU (jaxlib 0.10) hands every large enough convolution to the YNNPACK
+library (the `INDIVIDUAL_CONVOLUTION` member of the XLA option
+`xla_cpu_experimental_ynn_fusion_type`). YNNPACK's training convolutions are
+slow: the weight-gradient convolution of ResNet-18's first stage runs ~20x
+slower there than in XLA's own (Eigen) convolution. jaxnets therefore, on the
+CPU only:
+
+1. asks XLA to keep convolutions out of YNNPACK (dots and reductions stay
+   there), process-wide, by appending
+   `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` to
+   `XLA_FLAGS` when `jaxnets` is imported. The `-name` form removes one member
+   from *this jaxlib's own default*, so nothing of one release's defaults is
+   hard-coded. It is added only when (a) the user's `XLA_FLAGS` does not
+   already set that option, (b) this jaxlib knows the option, and (c) the CPU
+   backend has not started yet (XLA reads `XLA_FLAGS` once). It covers eager
+   and jit alike. If JAX had already started when jaxnets was imported, the
+   same choice is passed to jaxnets' own `jit`s instead (`compiler_options()`);
+   eager ops then keep XLA's defaults.
+2. computes a convolution whose kernel window is larger than its input map
+   (VGG's 3x3 convs on 2x2 maps) as one matmul (`jaxnets.layers`): XLA swaps
+   the operands of such convolutions and runs them ~50x slower than a matmul.
+
+On GPU and TPU nothing changes: cuDNN / the TPU compiler stay in charge.
+
+Turn all of it off with the environment variable `JAXNETS_CPU_CONV=xla`
+(set before importing jaxnets) to compare against XLA's defaults;
+`JAXNETS_CPU_CONV=fast` (the default) turns it on.
+"""
+
+from __future__ import annotations
+
+import functools
+import mmap
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+
+ENV_VAR = "JAXNETS_CPU_CONV"
+CHOICES = ("fast", "xla")
+YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+# Process-wide form: remove convolutions from this jaxlib's default set.
+YNN_FLAG = f"--{YNN_OPTION}=-individual_convolution"
+# Per-jit form (compiler options take full enum names, no +/-): used only when
+# JAX started before jaxnets was imported, so the process-wide flag came too late.
+YNN_WITHOUT_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+
+# What `configure()` did at import, for `describe()` and the tests.
+_status: dict[str, Any] = {"flag": "not tried"}
+
+
+def cpu_path_setting(environ: dict | None = None) -> str:
+    """`'fast'` (jaxnets' CPU convolution path) or `'xla'` (XLA's defaults), from `JAXNETS_CPU_CONV`.
+
+    Raises:
+      ValueError: the variable holds something else.
+    """
+    value = (os.environ if environ is None else environ).get(ENV_VAR, "fast").strip().lower() or "fast"
+    if value not in CHOICES:
+        raise ValueError(f"{ENV_VAR}={value!r} is not understood; use one of {CHOICES} "
+                         "('xla' keeps XLA's default CPU convolutions)")
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _jaxlib_knows(option: str) -> bool:
+    """Whether this jaxlib's XLA defines `option` (an unknown flag in XLA_FLAGS aborts the process)."""
+    try:
+        import jaxlib  # noqa: PLC0415
+
+        folder = Path(jaxlib.__file__).parent
+    except (ImportError, TypeError):
+        return False
+    needle = option.encode()
+    for library in sorted(folder.glob("*.so"), key=lambda p: -p.stat().st_size)[:3]:
+        try:
+            with open(library, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                if m.find(needle) >= 0:
+                    return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def _backend_started() -> bool:
+    try:
+        from jax._src import xla_bridge  # noqa: PLC0415
+
+        return bool(getattr(xla_bridge, "_backends", {}))
+    except ImportError:  # private API moved: assume the worst (flag may be too late)
+        return True
+
+
+def plan_xla_flags(xla_flags: str, setting: str, knows_option: bool, backend_started: bool) -> tuple[str, str]:
+    """Decide what `XLA_FLAGS` should become. Pure, so the decision can be tested.
+
+    Returns:
+      (new XLA_FLAGS value, reason): the value is `xla_flags` unchanged unless
+      the flag is to be added (merged after the user's own flags).
+    """
+    if setting != "fast":
+        return xla_flags, f"off ({ENV_VAR}={setting})"
+    if YNN_OPTION in xla_flags:
+        return xla_flags, "left to the user's XLA_FLAGS"
+    if not knows_option:
+        return xla_flags, "this jaxlib has no YNNPACK convolution option"
+    if backend_started:
+        return xla_flags, "JAX started before jaxnets was imported: per-jit compiler options instead"
+    return (xla_flags + " " + YNN_FLAG).strip(), "set in XLA_FLAGS"
+
+
+def configure() -> str:
+    """Apply the process-wide part at import (see the module docstring). Returns the reason."""
+    try:
+        setting = cpu_path_setting()
+    except ValueError:
+        setting = "xla"  # reported again, as an error, when a model is built
+    flags, reason = plan_xla_flags(os.environ.get("XLA_FLAGS", ""), setting, _jaxlib_knows(YNN_OPTION),
+                                   _backend_started())
+    if flags != os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = flags
+    _status["flag"] = reason
+    return reason
+
+
+def fast_cpu_path(backend: str | None = None) -> bool:
+    """Whether jaxnets' CPU convolution path applies: the backend is CPU and it is not switched off."""
+    backend = jax.default_backend() if backend is None else backend
+    return backend == "cpu" and cpu_path_setting() == "fast"
+
+
+def compiler_options(backend: str | None = None) -> dict[str, str]:
+    """XLA compiler options for jaxnets' own `jit`s (empty unless the process-wide flag came too late)."""
+    # Status first: in the usual case this returns without starting JAX's backend.
+    if not _status["flag"].startswith("JAX started") or not fast_cpu_path(backend):
+        return {}
+    return {YNN_OPTION: YNN_WITHOUT_CONVOLUTIONS}
+
+
+def jit(fun: Callable, **kwargs) -> Callable:
+    """`jax.jit(fun, **kwargs)` with `compiler_options()`: every jaxnets jit goes through here."""
+    options = compiler_options()
+    if options:
+        kwargs["compiler_options"] = {**options, **kwargs.get("compiler_options", {})}
+    return jax.jit(fun, **kwargs)
+
+
+def describe() -> dict[str, str]:
+    """What jaxnets did to the CPU backend, for logs and benchmark tables."""
+    return {"cpu_conv": cpu_path_setting() if jax.default_backend() == "cpu" else "backend default",
+            "xla_flag": _status["flag"], "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}

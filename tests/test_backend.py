@@ -1,0 +1,184 @@
+"""jaxnets.backend + the CPU convolution path in jaxnets.layers (issue: convnets on CPU).
+
+The CPU path must (1) equal `lax.conv_general_dilated` in forward and both
+gradients on every convolution shape the models produce, (2) be chosen only on
+the CPU and only when not switched off, and (3) really keep convolutions out
+of YNNPACK in the compiled program.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxnets import backend, layers, models
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+# (batch, H, W, C, O, kernel, stride, padding): every kind of convolution the models produce.
+CONV_SHAPES = {
+    "lenet 1-channel stem k3 p1": (4, 28, 28, 1, 6, 3, 1, 1),
+    "lenet5 3-channel stem k5 p0": (3, 32, 32, 3, 6, 5, 1, 0),
+    "resnet/vgg 3-channel stem k3 p1": (2, 32, 32, 3, 16, 3, 1, 1),
+    "resnet stride-2 3x3": (3, 16, 16, 8, 16, 3, 2, 1),
+    "resnet 1x1 stride-2 shortcut": (3, 16, 16, 8, 16, 1, 2, 0),
+    "resnet 4x4 map (lax)": (2, 4, 4, 16, 16, 3, 1, 1),
+    "vgg 2x2 map (dense)": (3, 2, 2, 32, 24, 3, 1, 1),
+    "vgg 2x2 map batch 1 (dense)": (1, 2, 2, 32, 32, 3, 1, 1),
+    "1x1 map (dense)": (5, 1, 1, 16, 8, 3, 1, 1),
+    "2x2 map stride 2 (dense)": (3, 2, 2, 8, 8, 3, 2, 1),
+    "1x1 kernel on 1x1 map (lax)": (3, 1, 1, 8, 8, 1, 1, 0),
+}
+
+
+def _conv_pair(shape):
+    batch, height, width, channels, out, kernel, stride, pad = shape
+    rng = np.random.default_rng(sum(shape))  # numpy: no per-shape compiles for the inputs
+    x = jnp.asarray(rng.normal(size=(batch, height, width, channels)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, channels, out)) / np.sqrt(kernel * kernel * channels), jnp.float32)
+    padding = ((pad, pad), (pad, pad))
+    dims = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+
+    def ours(x, w):
+        return layers.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dims)
+
+    def reference(x, w):
+        return lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dims)
+
+    return x, w, ours, reference
+
+
+def _relative(a, b) -> float:
+    return float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-12))
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES.values(), ids=CONV_SHAPES.keys())
+def test_cpu_path_equals_lax_forward_and_gradients(shape):
+    x, w, ours, reference = _conv_pair(shape)
+
+    @jax.jit  # one compile per shape: forward and the input and weight gradients of both
+    def both(x, w, cotangent):
+        (y_ours, vjp_ours), (y_ref, vjp_ref) = jax.vjp(ours, x, w), jax.vjp(reference, x, w)
+        return (y_ours, *vjp_ours(cotangent)), (y_ref, *vjp_ref(cotangent))
+
+    cotangent = jnp.asarray(np.random.default_rng(7).normal(size=jax.eval_shape(reference, x, w).shape), jnp.float32)
+    got, want = both(x, w, cotangent)
+    for a, b, what in zip(got, want, ("forward", "input gradient", "weight gradient")):
+        assert _relative(a, b) < 1e-4, what
+
+
+@pytest.mark.parametrize("name, shape", CONV_SHAPES.items(), ids=CONV_SHAPES.keys())
+def test_algorithm_choice(name, shape):
+    batch, height, width, channels, out, kernel, stride, pad = shape
+    args = ((batch, height, width, channels), (kernel, kernel, channels, out), (stride, stride),
+            ((pad, pad), (pad, pad)), None, None, 1)
+    want = "dense" if "(dense)" in name else "lax"
+    if "(dense)" in name or "(lax)" in name:
+        assert layers.conv_algorithm("cpu", *args) == want
+    # GPU and TPU always keep lax (cuDNN / the TPU compiler decide there)
+    assert layers.conv_algorithm("gpu", *args) == "lax"
+    assert layers.conv_algorithm("tpu", *args) == "lax"
+
+
+def test_switch_off_and_bad_setting(monkeypatch):
+    args = ((1, 2, 2, 8), (3, 3, 8, 8), (1, 1), ((1, 1), (1, 1)), None, None, 1)
+    monkeypatch.setenv(backend.ENV_VAR, "xla")
+    assert layers.conv_algorithm("cpu", *args) == "lax"
+    assert backend.compiler_options("cpu") == {}
+    monkeypatch.setenv(backend.ENV_VAR, "fastest")
+    with pytest.raises(ValueError, match="JAXNETS_CPU_CONV"):
+        backend.cpu_path_setting()
+    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    assert layers.conv_algorithm("cpu", *args) == "dense"
+
+
+def test_models_route_tiny_maps_through_a_matmul():
+    """VGG's 2x2-map convs become dot_general; its larger maps stay convolutions."""
+    model = models.create("vgg11")
+    variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
+    jaxpr = str(jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, jnp.zeros((2, 32, 32, 3))))
+    # vgg11 has 8 convs; the last two see 2x2 maps
+    assert jaxpr.count("conv_general_dilated") == 6
+    conv = layers.Conv(4, (3, 3), padding=1)
+    small = jnp.zeros((1, 2, 2, 3))
+    jaxpr = str(jax.make_jaxpr(lambda x: conv.apply(conv.init(jax.random.key(0), x), x))(small))
+    assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
+
+
+def test_conv_module_matches_flax_conv_with_the_path_on():
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 2, 2, 16)), jnp.float32)
+    ours = layers.Conv(8, (3, 3), padding=1)
+    plain = nn.Conv(8, (3, 3), padding=1)
+    variables = ours.init(jax.random.key(0), x)
+    assert _relative(ours.apply(variables, x), plain.apply(variables, x)) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "flags, setting, knows, started, changed",
+    [
+        ("", "fast", True, False, True),
+        ("--xla_force_host_platform_device_count=4", "fast", True, False, True),  # merged, not overwritten
+        (f"--{backend.YNN_OPTION}=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT", "fast", True, False, False),  # the user's
+        ("", "xla", True, False, False),  # switched off
+        ("", "fast", False, False, False),  # a jaxlib without the option: never abort on an unknown flag
+        ("", "fast", True, True, False),  # too late for XLA_FLAGS: per-jit options instead
+    ],
+)
+def test_plan_xla_flags(flags, setting, knows, started, changed):
+    new, reason = backend.plan_xla_flags(flags, setting, knows, started)
+    assert (new != flags) == changed, reason
+    if changed:
+        assert new.startswith(flags) and new.endswith(backend.YNN_FLAG)
+
+
+def _run_python(code: str, **env) -> dict:
+    environment = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", backend.ENV_VAR)}
+    environment.update(env)
+    out = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+_YNN_PROBE = """
+import json, os, jax, jax.numpy as jnp
+from jax import lax
+{imports}
+x, w = jnp.ones((32, 32, 32, 64)), jnp.ones((3, 3, 64, 64))
+loss = lambda w: lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')).sum()
+{make}
+hlo = step.lower(w).compile().as_text()
+print(json.dumps({{"ynn_calls": hlo.count("__ynn"), "flags": os.environ.get("XLA_FLAGS", "")}}))
+"""
+
+
+def test_import_keeps_convolutions_out_of_ynnpack():
+    """The weight-gradient conv of a ResNet stage compiles without YNNPACK once jaxnets is imported."""
+    plain = _run_python(_YNN_PROBE.format(imports="", make="step = jax.jit(jax.grad(loss))"))
+    ours = _run_python(_YNN_PROBE.format(imports="import jaxnets", make="step = jax.jit(jax.grad(loss))"))
+    user = _run_python(_YNN_PROBE.format(imports="import jaxnets", make="step = jax.jit(jax.grad(loss))"),
+                       XLA_FLAGS="--xla_cpu_use_thunk_runtime=true")
+    off = _run_python(_YNN_PROBE.format(imports="import jaxnets", make="step = jax.jit(jax.grad(loss))"),
+                      JAXNETS_CPU_CONV="xla")
+    assert ours["ynn_calls"] == 0 and backend.YNN_FLAG in ours["flags"]
+    assert user["ynn_calls"] == 0 and user["flags"].startswith("--xla_cpu_use_thunk_runtime=true ")
+    assert off["flags"] == "" and off["ynn_calls"] == plain["ynn_calls"]
+    if plain["ynn_calls"] == 0:
+        pytest.skip("this jaxlib does not send convolutions to YNNPACK by default; nothing to undo")
+
+
+def test_late_import_uses_per_jit_compiler_options():
+    """JAX started before jaxnets: XLA_FLAGS is too late, so jaxnets' own jits carry the option."""
+    probe = _YNN_PROBE.format(
+        imports="jnp.zeros(1).block_until_ready()\nimport jaxnets\nfrom jaxnets import backend",
+        make="step = backend.jit(jax.grad(loss))")
+    late = _run_python(probe)
+    assert backend.YNN_FLAG not in late["flags"]
+    assert late["ynn_calls"] == 0
