@@ -259,7 +259,7 @@ def test_cifar10_downloaded_verified_unpacked_loaded_and_trained(shared_data, mi
     np.testing.assert_array_equal(train.labels, labels)
     assert train.class_names == data.files.CIFAR10_CLASSES and len(test) == 120
 
-    result = fit(TrainConfig(model="lenet5", dataset="cifar10", data_dir=str(data_dir), epochs=1, batch_size=32),
+    result = fit(TrainConfig(model="mlp", dataset="cifar10", data_dir=str(data_dir), epochs=1, batch_size=32),
                  log=lambda _: None, progress=False)
     assert len(result.history) == 1 and np.isfinite(result.history[0]["train_loss"])
     assert result.history[0]["test_acc"] is not None
@@ -290,6 +290,15 @@ def test_archives_cannot_write_outside_their_folder(tmp_path):
         with pytest.raises(data.CorruptDataFile, match=re.escape(f"refusing to unpack {name!r}")):
             dl.safe_extract(archive, target)
         assert list(target.iterdir()) == [] and not (tmp_path / "escaped.txt").exists()
+
+
+def test_a_mirror_without_the_file_is_a_clear_error(mirror, tmp_path):
+    url, _, server = mirror
+    with pytest.raises(data.DataNotFound, match=r"could not download t10k-images-idx3-ubyte.gz .*404.*"
+                                                r"put them in .*MNIST/raw"):
+        data.load("mnist", "test", data_dir=tmp_path / "data", mirror=url)
+    assert server.requests == ["/mnist/t10k-images-idx3-ubyte.gz"]  # a 404 is not retried
+    assert _leftovers(tmp_path / "data") == []
 
 
 def test_download_false_and_unknown_names(tmp_path, monkeypatch):

@@ -89,7 +89,8 @@ def load(name: str, split: str = "train", *, source: str = "auto", data_dir: str
         is on disk (needs internet or a mirror); with 'tfds', let tfds
         download and prepare.
       mirror: base URL to download from instead of the published ones
-        (`<mirror>/<name>/<file>`); default `$JAXNETS_DATA_MIRROR`.
+        (`<mirror>/<name>/<file>`); None: `$JAXNETS_DATA_MIRROR` when set;
+        '': the published URLs.
       image_size: image folders only: resize every image to (height, width)
         (an int means square); None requires one size throughout.
 

@@ -13,7 +13,7 @@ unchanged and a torchvision data root works here as is:
 `data_dir` defaults to `default_data_dir()` (`~/.cache/jaxnets/data`, or
 `$JAXNETS_CACHE/data`). A mirror replaces the published base URLs: pass
 `mirror=` or set `$JAXNETS_DATA_MIRROR` to a base URL laid out as
-`<mirror>/<data set name>/<file name>`, e.g.
+`<mirror>/<data set name>/<file name>` (`mirror=''` forces the published URLs), e.g.
 `$JAXNETS_DATA_MIRROR/mnist/train-images-idx3-ubyte.gz` or
 `$JAXNETS_DATA_MIRROR/cifar10/cifar-10-python.tar.gz`.
 
@@ -250,7 +250,8 @@ def download_files(name: str, split: str, data_dir: str | os.PathLike | None = N
       split: 'train' or 'test'.
       data_dir: where the files go; `~` and `$VARS` expand. Default `default_data_dir()`.
       mirror: base URL replacing the published ones (`<mirror>/<name>/<file>`);
-        default `$JAXNETS_DATA_MIRROR`, else the published URLs.
+        None: `$JAXNETS_DATA_MIRROR` when set, else the published URLs;
+        '': the published URLs whatever the variable says.
       progress: show tqdm bars.
 
     Returns:
