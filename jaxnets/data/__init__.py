@@ -113,10 +113,10 @@ def load(name: str, split: str = "train", *, source: str = "auto", data_dir: str
         raise DataError(f"unknown source {source!r}; use one of {SOURCES}")
     if options and name != "synthetic":
         raise DataError(f"{name} takes no options; got {sorted(options)}")
-    folder_dir = expand_path(data_dir) if data_dir is not None else None
+    expanded_dir = expand_path(data_dir) if data_dir is not None else None
     use_folder = name == "folder" or source == "folder" or (
-        source == "auto" and name in FILE_DATASETS and folder_dir is not None
-        and not has_files(name, split, folder_dir) and has_split_folders(folder_dir))
+        source == "auto" and name in FILE_DATASETS and expanded_dir is not None
+        and not has_files(name, split, expanded_dir) and has_split_folders(expanded_dir))
     if image_size is not None and not use_folder:
         raise DataError(f"image_size applies to image folders only; {name} from {source!r} has one image size")
     if name == "digits":
@@ -124,20 +124,20 @@ def load(name: str, split: str = "train", *, source: str = "auto", data_dir: str
     elif name == "synthetic":
         images, labels, classes = load_synthetic(split, **options)
     elif use_folder:
-        if folder_dir is None:
+        if expanded_dir is None:
             raise DataNotFound(f"{name} as an image folder needs data_dir: a folder laid out as <dir>/<class>/<image> "
                                "or <dir>/train/<class>/<image>")
-        images, labels, classes = load_folder(folder_dir, split, image_size=image_size, name=name)
+        images, labels, classes = load_folder(expanded_dir, split, image_size=image_size, name=name)
         if name != "folder":
-            _check_folder_classes(name, classes, folder_dir)
+            _check_folder_classes(name, classes, expanded_dir)
     elif source == "files":
         if data_dir is None:
             raise DataNotFound(f"source='files' needs data_dir: a folder holding {expected_files(name, split)}")
         images, labels, classes = load_files(name, split, Path(data_dir))
     elif source == "tfds":
-        images, labels, classes = load_tfds(name, split, folder_dir, download=download)
+        images, labels, classes = load_tfds(name, split, expanded_dir, download=download)
     else:
-        images, labels, classes = _load_auto(name, split, folder_dir, download, mirror)
+        images, labels, classes = _load_auto(name, split, expanded_dir, download, mirror)
     return Dataset(images, labels.astype(np.int32), tuple(classes), name, split)
 
 

@@ -297,11 +297,18 @@ def _fetch_first(name, split, filename, md5, destination, data_dir, mirror, prog
         except ChecksumMismatch as err:
             mismatch = err
         except OSError as err:  # requests' errors are OSErrors
-            errors.append(f"{url}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            errors.append(f"{url}: {_describe(err)}")
     if mismatch is not None:
         raise mismatch
     raise DataNotFound(f"{name} ({split}): could not download {filename} ({'; '.join(errors)}). "
                        f"{instructions(name, split, data_dir, mirror)}")
+
+
+def _describe(err: Exception) -> str:
+    """`Type: reason`, without urllib3's 'Max retries exceeded' wrapping around the reason."""
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    text = str(reason or err).splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
 def _unpack(archive: Path, folder: Path, extracts_to: str) -> None:
