@@ -9,7 +9,11 @@
 
 `load(name, split, source=...)` returns a `Dataset` of uint8 NHWC images and
 int32 labels; `source='files'` reads MNIST IDX / CIFAR binary or python files
-in `data_dir`, `'tfds'` goes through `tfds.data_source`, `'auto'` prefers files.
+in `data_dir`, `'folder'` an image folder (`<dir>/[train|test/]<class>/<image>`),
+`'tfds'` goes through `tfds.data_source`, and `'auto'` takes the first that
+has the data: files, an image folder, a prepared tfds data set, and finally
+downloads the published files (`jaxnets.data.download`, no TensorFlow) into
+`data_dir` (default `~/.cache/jaxnets/data`). `~` and `$VARS` expand in every path.
 """
 
 from __future__ import annotations
@@ -20,15 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxnets.data.download import DOWNLOADABLE, MIRROR_ENV, ChecksumMismatch, default_data_dir, download_files
 from jaxnets.data.embedded import load_digits, load_synthetic
 from jaxnets.data.errors import CorruptDataFile, DataError, DataNotFound, UnsafePickle
-from jaxnets.data.files import FILE_DATASETS, expected_files, has_files, load_files
+from jaxnets.data.files import CIFAR10_CLASSES, FILE_DATASETS, expand_path, expected_files, has_files, load_files
+from jaxnets.data.folder import has_split_folders, load_folder
 from jaxnets.data.pipeline import NORMALIZATION, Batch, Loader, Preprocess, channel_stats, preprocess, random_crop, random_flip
 from jaxnets.data.tfds_source import TFDS_NAMES, load_tfds
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic", "folder")
 SPLITS = ("train", "test")
-SOURCES = ("auto", "tfds", "files")
+SOURCES = ("auto", "tfds", "files", "folder")
+# Named data sets read from an image folder must have this many class folders.
+_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,27 +67,43 @@ class Dataset:
 
 
 def load(name: str, split: str = "train", *, source: str = "auto", data_dir: str | Path | None = None,
-         download: bool = True, **options) -> Dataset:
+         download: bool = True, mirror: str | None = None, image_size: int | tuple[int, int] | None = None,
+         **options) -> Dataset:
     """Load a whole split into memory.
 
     Args:
       name: one of `DATASETS`: 'digits' (embedded, scikit-learn's real 8x8
         digits framed as 28x28), 'mnist', 'fashion_mnist', 'cifar10',
-        'cifar100', or 'synthetic' (seeded; `options` shape, num_examples,
-        num_classes, seed).
+        'cifar100', 'synthetic' (seeded; `options` shape, num_examples,
+        num_classes, seed), or 'folder' (any image folder in `data_dir`).
       split: 'train' or 'test'.
-      source: 'files' (the standard files in `data_dir`), 'tfds', or 'auto'
-        (files when `data_dir` has them, otherwise tfds).
-      data_dir: folder with the files, or tfds's data_dir.
-      download: let tfds download and prepare when not prepared (needs internet).
+      source: 'files' (the standard files already in `data_dir`), 'folder'
+        (an image folder in `data_dir`), 'tfds', or 'auto': the standard
+        files in `data_dir` (default `default_data_dir()`), else an image
+        folder with train/ or test/ in `data_dir`, else a prepared tfds data
+        set, else (with `download`) the published files fetched into the
+        data directory.
+      data_dir: folder with the files or image folder, or tfds's data_dir;
+        `~` and `$VARS` expand.
+      download: with source 'auto', fetch the published files when nothing
+        is on disk (needs internet or a mirror); with 'tfds', let tfds
+        download and prepare.
+      mirror: base URL to download from instead of the published ones
+        (`<mirror>/<name>/<file>`); None: `$JAXNETS_DATA_MIRROR` when set;
+        '': the published URLs.
+      image_size: image folders only: resize every image to (height, width)
+        (an int means square); None requires one size throughout.
 
     Returns:
       a `Dataset` with uint8 `[N, H, W, C]` images and int32 `[N]` labels.
 
     Raises:
-      DataError: unknown name, split or source.
-      DataNotFound: not on disk and not obtainable; says which files to put where.
-      CorruptDataFile / UnsafePickle: a damaged or hostile file (named).
+      DataError: unknown name, split or source; an image folder whose
+        classes do not fit `name`, with an empty class folder, or with
+        images of different sizes (without `image_size`).
+      DataNotFound: not on disk and not obtainable; says what to put where.
+      CorruptDataFile / UnsafePickle / ChecksumMismatch: a damaged or hostile
+        file, or a download with the wrong checksum (named; nothing kept).
     """
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
@@ -89,22 +113,60 @@ def load(name: str, split: str = "train", *, source: str = "auto", data_dir: str
         raise DataError(f"unknown source {source!r}; use one of {SOURCES}")
     if options and name != "synthetic":
         raise DataError(f"{name} takes no options; got {sorted(options)}")
+    expanded_dir = expand_path(data_dir) if data_dir is not None else None
+    use_folder = name == "folder" or source == "folder" or (
+        source == "auto" and name in FILE_DATASETS and expanded_dir is not None
+        and not has_files(name, split, expanded_dir) and has_split_folders(expanded_dir))
+    if image_size is not None and not use_folder:
+        raise DataError(f"image_size applies to image folders only; {name} from {source!r} has one image size")
     if name == "digits":
         images, labels, classes = load_digits(split)
     elif name == "synthetic":
         images, labels, classes = load_synthetic(split, **options)
-    elif source == "files" or (source == "auto" and has_files(name, split, Path(data_dir) if data_dir else None)):
+    elif use_folder:
+        if expanded_dir is None:
+            raise DataNotFound(f"{name} as an image folder needs data_dir: a folder laid out as <dir>/<class>/<image> "
+                               "or <dir>/train/<class>/<image>")
+        images, labels, classes = load_folder(expanded_dir, split, image_size=image_size, name=name)
+        if name != "folder":
+            _check_folder_classes(name, classes, expanded_dir)
+    elif source == "files":
         if data_dir is None:
             raise DataNotFound(f"source='files' needs data_dir: a folder holding {expected_files(name, split)}")
         images, labels, classes = load_files(name, split, Path(data_dir))
+    elif source == "tfds":
+        images, labels, classes = load_tfds(name, split, expanded_dir, download=download)
     else:
-        try:
-            images, labels, classes = load_tfds(name, split, data_dir, download=download)
-        except DataNotFound as err:
-            if source == "auto":
-                raise DataNotFound(f"{err} Files this loader reads: {expected_files(name, split)}.") from err
-            raise
+        images, labels, classes = _load_auto(name, split, expanded_dir, download, mirror)
     return Dataset(images, labels.astype(np.int32), tuple(classes), name, split)
+
+
+def _load_auto(name: str, split: str, data_dir: Path | None, allow_download: bool, mirror: str | None):
+    """Files on disk, else a prepared tfds data set, else the published files downloaded."""
+    local = data_dir if data_dir is not None else default_data_dir()
+    if has_files(name, split, local):
+        return load_files(name, split, local)
+    try:
+        return load_tfds(name, split, data_dir, download=False)
+    except DataNotFound as err:
+        tfds_error = err
+    if not allow_download:
+        raise DataNotFound(
+            f"{name} ({split}) not found in {local} (files this loader reads: {expected_files(name, split)}) nor "
+            f"prepared for tensorflow-datasets; pass download=True to fetch the published files, or put them "
+            f"there.") from tfds_error
+    download_files(name, split, local, mirror=mirror)
+    return load_files(name, split, local)
+
+
+def _check_folder_classes(name: str, classes: tuple[str, ...], data_dir: Path) -> None:
+    """A named data set read from an image folder keeps its label order (sorted names = CIFAR-10's order)."""
+    if name == "cifar10" and classes != CIFAR10_CLASSES:
+        raise DataError(f"image folder {data_dir} has classes {list(classes)}, not CIFAR-10's {list(CIFAR10_CLASSES)}; "
+                        "load it as data set 'folder' instead")
+    if len(classes) != _NUM_CLASSES[name]:
+        raise DataError(f"image folder {data_dir} has {len(classes)} class folders, but {name} has "
+                        f"{_NUM_CLASSES[name]}; load it as data set 'folder' instead")
 
 
 def random_split(n: int, fractions: Sequence[float] = (0.8, 0.2), seed: int = 0) -> list[np.ndarray]:
@@ -138,7 +200,8 @@ def train_val_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) 
 
 
 __all__ = [
-    "Batch", "CorruptDataFile", "DATASETS", "DataError", "DataNotFound", "Dataset", "FILE_DATASETS", "Loader",
-    "NORMALIZATION", "Preprocess", "TFDS_NAMES", "UnsafePickle", "channel_stats", "load", "load_files", "load_tfds",
-    "preprocess", "random_crop", "random_flip", "random_split", "train_val_split",
+    "Batch", "ChecksumMismatch", "CorruptDataFile", "DATASETS", "DOWNLOADABLE", "DataError", "DataNotFound", "Dataset",
+    "FILE_DATASETS", "Loader", "MIRROR_ENV", "NORMALIZATION", "Preprocess", "TFDS_NAMES", "UnsafePickle",
+    "channel_stats", "default_data_dir", "download_files", "expand_path", "load", "load_files", "load_folder",
+    "load_tfds", "preprocess", "random_crop", "random_flip", "random_split", "train_val_split",
 ]

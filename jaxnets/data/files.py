@@ -224,9 +224,9 @@ FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 
 def has_files(name: str, split: str, data_dir: Path | None) -> bool:
     """Whether `data_dir` holds `name`/`split` in a format we read."""
-    if data_dir is None or name not in FILE_DATASETS or not Path(data_dir).is_dir():
+    if data_dir is None or name not in FILE_DATASETS or not expand_path(data_dir).is_dir():
         return False
-    data_dir = Path(data_dir)
+    data_dir = expand_path(data_dir)
     if name in _IDX_DIRS:
         return _find_idx(name, split, data_dir) is not None
     return bool(_cifar_binary_files(name, split, data_dir)[0] or _cifar_python_files(name, split, data_dir)[0])
@@ -289,7 +289,7 @@ def load_files(name: str, split: str, data_dir: Path, cache: bool = True):
       DataNotFound: the folder lacks the files (the message lists them).
       CorruptDataFile / UnsafePickle: a file is damaged or hostile (named).
     """
-    data_dir = Path(data_dir)
+    data_dir = expand_path(data_dir)
     if not has_files(name, split, data_dir):
         raise DataNotFound(f"{name} ({split}) not found in {data_dir}: expected {expected_files(name, split)}")
     if name in _IDX_DIRS:
@@ -331,8 +331,13 @@ def write_cache(candidates: list[Path], images: np.ndarray, labels: np.ndarray, 
 
 def user_cache_dir() -> Path:
     """`$JAXNETS_CACHE`, else `~/.cache/jaxnets`: where caches go when the data folder is read-only."""
-    return Path(os.environ.get("JAXNETS_CACHE", Path.home() / ".cache" / "jaxnets"))
+    return expand_path(os.environ.get("JAXNETS_CACHE", Path.home() / ".cache" / "jaxnets"))
 
 
-__all__ = ["CIFAR10_CLASSES", "FILE_DATASETS", "expected_files", "has_files", "load_files", "load_restricted_pickle",
-           "read_cache", "read_cifar_binary", "read_idx", "user_cache_dir", "write_cache"]
+def expand_path(path: str | os.PathLike) -> Path:
+    """`path` with `~` and `$VARS` expanded, as a shell would (every path jaxnets.data accepts goes through it)."""
+    return Path(os.path.expandvars(os.path.expanduser(os.fspath(path))))
+
+
+__all__ = ["CIFAR10_CLASSES", "FILE_DATASETS", "expand_path", "expected_files", "has_files", "load_files",
+           "load_restricted_pickle", "read_cache", "read_cifar_binary", "read_idx", "user_cache_dir", "write_cache"]

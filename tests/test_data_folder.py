@@ -1,0 +1,178 @@
+"""Image folders (`<dir>/[train|test/]<class>/<image>`) as a data source, and the README's data example."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxnets import data
+from jaxnets.data import folder as folder_lib
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _pixels(seed: int, size=(8, 8), channels: int = 3) -> np.ndarray:
+    shape = (*size, channels) if channels > 1 else size
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _save(path: Path, pixels: np.ndarray, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, **kwargs)
+    return path
+
+
+@pytest.fixture
+def pets(tmp_path) -> Path:
+    """Two classes, created in reverse sorted order; PNG and JPEG mixed."""
+    root = tmp_path / "pets"
+    _save(root / "zebra" / "a.png", _pixels(0))
+    _save(root / "zebra" / "b.jpg", _pixels(1), quality=95)
+    _save(root / "ant" / "c.png", _pixels(2))
+    _save(root / "ant" / "nested" / "d.png", _pixels(3))  # sub-folders count, as in torchvision
+    (root / "ant" / ".DS_Store").write_bytes(b"\0junk")  # hidden files are skipped
+    return root
+
+
+def test_folder_loads_with_classes_in_sorted_order(pets):
+    ds = data.load("folder", "train", data_dir=pets)
+    assert ds.class_names == ("ant", "zebra")  # sorted, not creation order
+    assert ds.images.shape == (4, 8, 8, 3) and ds.images.dtype == np.uint8 and ds.labels.dtype == np.int32
+    assert ds.labels.tolist() == [0, 0, 1, 1]
+    np.testing.assert_array_equal(ds.images[0], _pixels(2))  # ant/c.png, lossless
+    np.testing.assert_array_equal(ds.images[1], _pixels(3))  # ant/nested/d.png
+    np.testing.assert_array_equal(ds.images[2], _pixels(0))  # zebra/a.png
+    with Image.open(pets / "zebra" / "b.jpg") as jpeg:  # lossy: compare with Pillow's own decoding
+        np.testing.assert_array_equal(ds.images[3], np.asarray(jpeg.convert("RGB")))
+    assert not np.array_equal(ds.images[3], _pixels(1))
+    with pytest.raises(data.DataNotFound, match="no train/ or test/ folders.*no 'test' split"):
+        data.load("folder", "test", data_dir=pets)
+
+
+def test_corrupt_and_non_image_files_are_named(pets):
+    good = (pets / "zebra" / "b.jpg").read_bytes()
+    (pets / "zebra" / "broken.jpg").write_bytes(good[: len(good) // 2])  # truncated JPEG
+    with pytest.raises(data.CorruptDataFile, match=r"zebra/broken.jpg: not an image Pillow can decode"):
+        data.load("folder", data_dir=pets)
+    (pets / "zebra" / "broken.jpg").unlink()
+    (pets / "ant" / "notes.txt").write_text("not a picture")
+    with pytest.raises(data.CorruptDataFile, match=r"ant/notes.txt: not an image Pillow can decode"):
+        data.load("folder", data_dir=pets)
+
+
+def test_odd_size_is_named_unless_a_size_is_requested(pets):
+    _save(pets / "ant" / "wide.png", _pixels(4, size=(8, 12)))
+    with pytest.raises(data.DataError, match=r"ant/wide.png: 8x12 pixels.*4 of the 5 images .* are 8x8.*image_size=\(8, 8\)"):
+        data.load("folder", data_dir=pets)
+    ds = data.load("folder", data_dir=pets, image_size=6)
+    assert ds.images.shape == (5, 6, 6, 3)
+    ds = data.load("folder", data_dir=pets, image_size=(8, 8))
+    np.testing.assert_array_equal(ds.images[0], _pixels(2))  # already 8x8: untouched
+    with pytest.raises(data.DataError, match="image_size applies to image folders only"):
+        data.load("digits", image_size=8)
+
+
+def test_cache_is_used_the_second_time(pets, monkeypatch):
+    first = data.load("folder", data_dir=pets)
+    assert len(list(pets.glob(".jaxnets-folder-folder-train-*.npz"))) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again instead of reading the cache")
+
+    monkeypatch.setattr(folder_lib, "decode_image", no_decoding)
+    second = data.load("folder", data_dir=pets)
+    np.testing.assert_array_equal(second.images, first.images)
+    assert second.class_names == first.class_names
+    _save(pets / "ant" / "new.png", _pixels(9))  # a changed folder is decoded afresh
+    with pytest.raises(AssertionError, match="decoded again"):
+        data.load("folder", data_dir=pets)
+
+
+def test_empty_class_folder_and_no_classes_are_clear(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DataNotFound, match=r"has no class folders: expected .*/<class name>/<image>"):
+        data.load("folder", data_dir=tmp_path / "empty")
+    _save(tmp_path / "one" / "cat" / "a.png", _pixels(0))
+    (tmp_path / "one" / "dog").mkdir()
+    with pytest.raises(data.DataError, match=r"class folder .*one/dog holds no images"):
+        data.load("folder", data_dir=tmp_path / "one")
+    with pytest.raises(data.DataNotFound, match="does not exist"):
+        data.load("folder", data_dir=tmp_path / "missing")
+    with pytest.raises(data.DataNotFound, match="needs data_dir"):
+        data.load("folder")
+
+
+def test_split_folders_grayscale_and_cifar10_names(tmp_path):
+    for split, n in (("train", 3), ("test", 2)):
+        for c in ("0", "1"):
+            for i in range(n):
+                _save(tmp_path / "digits" / split / c / f"{i}.png", _pixels(i, channels=1))
+    train = data.load("folder", "train", data_dir=tmp_path / "digits")
+    test = data.load("folder", "test", data_dir=tmp_path / "digits")
+    assert train.images.shape == (6, 8, 8, 1) and test.images.shape == (4, 8, 8, 1)  # all gray: one channel
+
+    _save(tmp_path / "mixed" / "a" / "gray.png", _pixels(0, channels=1))
+    _save(tmp_path / "mixed" / "b" / "rgb.png", _pixels(1))
+    mixed = data.load("folder", data_dir=tmp_path / "mixed")
+    assert mixed.images.shape == (2, 8, 8, 3)
+    np.testing.assert_array_equal(mixed.images[0, ..., 2], _pixels(0, channels=1))
+
+    # A CIFAR-10 image folder loads as 'cifar10' (its normalisation applies) when its classes are CIFAR-10's.
+    for c in data.files.CIFAR10_CLASSES:
+        _save(tmp_path / "cifar" / "train" / c / "0.png", _pixels(len(c), size=(32, 32)))
+    cifar = data.load("cifar10", "train", data_dir=tmp_path / "cifar")
+    assert cifar.name == "cifar10" and cifar.class_names == data.files.CIFAR10_CLASSES
+    assert cifar.labels.tolist() == list(range(10)) and cifar.images.shape == (10, 32, 32, 3)
+    with pytest.raises(data.DataNotFound, match="has no test/ folder"):
+        data.load("cifar10", "test", data_dir=tmp_path / "cifar")  # never falls back to downloading
+    with pytest.raises(data.DataError, match="not CIFAR-10's .*load it as data set 'folder'"):
+        data.load("cifar10", "train", data_dir=tmp_path / "digits")
+
+
+def test_readme_data_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's data snippets, verbatim, with `~` = a temporary home holding the files they name."""
+    text = README.read_text()
+    snippets = [s for s in re.findall(r"```python\n(.*?)```", text, re.S) if "from jaxnets import data\n" in s]
+    assert snippets, "README has no data example"
+    home = tmp_path / "home"
+    cifar = home / "data" / "cifar-10-batches-bin"  # what ~/data holds for the example's cifar10 line
+    cifar.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        records = rng.integers(0, 256, (60, 3073), dtype=np.uint8)
+        records[:, 0] %= 10
+        records.tofile(cifar / name)
+    for c in ("cat", "dog"):  # and ~/pets, an image folder of odd sizes
+        for i in range(3):
+            _save(home / "pets" / c / f"{i}.jpg", _pixels(i, size=(40 + i, 50)))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("JAXNETS_DATA_MIRROR", raising=False)
+    namespace: dict = {}
+    for snippet in snippets:
+        exec(compile(snippet, str(README), "exec"), namespace)  # noqa: S102 - our own README
+    assert len(namespace["train"]) == 240 and len(namespace["held_out"]) == 60
+    assert namespace["train"].images.shape[1:] == (32, 32, 3)
+    assert next(iter(namespace["loader"])).image.shape == (128, 32, 32, 3)
+    assert namespace["pets"].images.shape == (6, 64, 64, 3) and namespace["pets"].class_names == ("cat", "dog")
+    assert not Path("~").exists()
+
+
+# ------------------------------------------------------------------ the real CIFAR-10 JPEGs
+
+@pytest.mark.slow
+def test_real_cifar10_image_folder(shared_data, tmp_path):
+    """All 50,000 CIFAR-10 training JPEGs: decoded once, then read from the cache."""
+    subprocess.run(["tar", "-xzf", str(shared_data / "cifar10-train-jpeg.tar.gz"), "-C", str(tmp_path)], check=True)
+    ds = data.load("cifar10", "train", data_dir=tmp_path)
+    assert ds.images.shape == (50_000, 32, 32, 3) and ds.images.dtype == np.uint8
+    assert np.bincount(ds.labels).tolist() == [5_000] * 10
+    assert ds.class_names == data.files.CIFAR10_CLASSES
+    np.testing.assert_allclose(ds.images.reshape(-1, 3).mean(0), [125.3, 123.0, 113.9], atol=3)
+    assert len(list(tmp_path.glob(".jaxnets-cifar10-folder-train-*.npz"))) == 1
+    again = data.load("cifar10", "train", data_dir=tmp_path)
+    np.testing.assert_array_equal(again.labels, ds.labels)
