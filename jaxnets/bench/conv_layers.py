@@ -1,0 +1,154 @@
+"""Layer by layer: every distinct convolution of ResNet-18 and VGG-16, JAX vs PyTorch, one run.
+
+    python -m jaxnets.bench.conv_layers --batch-size 128 --json conv-layers.json
+
+For each distinct convolution shape of the CIFAR ResNet-18 and VGG-16 it
+times the training work of that layer — forward, input gradient (not for
+the stem, whose input is data) and weight gradient — as one jitted JAX
+program through `jaxnets.layers` (what the models run), the same with an
+im2col lowering (9 shifted slices + one matmul; a candidate for the stem and
+the stride-2 convolutions), and PyTorch's `conv2d` forward + backward. Times
+are the minimum over rounds with the variants alternated, so a noisy
+neighbour hurts every variant alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxnets import backend, layers
+
+# (name, H, W, C, O, kernel, stride, padding, models that have it)
+LAYERS = (
+    ("stem 3->64 k3", 32, 32, 3, 64, 3, 1, 1, "resnet18, vgg16"),
+    ("3x3 64->64 @32", 32, 32, 64, 64, 3, 1, 1, "resnet18, vgg16"),
+    ("3x3 s2 64->128 @32", 32, 32, 64, 128, 3, 2, 1, "resnet18"),
+    ("1x1 s2 64->128 @32", 32, 32, 64, 128, 1, 2, 0, "resnet18"),
+    ("3x3 128->128 @16", 16, 16, 128, 128, 3, 1, 1, "resnet18, vgg16"),
+    ("3x3 s2 128->256 @16", 16, 16, 128, 256, 3, 2, 1, "resnet18"),
+    ("3x3 256->256 @8", 8, 8, 256, 256, 3, 1, 1, "resnet18, vgg16"),
+    ("3x3 s2 256->512 @8", 8, 8, 256, 512, 3, 2, 1, "resnet18"),
+    ("3x3 512->512 @4", 4, 4, 512, 512, 3, 1, 1, "resnet18, vgg16"),
+    ("3x3 512->512 @2", 2, 2, 512, 512, 3, 1, 1, "vgg16"),
+)
+DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def im2col_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+    """Convolution as kh*kw shifted (strided) slices + one matmul. `[N,H,W,C] x [kh,kw,C,O] -> [N,Ho,Wo,O]`."""
+    kh, kw, channels, out = kernel.shape
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out_h = (x.shape[1] + 2 * pad - kh) // stride + 1
+    out_w = (x.shape[2] + 2 * pad - kw) // stride + 1
+    patches = jnp.concatenate([
+        lax.slice(padded, (0, i, j, 0), (x.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1,
+                                         channels), (1, stride, stride, 1))
+        for i in range(kh) for j in range(kw)], axis=-1)
+    return patches @ kernel.reshape(kh * kw * channels, out)
+
+
+def _jax_layer(conv: Callable, x, w, stem: bool) -> Callable[[], None]:
+    def loss(x, w):
+        return jnp.sum(conv(x, w) ** 2)
+
+    grad = jax.jit(jax.grad(loss, argnums=(1,) if stem else (0, 1)))
+    jax.block_until_ready(grad(x, w))
+    return lambda: jax.block_until_ready(grad(x, w))
+
+
+def _torch_layer(x_np, w_np, stride: int, pad: int, stem: bool) -> Callable[[], None]:
+    import torch  # noqa: PLC0415
+
+    x = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy()).requires_grad_(not stem)
+    w = torch.from_numpy(w_np.transpose(3, 2, 0, 1).copy()).requires_grad_(True)
+
+    def step():
+        w.grad = None
+        if not stem:
+            x.grad = None
+        torch.nn.functional.conv2d(x, w, stride=stride, padding=pad).pow(2).sum().backward()
+
+    step()
+    return step
+
+
+def run(batch_size: int = 128, rounds: int = 5, log=print) -> list[dict]:
+    """Time every layer of `LAYERS` in each variant; returns one dict per layer (milliseconds)."""
+    try:
+        import torch  # noqa: F401, PLC0415
+        have_torch = True
+    except ImportError:
+        have_torch = False
+    rows = []
+    for name, height, width, channels, out, k, stride, pad, where in LAYERS:
+        rng = np.random.default_rng(0)
+        x_np = rng.normal(size=(batch_size, height, width, channels)).astype(np.float32)
+        w_np = (rng.normal(size=(k, k, channels, out)) / np.sqrt(k * k * channels)).astype(np.float32)
+        x, w = jnp.asarray(x_np), jnp.asarray(w_np)
+        stem = channels == 3
+        dims = lax.conv_dimension_numbers(x.shape, w.shape, DIMS)
+        padding = ((pad, pad), (pad, pad))
+        variants = {
+            "jaxnets": _jax_layer(lambda x, w: layers.conv_general_dilated(
+                x, w, (stride, stride), padding, dimension_numbers=dims), x, w, stem),
+            "im2col": _jax_layer(lambda x, w: im2col_conv(x, w, stride, pad), x, w, stem),
+        }
+        if have_torch:
+            variants["torch"] = _torch_layer(x_np, w_np, stride, pad, stem)
+        best = {v: float("inf") for v in variants}
+        for _ in range(rounds):
+            for variant, step in variants.items():
+                start = time.perf_counter()
+                step()
+                best[variant] = min(best[variant], time.perf_counter() - start)
+        row = {"layer": name, "models": where, "batch_size": batch_size,
+               **{f"{v}_ms": 1e3 * s for v, s in best.items()}}
+        if have_torch:
+            row["jaxnets_over_torch"] = best["torch"] / best["jaxnets"]  # > 1: jaxnets faster
+        row["im2col_speedup"] = best["jaxnets"] / best["im2col"]  # > 1: im2col would win
+        rows.append(row)
+        if log:
+            log(" | ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per layer."""
+    torch_col = "torch_ms" in rows[0]
+    lines = ["| layer | in | jaxnets (ms) | im2col (ms) |" + (" torch (ms) | torch / jaxnets |" if torch_col else ""),
+             "|---|---|---:|---:|" + ("---:|---:|" if torch_col else "")]
+    for r in rows:
+        line = f"| {r['layer']} | {r['models']} | {r['jaxnets_ms']:.1f} | {r['im2col_ms']:.1f} |"
+        if torch_col:
+            line += f" {r['torch_ms']:.1f} | {r['jaxnets_over_torch']:.2f}x |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jaxnets.bench.conv_layers", description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    from jaxnets.bench import machine  # noqa: PLC0415
+
+    rows = run(args.batch_size, args.rounds)
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "backend": backend.describe(), "rows": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
