@@ -31,6 +31,8 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,26 @@ def _quiet_orbax_logs():
         yield
     finally:
         logger.setLevel(level)
+
+
+def _join_writer_threads(before: set, timeout: float = 120.0) -> None:
+    """After a failed save: wait for the writer threads orbax started for it, quietly.
+
+    When one item of a save fails, orbax raises at once while the other
+    items' threads are still writing; left alone they would write into the
+    folder after we return, and print pages of tracebacks when the
+    interpreter exits under them.
+    """
+    hook = threading.excepthook
+    threading.excepthook = lambda args: None  # their errors are the one we already raise
+    try:
+        with _quiet_orbax_logs():
+            deadline = time.monotonic() + timeout
+            for thread in set(threading.enumerate()) - before:
+                if not thread.daemon and thread is not threading.current_thread():
+                    thread.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        threading.excepthook = hook
 
 
 # ----------------------------------------------------------------------------- the run folder lock
@@ -292,15 +314,16 @@ class Checkpoints:
         return removed
 
     def _write(self, manager, epoch: int, args, where: str) -> None:
+        before = set(threading.enumerate())
         try:
             with _quiet_orbax_logs():
                 try:
                     manager.save(epoch, args=args, force=True)
                 finally:
-                    # Let orbax's writer threads end before we go on (or the interpreter exits under them).
                     with contextlib.suppress(Exception):
                         manager.wait_until_finished()
         except Exception as err:  # orbax/tensorstore raise many types
+            _join_writer_threads(before)
             cause = _root_os_error(err)
             saved = [e for e in self.epochs() if e != epoch]
             kept = f" Epochs {saved} are saved and intact." if saved else ""
