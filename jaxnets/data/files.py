@@ -368,7 +368,7 @@ def read_cache(candidates: list[Path]):
     for candidate in candidates:
         if candidate.is_file():
             try:
-                with np.load(candidate, allow_pickle=False) as z:
+                with open(candidate, "rb") as f, np.load(f, allow_pickle=False) as z:  # closed on every error
                     images, labels, classes = z["images"], z["labels"], tuple(str(c) for c in z["classes"])
                 if images.dtype != np.uint8 or images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
                     raise ValueError(f"arrays of the wrong kind: images {images.dtype}{images.shape}, labels {labels.shape}")
