@@ -211,6 +211,15 @@ def test_cifar_python_labels_out_of_range_name_the_file(tmp_path):
         data.load("cifar10", "train", source="files", data_dir=tmp_path)
 
 
+def test_class_names_file_must_name_every_class(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    (folder / "data_batch_1.bin").write_bytes(np.zeros((2, 3073), np.uint8).tobytes())
+    (folder / "batches.meta.txt").write_text("cat\ndog\nbird\n")
+    with pytest.raises(data.CorruptDataFile, match=r"batches.meta.txt: names 3 classes, the data set has 10"):
+        data.load("cifar10", "train", data_dir=tmp_path)
+
+
 def test_corrupt_deflate_stream_is_corrupt_data_file_not_zlib_error(tmp_path):
     """Finding 9: a flipped byte in a .gz's deflate data used to raise an uncaught zlib.error."""
     _write_mnist(tmp_path)

@@ -150,16 +150,6 @@ def _join_writer_threads(before: set, timeout: float = 120.0) -> None:
 # ----------------------------------------------------------------------------- the run folder lock
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunLock:
     """Exclusive ownership of a run folder by one process.
 
@@ -210,7 +200,6 @@ class RunLock:
                 "started": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv)}
         if previous and (previous.get("pid"), previous.get("host")) != (here["pid"], here["host"]):
             # The OS lock was free, so its last holder is gone (killed, or it crashed) and left this file behind.
-            previous["alive"] = previous.get("host") == here["host"] and _process_alive(int(previous.get("pid", -1)))
             self.previous_holder = previous
         try:
             _atomic_write_text(self.holder_path, json.dumps(here, indent=2))
