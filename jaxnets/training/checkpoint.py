@@ -311,10 +311,12 @@ class Checkpoints:
                 finally:
                     with contextlib.suppress(Exception):
                         manager.wait_until_finished()
-        except Exception as err:  # orbax/tensorstore raise many types
+        except BaseException as err:  # orbax/tensorstore raise many types; Ctrl-C lands here too
             _join_writer_threads(before)
+            if not isinstance(err, Exception):
+                raise
             cause = _root_os_error(err)
-            saved = [e for e in self.epochs() if e != epoch]
+            saved = [e for e in self.epochs() if where == "best" or e != epoch]
             kept = f" Epochs {saved} are saved and intact." if saved else ""
             if cause is not None:
                 space = " (the disk is full)" if cause.errno == errno.ENOSPC else ""
