@@ -525,8 +525,9 @@ def one_epoch_run(tmp_path_factory):
     ("weight_decay", 5e-4), ("warmup_epochs", 1.0), ("schedule", "constant"), ("batch_size", 16), ("seed", 4),
     ("val_fraction", 0.3), ("optimizer", "sgd"), ("momentum", 0.5), ("nesterov", True), ("loss", "mse"),
 ])
-def test_resume_refuses_a_changed_field_naming_it(field, value, one_epoch_run):
-    """Finding 5."""
+def test_resume_refuses_a_changed_field_naming_it(field, value, one_epoch_run, monkeypatch):
+    """Finding 5: refused before any data is loaded."""
+    no_training(monkeypatch)
     with pytest.raises(CheckpointError, match=rf"cannot resume: the checkpoint was trained with {field}="):
         fit(mlp_config(epochs=2, **{field: value}), workdir=one_epoch_run, resume=True, **QUIET)
 

@@ -388,6 +388,9 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
          progress, log) -> FitResult:
     checkpoints = None if workdir is None else _open_workdir(workdir, lock, resume, config.keep, log)
     try:
+        if checkpoints is not None and resume and checkpoints.latest_epoch() is not None:
+            # Refuse a changed config before spending time on data; model_kwargs can be completed only with data.
+            _check_resume_config(checkpoints.read_meta(), config, [f for f in RESUME_MUST_MATCH if f != "model_kwargs"])
         splits = splits or load_splits(config, log)
         config = dataclasses.replace(config, model_kwargs=_model_kwargs(config, splits.train))
         preprocess = data.Preprocess.for_dataset(config.dataset, splits.train.images, config.normalize, config.augment)
@@ -434,12 +437,7 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
 def _resume(checkpoints: Checkpoints, config: TrainConfig, fresh: TrainState, fingerprint: str, log) -> tuple:
     """Check the config, restore and verify the latest checkpoint, and put `best/` back in line with its history."""
     meta = checkpoints.read_meta()
-    saved = TrainConfig.from_json(meta["config"])
-    for field in RESUME_MUST_MATCH:  # checked first: a clearer message than a shape mismatch
-        if getattr(saved, field) != getattr(config, field):
-            raise CheckpointError(f"cannot resume: the checkpoint was trained with {field}={getattr(saved, field)!r}, "
-                                  f"this run asks for {getattr(config, field)!r}. Use the same {field}, or start a "
-                                  "new run in another workdir")
+    saved = _check_resume_config(meta, config, RESUME_MUST_MATCH)  # before restoring: clearer than a shape mismatch
     if meta.get("data_fingerprint") not in (None, fingerprint):
         raise CheckpointError(f"cannot resume: the training data differ from the data the checkpoint was trained on "
                               f"({config.dataset} from source={config.source!r}, data_dir={config.data_dir!r} now "
@@ -454,6 +452,17 @@ def _resume(checkpoints: Checkpoints, config: TrainConfig, fresh: TrainState, fi
     _repair_best(checkpoints, epoch, meta.get("best_epoch", _best_epoch(history)), state_arrays, meta, fresh, log)
     log(f"resumed from {checkpoints.workdir / 'checkpoints' / str(epoch)} (epoch {epoch}, step {int(state.step)})")
     return state, history
+
+
+def _check_resume_config(meta: dict, config: TrainConfig, fields) -> TrainConfig:
+    """The checkpoint's config; raises CheckpointError naming the first of `fields` that differs in `config`."""
+    saved = TrainConfig.from_json(meta["config"])
+    for field in fields:
+        if getattr(saved, field) != getattr(config, field):
+            raise CheckpointError(f"cannot resume: the checkpoint was trained with {field}={getattr(saved, field)!r}, "
+                                  f"this run asks for {getattr(config, field)!r}. Use the same {field}, or start a "
+                                  "new run in another workdir")
+    return saved
 
 
 def _repair_best(checkpoints: Checkpoints, epoch: int, best_epoch: int | None, arrays: dict, meta: dict,
