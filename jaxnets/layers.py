@@ -205,8 +205,14 @@ def check_input(
         return
     pretty = "(N, " + ", ".join("any" if w is None else str(w) for w in want) + ")"
     hint = ""
+
+    def fits(dims, wanted) -> bool:
+        return len(dims) == len(wanted) and all(w is None or w == d for w, d in zip(wanted, dims))
+
     if len(shape) == 4 and len(want) == 3 and want[-1] is not None and shape[1] == want[-1]:
         hint = " It looks like NCHW (PyTorch) input: use x.transpose(0, 2, 3, 1)."
-    elif len(shape) == len(want):
+    elif fits(shape, want):
         hint = " Add a batch axis: x[None]."
+    elif len(want) == 3 and want[-1] == 1 and fits(shape[1:], want[:-1]):
+        hint = " Add the channel axis: x[..., None]."
     raise ValueError(f"{model} expects input of shape {pretty}; got {shape}.{hint}")

@@ -143,6 +143,117 @@ def test_truncated_cifar_binary_names_the_file(tmp_path):
         data.load("cifar10", "train", data_dir=tmp_path)
 
 
+# ------------------------------------------------------------------ data checks at load (issue 14, findings 6 and 9)
+
+def _idx(shape, values: np.ndarray) -> bytes:
+    header = b"\0\0\x08" + bytes([len(shape)]) + b"".join(int(d).to_bytes(4, "big") for d in shape)
+    return header + np.asarray(values, np.uint8).tobytes()
+
+
+def _write_mnist(folder, n=12, labels=None, images_shape=None, gz=True):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, n) if labels is None else np.asarray(labels)
+    shape = images_shape or (n, 28, 28)
+    suffix = ".gz" if gz else ""
+    write = (lambda path, raw: path.write_bytes(gzip.compress(raw))) if gz else (lambda path, raw: path.write_bytes(raw))
+    write(folder / f"t10k-images-idx3-ubyte{suffix}", _idx(shape, rng.integers(0, 256, int(np.prod(shape)))))
+    write(folder / f"t10k-labels-idx1-ubyte{suffix}", _idx((len(labels),), labels))
+    return labels
+
+
+def test_idx_labels_out_of_range_name_the_file(tmp_path):
+    """Finding 6: label 200 for 10 classes used to load and silently drop out of the loss."""
+    _write_mnist(tmp_path, labels=[3, 200, 1, 4] + [0] * 8)
+    with pytest.raises(data.CorruptDataFile, match=r"t10k-labels-idx1-ubyte.gz: 1 label\(s\) outside \[0, 10\), "
+                                                   r"e.g. 200 at record 1"):
+        data.load("mnist", "test", data_dir=tmp_path)
+
+
+def test_idx_image_and_label_counts_must_match(tmp_path):
+    _write_mnist(tmp_path, n=12, labels=[1] * 11)
+    with pytest.raises(data.CorruptDataFile, match=r"t10k-images-idx3-ubyte.gz holds 12 images but "
+                                                   r".*t10k-labels-idx1-ubyte.gz holds 11 labels"):
+        data.load("mnist", "test", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("shape", [(12, 28, 27), (12, 784), (12, 1, 28, 28)])
+def test_idx_implausible_header_dimensions_name_the_file(shape, tmp_path):
+    _write_mnist(tmp_path, images_shape=shape, gz=False)
+    with pytest.raises(data.CorruptDataFile, match=r"t10k-images-idx3-ubyte: header says"):
+        data.load("mnist", "test", data_dir=tmp_path)
+
+
+def test_idx_header_promising_absurd_sizes_is_corrupt_not_an_overflow(tmp_path):
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"\0\0\x08\x03" + b"\xff\xff\xff\xff" * 3 + bytes(100))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx((1,), [0]))
+    with pytest.raises(data.CorruptDataFile, match=r"t10k-images-idx3-ubyte: .*header promises shape"):
+        data.load("mnist", "test", data_dir=tmp_path)
+
+
+def test_cifar_binary_labels_out_of_range_name_the_file(tmp_path):
+    """Finding 6, CIFAR binary."""
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    records = np.zeros((4, 3073), np.uint8)
+    records[:, 0] = [1, 2, 200, 3]
+    (folder / "data_batch_1.bin").write_bytes(records.tobytes())
+    with pytest.raises(data.CorruptDataFile, match=r"data_batch_1.bin: 1 label\(s\) outside \[0, 10\), e.g. 200"):
+        data.load("cifar10", "train", data_dir=tmp_path)
+
+
+def test_cifar_python_labels_out_of_range_name_the_file(tmp_path):
+    """Finding 6, CIFAR python."""
+    images = np.zeros((20, 32, 32, 3), np.uint8)
+    labels = np.arange(20) % 10
+    labels[7] = 200
+    _write_cifar_py(tmp_path / "cifar-10-batches-py", images, labels)
+    with pytest.raises(data.CorruptDataFile, match=r"data_batch_2: 1 label\(s\) outside \[0, 10\), e.g. 200"):
+        data.load("cifar10", "train", source="files", data_dir=tmp_path)
+
+
+def test_class_names_file_must_name_every_class(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    (folder / "data_batch_1.bin").write_bytes(np.zeros((2, 3073), np.uint8).tobytes())
+    (folder / "batches.meta.txt").write_text("cat\ndog\nbird\n")
+    with pytest.raises(data.CorruptDataFile, match=r"batches.meta.txt: names 3 classes, the data set has 10"):
+        data.load("cifar10", "train", data_dir=tmp_path)
+
+
+def test_corrupt_deflate_stream_is_corrupt_data_file_not_zlib_error(tmp_path):
+    """Finding 9: a flipped byte in a .gz's deflate data used to raise an uncaught zlib.error."""
+    _write_mnist(tmp_path)
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    raw = bytearray(path.read_bytes())
+    raw[10] ^= 0xFF  # the first byte of the deflate stream: an invalid block type
+    path.write_bytes(bytes(raw))
+    with pytest.raises(data.CorruptDataFile, match=r"t10k-images-idx3-ubyte.gz: cannot read \(error: Error -3"):
+        data.load("mnist", "test", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_damaged_cache_is_named_deleted_and_rebuilt(damage, tmp_path, caplog):
+    """Finding 9: a damaged .npz cache used to fail every later load with zipfile.BadZipFile, never naming it."""
+    labels = _write_mnist(tmp_path, n=64)
+    first = data.load("mnist", "test", data_dir=tmp_path)
+    (cache,) = tmp_path.glob(".jaxnets-mnist-test-*.npz")
+    raw = bytearray(cache.read_bytes())
+    if damage == "truncate":
+        raw = raw[: len(raw) // 2]
+    elif damage == "flip":
+        raw[len(raw) // 2] ^= 0x01  # inside the images array: the zip's CRC-32 catches it
+    else:
+        raw = bytearray(b"garbage")
+    cache.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING", logger="jaxnets.data.files"):
+        again = data.load("mnist", "test", data_dir=tmp_path)
+    assert any(str(cache) in record.getMessage() and "damaged" in record.getMessage() for record in caplog.records)
+    np.testing.assert_array_equal(again.images, first.images)
+    np.testing.assert_array_equal(again.labels, labels)
+    with np.load(cache) as rebuilt:  # deleted and written again, whole
+        np.testing.assert_array_equal(rebuilt["labels"], labels)
+
+
 # ------------------------------------------------------------------ missing / bad requests
 
 def test_missing_dataset_offline_says_what_to_do(tmp_path):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
+import importlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -17,11 +21,12 @@ import numpy as np
 import pytest
 
 from jaxnets import data, interop, models
-from jaxnets.training import (CheckpointError, Checkpoints, NonFiniteLoss, TrainConfig, TrainState, fit, load_model,
-                              optimizers, save_model)
+from jaxnets.training import (CheckpointError, Checkpoints, NonFiniteLoss, RunLocked, TrainConfig, TrainState, fit,
+                              load_model, optimizers, save_model)
 from train import cli
 
 REPO = Path(__file__).resolve().parents[1]
+fit_module = importlib.import_module("jaxnets.training.fit")  # the module; `jaxnets.training.fit` is the function
 
 
 def small_config(**overrides) -> TrainConfig:
@@ -74,47 +79,6 @@ def test_fresh_run_refuses_to_overwrite_a_workdir(tmp_path):
     with pytest.raises(FileExistsError, match="--resume"):
         fit(small_config(epochs=1), workdir=tmp_path, log=lambda _: None)
     assert tree_hash(tmp_path / "checkpoints") == before
-
-
-def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
-    """SIGKILL a CLI run during epoch 2, resume it, compare with an uninterrupted run."""
-    args = ["--model", "lenet", "--dataset", "digits", "--epochs", "3", "--batch-size", "16", "--optimizer", "sgd",
-            "--lr", "0.02", "--schedule", "cosine", "--mode", "eager", "--seed", "5", "--no-progress"]
-    workdir = tmp_path / "killed"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "train", *args, "--workdir", str(workdir)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 240
-    while not (workdir / "checkpoints" / "1").is_dir():
-        assert proc.poll() is None, f"training exited early:\n{proc.stdout.read()}"
-        assert time.time() < deadline, "epoch 1 never finished"
-        time.sleep(0.05)
-    time.sleep(1.0)  # well into epoch 2 (an eager epoch here takes several seconds)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    checkpoints = Checkpoints(workdir)
-    assert checkpoints.latest_epoch() in (1, 2), "the kill should land before the run ends"
-    checkpoints.close()
-    assert cli.main([*args, "--workdir", str(workdir), "--resume"]) == 0
-
-    config = cli.config_from_args(cli.parser().parse_args(args))
-    straight = fit(config, log=lambda _: None)
-    checkpoints = Checkpoints(workdir)
-    arrays, meta = checkpoints.restore(straight.state.arrays())
-    checkpoints.close()
-    assert meta["history"][-1]["epoch"] == 3
-    assert_same_params(arrays["params"], straight.state.params)
-
-
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    fit(small_config(epochs=1), workdir=tmp_path, log=lambda _: None)
-    before = tree_hash(tmp_path / "checkpoints")
-    with pytest.raises(NonFiniteLoss, match=r"loss became (nan|inf).*epoch 2.*last good checkpoint \(epoch 1\)"):
-        fit(small_config(epochs=2, lr=1e12), workdir=tmp_path, resume=True, log=lambda _: None)
-    assert tree_hash(tmp_path / "checkpoints") == before
-    checkpoints = Checkpoints(tmp_path)
-    assert checkpoints.epochs() == [1]
-    checkpoints.close()
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_stays_untouched(tmp_path):
@@ -248,3 +212,540 @@ def test_lenet_on_real_mnist_reaches_97_percent(shared_data, tmp_path, capsys):
     history = json.loads((tmp_path / "history.json").read_text())
     assert len(history) == 5
     assert history[-1]["val_acc"] >= 0.97, history[-1]
+
+
+# =============================================================== reliability (issue 14; see RELIABILITY.md)
+
+QUIET = dict(log=lambda _: None)
+NO_TIMING = ("seconds", "images_per_second")
+
+
+def mlp_config(**overrides) -> TrainConfig:
+    """The cheapest real run: the MLP on the embedded digits (35 steps an epoch)."""
+    values = dict(model="mlp", dataset="digits", epochs=2, batch_size=32, optimizer="adam", lr=3e-3, schedule="cosine",
+                  seed=3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in NO_TIMING} for h in history]
+
+
+def strict_json(path: Path):
+    """Parse as strict JSON: a bare NaN / Infinity fails the test."""
+    return json.loads(path.read_text(), parse_constant=lambda token: pytest.fail(f"{path} holds a bare {token}"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+    """The 2-epoch MLP run every interrupted run must end equal to."""
+    return fit(mlp_config(epochs=2), **QUIET)
+
+
+def assert_ends_like(workdir: Path, straight):
+    """The run in `workdir` ended exactly where `straight` did: history, weights, best/, no leftovers."""
+    history = strict_json(workdir / "history.json")
+    assert without_timing(history) == without_timing(straight.history)
+    checkpoints = Checkpoints(workdir)
+    try:
+        arrays, meta = checkpoints.restore(straight.state.arrays())
+        assert checkpoints.partial_saves() == []
+        best = max(straight.history, key=lambda h: h["val_acc"])["epoch"]
+        assert checkpoints.best_epochs() == [best]
+        assert meta["best_epoch"] == best
+    finally:
+        checkpoints.close()
+    assert_same_params(arrays, straight.state.arrays())
+    assert not list(workdir.glob("*.tmp"))
+
+
+# ---------------------------------------------------------------- 1. one process owns a run folder
+
+HOLD_LOCK = """
+import sys
+from jaxnets.training.checkpoint import RunLock
+lock = RunLock(sys.argv[1]).acquire()  # kept referenced: a collected lock is released
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_live_run_folder_is_refused_naming_the_holder_and_a_killed_holder_is_taken_over(tmp_path):
+    """Finding 1: run B into run A's folder is refused while A lives; after kill -9 of A, B takes over."""
+    fit(mlp_config(epochs=1, schedule="constant"), workdir=tmp_path, **QUIET)
+    before = tree_hash(tmp_path / "checkpoints")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], cwd=REPO, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(RunLocked, match=rf"in use by another run \(pid {holder.pid} on "):
+            fit(mlp_config(epochs=2, lr=1e-2, seed=9), workdir=tmp_path, resume=True, **QUIET)
+        with pytest.raises(RunLocked, match=rf"pid {holder.pid}"):
+            fit(mlp_config(epochs=1), workdir=tmp_path, **QUIET)
+        assert tree_hash(tmp_path / "checkpoints") == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.communicate()
+    lines = []
+    result = fit(mlp_config(epochs=2, schedule="constant"), workdir=tmp_path, resume=True, log=lines.append)
+    assert any(f"took over {tmp_path} from pid {holder.pid}" in line for line in lines), lines
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert not (tmp_path / ".lock-holder.json").exists(), "a finished run releases the folder"
+
+
+def test_the_overwrite_check_sees_checkpoints_written_after_opening(tmp_path):
+    """Finding 1: the list of saved epochs is read from disk, never from a stale cache."""
+    reader = Checkpoints(tmp_path)
+    assert reader.epochs() == []
+    fit(mlp_config(epochs=1), workdir=tmp_path, **QUIET)
+    assert reader.epochs() == [1] and reader.latest_epoch() == 1
+    reader.close()
+
+
+# ---------------------------------------------------------------- 2. save_model(overwrite=True)
+
+def test_save_model_overwrite_replaces_only_a_model_folder(tmp_path, getkey):
+    variables = models.init(models.create("mlp"), getkey())
+    user_folder = tmp_path / "mine"
+    user_folder.mkdir()
+    (user_folder / "thesis.tex").write_text("years of work")
+    with pytest.raises(FileExistsError, match="not a model folder written by save_model"):
+        save_model(user_folder, "mlp", variables, overwrite=True)
+    assert (user_folder / "thesis.tex").read_text() == "years of work"
+    user_file = tmp_path / "notes.txt"
+    user_file.write_text("keep")
+    with pytest.raises(FileExistsError, match="not a model folder"):
+        save_model(user_file, "mlp", variables, overwrite=True)
+    assert user_file.read_text() == "keep"
+
+    path = save_model(tmp_path / "net", "mlp", variables)
+    other = models.init(models.create("mlp"), getkey())
+    save_model(path, "mlp", other, overwrite=True)  # a model folder: replaced
+    assert_same_params(load_model(path)[1], other)
+    (path / "README").write_text("a user's file inside a model folder")
+    with pytest.raises(FileExistsError, match="not a model folder"):
+        save_model(path, "mlp", variables, overwrite=True)
+    assert (path / "README").exists()
+    assert not list(tmp_path.glob(".net.*")), "no staging folders left behind"
+
+
+# ---------------------------------------------------------------- 3. kill -9 inside each phase of a save
+
+# Runs the CLI in a child process that SIGKILLs itself at one point inside one phase of epoch 2's save:
+#   state     orbax starts writing checkpoints/2's arrays (tmp folder exists, half written)
+#   metadata  orbax writes checkpoints/2's JSON metadata (arrays written, not renamed)
+#   commit    orbax is about to rename checkpoints/2's tmp folder into place
+#   best      checkpoints/2 is complete; orbax starts writing best/2's arrays
+#   best-commit  best/2 is written, about to be renamed; best/1 still there
+#   history   history.json.tmp is written, not yet renamed over history.json (still at epoch 1)
+#   curves    curves.png.tmp is half written
+KILL_AT = r"""
+import os, signal, sys
+from pathlib import Path
+
+phase, epoch, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+
+
+def inside(folder, where):
+    path = Path(str(folder))
+    return any(p.name.startswith(f"{epoch}.orbax-checkpoint-tmp") and p.parent.name == where
+               for p in (path, *path.parents))
+
+
+def kill_on_entry(cls, method, where, arg=lambda self, a, k: a[0] if a else k.get("directory")):
+    original = getattr(cls, method)
+
+    async def patched(self, *a, **k):
+        if inside(arg(self, a, k), where):
+            die()
+        return await original(self, *a, **k)
+
+    setattr(cls, method, patched)
+
+
+from orbax.checkpoint._src.handlers.json_checkpoint_handler import JsonCheckpointHandler
+from orbax.checkpoint._src.handlers.standard_checkpoint_handler import StandardCheckpointHandler
+from orbax.checkpoint._src.path.atomicity import AtomicRenameTemporaryPath
+import importlib
+
+fit_module = importlib.import_module("jaxnets.training.fit")
+tmp_path_of = lambda self, a, k: self._tmp_path
+if phase == "state":
+    kill_on_entry(StandardCheckpointHandler, "async_save", "checkpoints")
+elif phase == "metadata":
+    kill_on_entry(JsonCheckpointHandler, "async_save", "checkpoints")
+elif phase == "commit":
+    kill_on_entry(AtomicRenameTemporaryPath, "finalize", "checkpoints", tmp_path_of)
+elif phase == "best":
+    kill_on_entry(StandardCheckpointHandler, "async_save", "best")
+elif phase == "best-commit":
+    kill_on_entry(AtomicRenameTemporaryPath, "finalize", "best", tmp_path_of)
+elif phase == "enospc":  # not a kill: the disk is full when orbax starts writing epoch 2's arrays
+    original = StandardCheckpointHandler.async_save
+
+    async def full_disk(self, directory, *a, **k):
+        if inside(directory, "checkpoints"):
+            raise OSError(28, "No space left on device")
+        return await original(self, directory, *a, **k)
+
+    StandardCheckpointHandler.async_save = full_disk
+elif phase == "history":
+    write_json = fit_module._write_json
+
+    def _write_json(path, value):
+        if len(value) == epoch:
+            Path(str(path) + ".tmp").write_text(fit_module.json.dumps(value))
+            die()
+        write_json(path, value)
+
+    fit_module._write_json = _write_json
+elif phase == "curves":
+    plot = fit_module.plot_history
+
+    def plot_history(history, path, title=""):
+        if len(history) == epoch:
+            Path(str(path) + ".tmp").write_bytes(b"\x89PNG\r\n" + bytes(500))
+            die()
+        return plot(history, path, title)
+
+    fit_module.plot_history = plot_history
+from train import cli
+
+sys.exit(cli.main(argv))
+"""
+CLI_ARGS = ["--model", "mlp", "--dataset", "digits", "--epochs", "2", "--batch-size", "32", "--optimizer", "adam",
+            "--lr", "0.003", "--schedule", "cosine", "--seed", "3", "--no-progress"]
+
+
+@pytest.mark.parametrize("phase", ["state", "metadata", "commit", "best", "best-commit", "history", "curves"])
+def test_kill_9_inside_each_phase_of_a_save_then_resume_ends_like_an_uninterrupted_run(phase, tmp_path, uninterrupted):
+    """Finding 3: whatever the moment of the kill, --resume repairs the folder and ends where a straight run does."""
+    assert cli.config_from_args(cli.parser().parse_args(CLI_ARGS)) == mlp_config(epochs=2)
+    workdir = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", KILL_AT, phase, "2", *CLI_ARGS, "--workdir", str(workdir)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert killed.returncode == -signal.SIGKILL, f"the kill point was never reached:\n{killed.stdout}{killed.stderr}"
+    assert (workdir / ".lock-holder.json").exists(), "killed runs leave their lock record behind"
+    written = [1, 2] if phase == "curves" else [1]  # history.json goes before curves.png
+    assert [h["epoch"] for h in strict_json(workdir / "history.json")] == written
+
+    assert cli.main([*CLI_ARGS, "--workdir", str(workdir), "--resume"]) == 0
+    assert_ends_like(workdir, uninterrupted)
+
+
+def test_a_checkpoint_saved_without_its_history_is_completed_on_resume(tmp_path, uninterrupted):
+    """Finding 3, in-process: epoch 2 saved, but history.json and best/ lag behind; resume repairs both."""
+    fit(mlp_config(epochs=2), workdir=tmp_path, **QUIET)
+    fit_module._write_json(tmp_path / "history.json", uninterrupted.history[:1])  # as if killed before it was rewritten
+    for folder in (tmp_path / "best").iterdir():
+        shutil.rmtree(folder)  # and before best/ was written
+    result = fit(mlp_config(epochs=2), workdir=tmp_path, resume=True, **QUIET)  # nothing to train, but repairs
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert_ends_like(tmp_path, uninterrupted)
+
+
+# ---------------------------------------------------------------- 4. nothing non-finite is saved
+
+def steps_per_epoch(config: TrainConfig) -> int:
+    train = fit_module.load_splits(config).train
+    return len(data.Loader(train.images, train.labels, config.batch_size, preprocess=data.Preprocess(), train=True))
+
+
+def blow_up_at(monkeypatch, step: int, field: str = "params"):
+    """Make the train step return inf weights from optimizer step `step` on (a learning rate that explodes there)."""
+    real = fit_module.make_steps
+
+    def make_steps(*args, **kwargs):
+        steps = real(*args, **kwargs)
+
+        def train(state, batch):
+            new, metrics = steps.train(state, batch)
+            if int(new.step) >= step:
+                new = new.replace(**{field: jax.tree.map(lambda x: x * jnp.inf, getattr(new, field))})
+            return new, metrics
+
+        return steps._replace(train=train)
+
+    monkeypatch.setattr(fit_module, "make_steps", make_steps)
+
+
+def test_a_blow_up_on_the_last_step_of_an_epoch_is_never_saved(tmp_path, monkeypatch):
+    """Finding 4: the training loss of the epoch is finite, but the held-out loss and the weights are not."""
+    fit(mlp_config(epochs=1, schedule="constant"), workdir=tmp_path, **QUIET)
+    before = tree_hash(tmp_path / "checkpoints")
+    blow_up_at(monkeypatch, 2 * steps_per_epoch(mlp_config()))  # the very last step of epoch 2
+    with pytest.raises(NonFiniteLoss, match=r"held-out loss became nan at epoch 2.*last good checkpoint \(epoch 1\)"):
+        fit(mlp_config(epochs=2, schedule="constant"), workdir=tmp_path, resume=True, **QUIET)
+    assert tree_hash(tmp_path / "checkpoints") == before
+    assert [h["epoch"] for h in strict_json(tmp_path / "history.json")] == [1]
+    checkpoints = Checkpoints(tmp_path)
+    assert checkpoints.epochs() == [1] and checkpoints.best_epochs() == [1]
+    checkpoints.close()
+
+
+def test_non_finite_weights_without_a_held_out_set_are_never_saved(tmp_path, monkeypatch):
+    """Finding 4: no held-out loss to look at (val_fraction=0): the weights themselves are checked."""
+    config = mlp_config(epochs=1, val_fraction=0.0)
+    blow_up_at(monkeypatch, steps_per_epoch(config), field="opt_state")  # last step: Adam's moments go inf, weights not
+    with pytest.raises(NonFiniteLoss, match=r"of [\d,]+ weights and optimizer values became NaN or infinite at epoch 1"):
+        fit(config, workdir=tmp_path, **QUIET)
+    checkpoints = Checkpoints(tmp_path)
+    assert checkpoints.epochs() == []
+    checkpoints.close()
+
+
+def test_nan_training_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    fit(small_config(epochs=1), workdir=tmp_path, **QUIET)
+    before = tree_hash(tmp_path / "checkpoints")
+    blow_up_at(monkeypatch, 40)  # early in epoch 2: the training loss itself goes NaN
+    with pytest.raises(NonFiniteLoss, match=r"loss became (nan|inf).*epoch 2.*last good checkpoint \(epoch 1\)"):
+        fit(small_config(epochs=2), workdir=tmp_path, resume=True, **QUIET)
+    assert tree_hash(tmp_path / "checkpoints") == before
+
+
+def test_history_json_is_strict_json_even_with_non_finite_values(tmp_path):
+    fit_module._write_json(tmp_path / "h.json", [{"val_loss": float("nan"), "x": [float("inf"), 1.0]}])
+    assert strict_json(tmp_path / "h.json") == [{"val_loss": None, "x": [None, 1.0]}]
+
+
+# ---------------------------------------------------------------- 5. every field that changes training must match
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("one-epoch")
+    fit(mlp_config(epochs=1), workdir=workdir, **QUIET)
+    return workdir
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("split", "test"), ("augment", True), ("normalize", "half"), ("label_smoothing", 0.1), ("lr", 0.01),
+    ("weight_decay", 5e-4), ("warmup_epochs", 1.0), ("schedule", "constant"), ("batch_size", 16), ("seed", 4),
+    ("val_fraction", 0.3), ("optimizer", "sgd"), ("momentum", 0.5), ("nesterov", True), ("loss", "mse"),
+])
+def test_resume_refuses_a_changed_field_naming_it(field, value, one_epoch_run, monkeypatch):
+    """Finding 5: refused before any data is loaded."""
+    no_training(monkeypatch)
+    with pytest.raises(CheckpointError, match=rf"cannot resume: the checkpoint was trained with {field}="):
+        fit(mlp_config(epochs=2, **{field: value}), workdir=one_epoch_run, resume=True, **QUIET)
+
+
+def test_resume_refuses_other_training_data(one_epoch_run):
+    splits = fit_module.load_splits(mlp_config())
+    labels = splits.train.labels.copy()
+    labels[0] = (labels[0] + 1) % 10
+    other = splits._replace(train=dataclasses.replace(splits.train, labels=labels))
+    with pytest.raises(CheckpointError, match="training data differ"):
+        fit(mlp_config(epochs=2), workdir=one_epoch_run, resume=True, splits=other, **QUIET)
+
+
+def test_every_config_field_is_either_checked_on_resume_or_known_not_to_change_training():
+    may_change = {"epochs", "eval_batch_size", "mode", "keep", "source", "data_dir"}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert fields == set(fit_module.RESUME_MUST_MATCH) | may_change
+
+
+# ---------------------------------------------------------------- 7 + 10. checksums; the advice works
+
+def largest_file(folder: Path) -> Path:
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def test_a_one_bit_flip_is_caught_and_the_advice_to_resume_from_the_older_epoch_works(tmp_path, uninterrupted):
+    """Findings 7 and 10: flip one bit of epoch 2's arrays; the error names epoch 2 and offers epoch 1; do as it says."""
+    fit(mlp_config(epochs=2), workdir=tmp_path, **QUIET)
+    target = largest_file(tmp_path / "checkpoints" / "2" / "state")
+    raw = bytearray(target.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    target.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"epoch 2\).*corrupt.*Epochs \[1\] are also saved") as error:
+        fit(mlp_config(epochs=2), workdir=tmp_path, resume=True, **QUIET)
+    command = re.search(r"\(mv (\S+) (\S+)\)", str(error.value))
+    assert command, str(error.value)
+    shutil.move(command.group(1), command.group(2))
+    fit(mlp_config(epochs=2), workdir=tmp_path, resume=True, **QUIET)  # epoch 2 again: best/2 exists already
+    assert_ends_like(tmp_path, uninterrupted)
+
+
+def test_restore_verifies_the_checksum_of_the_arrays(tmp_path):
+    fit(mlp_config(epochs=1), workdir=tmp_path, **QUIET)
+    meta_file = next(p for p in (tmp_path / "checkpoints" / "1" / "meta").rglob("*") if p.is_file()
+                     and "checksum" in p.read_text(errors="ignore"))
+    meta = json.loads(meta_file.read_text())
+    assert len(meta["checksum"]["value"]) == 64
+    meta["checksum"]["value"] = "0" * 64  # equivalent to changing the arrays behind its back
+    meta_file.write_text(json.dumps(meta))
+    state = fit(mlp_config(epochs=1), **QUIET).state
+    checkpoints = Checkpoints(tmp_path)
+    with pytest.raises(CheckpointError, match=r"epoch 1\): corrupt, its arrays do not match the checksum"):
+        checkpoints.restore(state.arrays())
+    checkpoints.close()
+
+
+# ---------------------------------------------------------------- 8. flags that make no sense
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["--weight-decay", "-5"], "--weight-decay"), (["--warmup-epochs", "-3"], "--warmup-epochs"),
+    (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"), (["--momentum", "nan"], "--momentum"),
+    (["--momentum", "-0.1"], "--momentum"), (["--weight-decay", "inf"], "--weight-decay"),
+    (["--label-smoothing", "nan"], "--label-smoothing"), (["--val-fraction", "nan"], "--val-fraction"),
+    (["--warmup-epochs", "nan"], "--warmup-epochs"), (["--lr", "abc"], "--lr"),
+])
+def test_cli_refuses_flags_that_make_no_sense_naming_the_flag(argv, flag, capsys):
+    """Finding 8."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--workdir", "/nonexistent/never-used"])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}:" in capsys.readouterr().err
+
+
+def test_fit_refuses_config_values_that_make_no_sense():
+    with pytest.raises(ValueError, match=r"weight_decay must be >= 0"):
+        fit(mlp_config(weight_decay=-5.0), **QUIET)
+    with pytest.raises(ValueError, match=r"lr must be finite"):
+        fit(mlp_config(lr=float("nan")), **QUIET)
+
+
+# ---------------------------------------------------------------- 11. one clear line for expected failures
+
+def make_read_only(path: Path, monkeypatch) -> None:
+    """Read-only as the OS sees it; as root (permission bits do not bind) every write under `path` fails EROFS."""
+    for folder in (path, *[p for p in path.rglob("*") if p.is_dir()]):
+        folder.chmod(0o555)
+    if os.geteuid() != 0:
+        return
+    import builtins
+
+    def refuse(name, real):
+        def wrapper(file, *args, **kwargs):
+            flags = args[0] if args else kwargs.get("flags", kwargs.get("mode", "r"))
+            writing = (isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)) or \
+                (isinstance(flags, str) and any(c in flags for c in "wax+"))
+            if writing and isinstance(file, (str, os.PathLike)) and Path(os.path.abspath(file)).is_relative_to(path):
+                raise OSError(errno.EROFS, "Read-only file system", str(file))
+            return real(file, *args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(os, "open", refuse("os.open", os.open))
+    monkeypatch.setattr(builtins, "open", refuse("open", builtins.open))
+    real_mkdir = os.mkdir
+    monkeypatch.setattr(os, "mkdir", lambda p, *a, **k: refuse("mkdir", lambda f, *_: real_mkdir(f, *a, **k))(p, "w"))
+
+
+def no_training(monkeypatch):
+    def fail(*args, **kwargs):
+        pytest.fail("data were loaded: the workdir problem was found only after training started")
+    monkeypatch.setattr(fit_module, "load_splits", fail)
+
+
+def test_read_only_workdir_is_one_line_before_training(tmp_path, monkeypatch, capfd):
+    """Finding 11: fresh and resumed runs into a read-only folder stop before loading data, in one line."""
+    fit(mlp_config(epochs=1), workdir=tmp_path / "run", **QUIET)
+    try:
+        make_read_only(tmp_path, monkeypatch)
+        no_training(monkeypatch)
+        capfd.readouterr()
+        for argv in (["--workdir", str(tmp_path / "run"), "--resume"], ["--workdir", str(tmp_path / "new")]):
+            assert cli.main(["--model", "mlp", "--epochs", "2", "--no-progress", *argv]) == 1
+            err = capfd.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "Read-only file system" in err[0] and "--workdir" in err[0], err
+    finally:
+        monkeypatch.undo()
+        for folder in (tmp_path, *[p for p in tmp_path.rglob("*") if p.is_dir()]):
+            folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("blocked", [".", "checkpoints"])
+def test_a_file_in_the_way_of_the_workdir_is_one_line_before_training(blocked, tmp_path, monkeypatch, capfd):
+    """Finding 11: a file where the workdir (or its checkpoints folder) should be."""
+    workdir = tmp_path / "run"
+    if blocked == ".":
+        workdir.write_text("not a folder")
+    else:
+        workdir.mkdir()
+        (workdir / blocked).write_text("not a folder")
+    no_training(monkeypatch)
+    assert cli.main(["--model", "mlp", "--no-progress", "--workdir", str(workdir)]) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(workdir) in err[0], err
+
+
+def test_disk_full_while_saving_is_one_line_and_the_run_resumes(tmp_path, uninterrupted):
+    """Finding 11: ENOSPC injected where orbax writes epoch 2's arrays, in a real CLI process (so that anything
+    orbax's writer threads print at exit is seen): one line, epoch 1 intact, --resume finishes the run."""
+    args = [*CLI_ARGS, "--workdir", str(tmp_path)]
+    full = subprocess.run([sys.executable, "-c", KILL_AT, "enospc", "2", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert full.returncode == 1, full.stderr
+    err = full.stderr.strip().splitlines()
+    assert len(err) == 1, full.stderr
+    assert "cannot save epoch 2" in err[0] and "disk is full" in err[0] and "Epochs [1] are saved" in err[0]
+    assert cli.main([*args, "--resume"]) == 0
+    assert_ends_like(tmp_path, uninterrupted)
+
+
+def test_disk_full_while_writing_history_is_one_line(tmp_path, monkeypatch, capfd):
+    def full_disk(path, value):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fit_module, "_write_json", full_disk)
+    capfd.readouterr()
+    assert cli.main(["--model", "mlp", "--epochs", "1", "--no-progress", "--workdir", str(tmp_path)]) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "disk is full" in err[0] and "--resume" in err[0], err
+
+
+def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path, monkeypatch, capfd, uninterrupted):
+    """Finding 11: Ctrl-C during epoch 2 -> exit 130 and one line; the folder is released; --resume finishes."""
+    real = fit_module._run_epoch
+
+    def interrupted(state, steps, loader, eval_loaders, epoch, *args):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(state, steps, loader, eval_loaders, epoch, *args)
+
+    monkeypatch.setattr(fit_module, "_run_epoch", interrupted)
+    args = [*CLI_ARGS, "--workdir", str(tmp_path)]
+    capfd.readouterr()
+    assert cli.main(args) == 130
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0] and "--resume" in err[0], err
+    monkeypatch.undo()
+    assert cli.main([*args, "--resume"]) == 0, capfd.readouterr().err
+    assert_ends_like(tmp_path, uninterrupted)
+
+
+# ---------------------------------------------------------------- 12. documented error types
+
+@pytest.mark.parametrize("model_json", [
+    "[1, 2]", '{"format": "jaxnets-model/1", "name": 3, "kwargs": {}}',
+    '{"format": "jaxnets-model/1", "name": "mlp", "kwargs": [1]}',
+    '{"format": "jaxnets-model/1", "name": "lenet", "kwargs": {"num_classes": 0}}',
+    '{"format": "jaxnets-model/1", "name": "mlp", "kwargs": {"hidden_size": "ten"}}',
+    '{"format": "jaxnets-model/1", "name": "mlp", "kwargs": {"dtype": "float99"}}', "not json",
+])
+def test_load_model_raises_checkpoint_error_for_malformed_model_json(model_json, tmp_path, getkey):
+    """Finding 12."""
+    path = save_model(tmp_path / "m", "mlp", models.init(models.create("mlp"), getkey()))
+    (path / "model.json").write_text(model_json)
+    with pytest.raises(CheckpointError, match="not a model saved by jaxnets.save_model"):
+        load_model(path)
+
+
+def test_models_create_refuses_a_class_count_below_one():
+    """Finding 12."""
+    for name, kwargs in (("lenet", {"num_classes": 0}), ("resnet18", {"num_classes": -1}), ("mlp", {"output_dim": 0})):
+        with pytest.raises(ValueError, match=r"must be a positive integer"):
+            models.create(name, **kwargs)
+
+
+def test_lenet_hint_names_the_missing_channel_axis():
+    """Finding 12: (N, 28, 28) lacks the channel axis, not the batch axis."""
+    model = models.create("lenet")
+    variables = models.init(model, jax.random.key(0))
+    with pytest.raises(ValueError, match=r"Add the channel axis: x\[\.\.\., None\]"):
+        model.apply(variables, jnp.zeros((2, 28, 28)))
+    with pytest.raises(ValueError, match=r"Add a batch axis: x\[None\]"):
+        model.apply(variables, jnp.zeros((28, 28, 1)))

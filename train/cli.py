@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from pathlib import Path
 
@@ -26,15 +27,32 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _fraction(text: str) -> float:
-    value = float(text)
+    value = _finite_float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
     return value
@@ -59,11 +77,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-batch-size", type=_positive_int, default=S)
     p.add_argument("--optimizer", choices=optimizers.OPTIMIZERS, default=S)
     p.add_argument("--lr", type=_positive_float, default=S)
-    p.add_argument("--momentum", type=float, default=S)
+    p.add_argument("--momentum", type=_fraction, default=S)
     p.add_argument("--nesterov", action="store_true", default=S)
-    p.add_argument("--weight-decay", type=float, default=S)
+    p.add_argument("--weight-decay", type=_non_negative_float, default=S)
     p.add_argument("--schedule", choices=optimizers.SCHEDULES, default=S)
-    p.add_argument("--warmup-epochs", type=float, default=S)
+    p.add_argument("--warmup-epochs", type=_non_negative_float, default=S)
     p.add_argument("--label-smoothing", type=_fraction, default=S)
     p.add_argument("--val-fraction", type=_fraction, default=S, help="held-out fraction of the split (default 0.2)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=S,
@@ -89,17 +107,27 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status (0 done, 1 an expected failure in one line, 130 interrupted)."""
     p = parser()
     args = p.parse_args(argv)
     config = config_from_args(args)
+    try:
+        config.check()  # the library's ranges; the flags' own types refuse most values earlier
+    except ValueError as err:
+        field = str(err).split()[0]
+        p.error(f"argument --{field.replace('_', '-')}: {err}")
     workdir = Path(args.workdir or f"runs/{config.model}-{config.dataset}")
     print(f"jaxnets-train: {config.model} on {config.dataset} ({config.mode}), {config.epochs} epochs, "
           f"{config.optimizer} lr {config.lr}, batch {config.batch_size} -> {workdir}", flush=True)
     try:
         result = fit(config, workdir=workdir, resume=args.resume, progress=False if args.no_progress else None)
-    except (data.DataError, CheckpointError, NonFiniteLoss, FileExistsError, ValueError) as err:
+    except (data.DataError, CheckpointError, NonFiniteLoss, FileExistsError, ValueError, OSError) as err:
         print(f"jaxnets-train: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"jaxnets-train: interrupted; finished epochs are saved in {workdir}: continue with --resume",
+              file=sys.stderr)
+        return 130
     if not result.history:
         print(f"nothing to do: {workdir} already holds all {config.epochs} epochs")
         return 0

@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
+import math
 import os
 import pickle
 import stat
 import struct
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +34,11 @@ from jaxnets.data.errors import CorruptDataFile, DataNotFound, UnsafePickle
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                          "Ankle boot")
+
+_LOG = logging.getLogger(__name__)
+_CACHE_VERSION = "v2"  # bump when what a cache may hold changes (v2: labels checked before caching)
+_IDX_IMAGE_SIZE = (28, 28)  # MNIST and Fashion-MNIST
+_MAX_EXAMPLES = 10_000_000  # a header promising more is not a data set of this kind
 
 _IDX_DIRS = {"mnist": ("", "MNIST/raw", "mnist"), "fashion_mnist": ("", "FashionMNIST/raw", "fashion_mnist")}
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
@@ -44,12 +53,13 @@ def read_idx(path: Path) -> np.ndarray:
       uint8 array of the stored shape, e.g. `[N, 28, 28]` or `[N]`.
 
     Raises:
-      CorruptDataFile: bad magic number, or fewer bytes than the header promises.
+      CorruptDataFile: unreadable (including a corrupt gzip/deflate stream),
+        bad magic number, or a size other than the header promises.
     """
     try:
         raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
-        raise CorruptDataFile(f"{path}: cannot read ({err}); delete it and fetch it again") from err
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise CorruptDataFile(f"{path}: cannot read ({type(err).__name__}: {err}); delete it and fetch it again") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise CorruptDataFile(f"{path}: not an IDX file of unsigned bytes (magic {raw[:4].hex() or 'empty'})")
     ndim = raw[3]
@@ -57,7 +67,7 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < header:
         raise CorruptDataFile(f"{path}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = header + int(np.prod(shape))
+    expected = header + math.prod(shape)  # Python ints: a hostile header cannot overflow this
     if len(raw) != expected:
         raise CorruptDataFile(f"{path}: {len(raw)} bytes, but its header promises shape {shape} ({expected} bytes); "
                               "the file is truncated or corrupt")
@@ -81,10 +91,30 @@ def _load_idx(name: str, split: str, data_dir: Path) -> tuple[np.ndarray, np.nda
     assert found is not None
     images_path, labels_path = found
     images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise CorruptDataFile(f"{images_path}: images {images.shape} do not match labels {labels.shape} in {labels_path}")
+    if images.ndim != 3 or images.shape[1:] != _IDX_IMAGE_SIZE or not 0 < len(images) <= _MAX_EXAMPLES:
+        raise CorruptDataFile(f"{images_path}: header says images of shape {images.shape}; {name} images are "
+                              f"[N, {_IDX_IMAGE_SIZE[0]}, {_IDX_IMAGE_SIZE[1]}]: not a {name} image file")
+    if labels.ndim != 1:
+        raise CorruptDataFile(f"{labels_path}: header says shape {labels.shape}; a label file is one-dimensional")
+    if len(images) != len(labels):
+        raise CorruptDataFile(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
+                              "labels; one of them is from another data set or corrupt")
     classes = FASHION_MNIST_CLASSES if name == "fashion_mnist" else tuple(str(i) for i in range(10))
-    return images[..., None], labels.astype(np.int32), classes, [images_path, labels_path]
+    labels = labels.astype(np.int32)
+    check_labels(labels, len(classes), labels_path)
+    return images[..., None], labels, classes, [images_path, labels_path]
+
+
+def check_labels(labels: np.ndarray, num_classes: int, path: Path) -> None:
+    """Every label must be a class index in `[0, num_classes)`.
+
+    Raises:
+      CorruptDataFile: naming `path`, how many labels are out of range and the first one.
+    """
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise CorruptDataFile(f"{path}: {bad.size} label(s) outside [0, {num_classes}), e.g. {int(labels[bad[0]])} "
+                              f"at record {int(bad[0])}; the file is corrupt: delete it and fetch it again")
 
 
 # --------------------------------------------------------------------- CIFAR binary
@@ -98,6 +128,9 @@ def read_cifar_binary(path: Path, label_bytes: int = 1) -> tuple[np.ndarray, np.
 
     Returns:
       images uint8 `[N, 32, 32, 3]` (NHWC) and labels int32 `[N]`.
+
+    Raises:
+      CorruptDataFile: not whole records, or a label out of range (named).
     """
     record = label_bytes + 3072
     raw = np.fromfile(path, np.uint8)
@@ -105,7 +138,10 @@ def read_cifar_binary(path: Path, label_bytes: int = 1) -> tuple[np.ndarray, np.
         raise CorruptDataFile(f"{path}: {raw.size} bytes is not a whole number of {record}-byte CIFAR records; "
                               "the file is truncated or corrupt")
     raw = raw.reshape(-1, record)
+    if label_bytes == 2:
+        check_labels(raw[:, 0].astype(np.int32), 20, path)  # CIFAR-100's coarse label
     labels = raw[:, label_bytes - 1].astype(np.int32)
+    check_labels(labels, 10 if label_bytes == 1 else 100, path)
     images = raw[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
 
@@ -196,16 +232,28 @@ def _load_cifar_python(name: str, split: str, data_dir: Path):
         batch = load_restricted_pickle(path)
         if not isinstance(batch, dict):
             raise CorruptDataFile(f"{path}: expected a dict in the CIFAR pickle, got {type(batch).__name__}")
-        data = np.asarray(_get(batch, "data", path), np.uint8)
-        lab = np.asarray(_get(batch, label_key, path), np.int32)
-        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(lab):
+        try:
+            data = np.asarray(_get(batch, "data", path), np.uint8)
+            lab = np.asarray(_get(batch, label_key, path), np.int64)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise CorruptDataFile(f"{path}: data or labels are not arrays of integers ({err})") from err
+        if data.ndim != 2 or data.shape[1] != 3072 or lab.ndim != 1 or len(data) != len(lab):
             raise CorruptDataFile(f"{path}: data {data.shape} / labels {lab.shape} are not CIFAR records")
+        check_labels(lab, 10 if name == "cifar10" else 100, path)
+        lab = lab.astype(np.int32)
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(lab)
     classes = CIFAR10_CLASSES if name == "cifar10" else tuple(str(i) for i in range(100))
     if meta.is_file():
-        classes = tuple(_text(c) for c in _get(load_restricted_pickle(meta), names_key, meta))
+        classes = _check_class_count(tuple(_text(c) for c in _get(load_restricted_pickle(meta), names_key, meta)),
+                                     len(classes), meta)
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), classes, files
+
+
+def _check_class_count(classes: tuple[str, ...], expected: int, path: Path) -> tuple[str, ...]:
+    if len(classes) != expected:
+        raise CorruptDataFile(f"{path}: names {len(classes)} classes, the data set has {expected}; the file is corrupt")
+    return classes
 
 
 def _load_cifar_binary(name: str, split: str, data_dir: Path):
@@ -213,7 +261,7 @@ def _load_cifar_binary(name: str, split: str, data_dir: Path):
     parts = [read_cifar_binary(f, 1 if name == "cifar10" else 2) for f in files]
     classes = CIFAR10_CLASSES if name == "cifar10" else tuple(str(i) for i in range(100))
     if meta is not None and meta.is_file():
-        classes = _read_lines(meta)
+        classes = _check_class_count(_read_lines(meta), len(classes), meta)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), classes, files
 
 
@@ -249,7 +297,7 @@ def _cache_path(data_dir: Path, name: str, split: str, sources: list[Path]) -> l
     fingerprint = hashlib.sha1(
         "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sources).encode()
     ).hexdigest()[:12]
-    filename = f".jaxnets-{name}-{split}-{fingerprint}.npz"
+    filename = f".jaxnets-{name}-{split}-{fingerprint}-{_CACHE_VERSION}.npz"
     return [data_dir / filename, user_cache_dir() / filename]
 
 
@@ -311,14 +359,28 @@ def load_files(name: str, split: str, data_dir: Path, cache: bool = True):
 
 
 def read_cache(candidates: list[Path]):
-    """`(images, labels, classes)` from the first readable cache file, or None."""
+    """`(images, labels, classes)` from the first readable cache file, or None.
+
+    A damaged cache (truncated, bit-flipped: zip CRCs catch both; or holding
+    arrays of the wrong kind) is logged by name and deleted, so that the
+    caller rebuilds it from the original files.
+    """
     for candidate in candidates:
         if candidate.is_file():
             try:
-                with np.load(candidate, allow_pickle=False) as z:
-                    return z["images"], z["labels"], tuple(str(c) for c in z["classes"])
-            except (OSError, ValueError, KeyError, EOFError):
-                pass  # a damaged cache is simply rebuilt
+                with open(candidate, "rb") as f, np.load(f, allow_pickle=False) as z:  # closed on every error
+                    images, labels, classes = z["images"], z["labels"], tuple(str(c) for c in z["classes"])
+                if images.dtype != np.uint8 or images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
+                    raise ValueError(f"arrays of the wrong kind: images {images.dtype}{images.shape}, labels {labels.shape}")
+                check_labels(labels, len(classes), candidate)
+                return images, labels, classes
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+                _LOG.warning("damaged data cache %s (%s: %s): deleting it; rebuilding it from the original files",
+                             candidate, type(err).__name__, err)
+                try:
+                    candidate.unlink()
+                except OSError:
+                    pass  # a read-only cache folder: the rebuilt cache goes to the next candidate
     return None
 
 
@@ -339,5 +401,6 @@ def expand_path(path: str | os.PathLike) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(os.fspath(path))))
 
 
-__all__ = ["CIFAR10_CLASSES", "FILE_DATASETS", "expand_path", "expected_files", "has_files", "load_files",
-           "load_restricted_pickle", "read_cache", "read_cifar_binary", "read_idx", "user_cache_dir", "write_cache"]
+__all__ = ["CIFAR10_CLASSES", "FILE_DATASETS", "check_labels", "expand_path", "expected_files", "has_files",
+           "load_files", "load_restricted_pickle", "read_cache", "read_cifar_binary", "read_idx", "user_cache_dir",
+           "write_cache"]

@@ -65,8 +65,9 @@ def create(name: str, **kwargs) -> nn.Module:
         `head='cifar'|'imagenet'`.
 
     Raises:
-      ValueError: unknown name (the message lists the available ones) or an
-        argument the model does not take (the message lists those it does).
+      ValueError: unknown name (the message lists the available ones), an
+        argument the model does not take (the message lists those it does), or
+        a class count (`num_classes`, `output_dim`) that is not a positive integer.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(available())}")
@@ -79,6 +80,10 @@ def create(name: str, **kwargs) -> nn.Module:
     unknown = sorted(set(kwargs) - fields)
     if unknown:
         raise ValueError(f"{name} does not take {unknown}; it takes: {', '.join(sorted(fields))}")
+    for key in ("num_classes", "output_dim"):
+        value = kwargs.get(key)
+        if value is not None and (isinstance(value, bool) or not hasattr(value, "__index__") or value < 1):
+            raise ValueError(f"{name}: {key} must be a positive integer, got {value!r}")
     return builder(**kwargs)
 
 

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
 import json
 import math
 import os
@@ -24,16 +26,22 @@ from tqdm.auto import tqdm
 
 from jaxnets import data, models
 from jaxnets.training import optimizers
-from jaxnets.training.checkpoint import CheckpointError, Checkpoints, decode_kwargs, encode_kwargs
+from jaxnets.training.checkpoint import (CheckpointError, Checkpoints, RunLock, WorkdirNotWritable, decode_kwargs,
+                                         encode_kwargs, probe_writable)
 from jaxnets.training.state import TrainState
 from jaxnets.training.steps import Steps, evaluate, make_steps, summarize
 
-# Fields that must match to resume a run (the rest may change, e.g. epochs).
-_RESUME_MUST_MATCH = ("model", "model_kwargs", "dataset", "optimizer", "loss", "seed", "batch_size", "val_fraction")
+# Fields that change what training computes: they must match to resume a run. The others may change:
+# epochs (train longer), eval_batch_size and mode (the same numbers, up to float reordering), keep, and
+# source / data_dir (the training data itself is compared, by fingerprint).
+RESUME_MUST_MATCH = ("model", "model_kwargs", "dataset", "split", "val_fraction", "seed", "batch_size", "augment",
+                     "normalize", "loss", "label_smoothing", "optimizer", "lr", "momentum", "nesterov",
+                     "weight_decay", "schedule", "warmup_epochs")
+_RESUME_MUST_MATCH = RESUME_MUST_MATCH  # the old private name
 
 
 class NonFiniteLoss(FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """The training loss, the held-out loss or the weights became NaN or infinite."""
 
 
 @dataclasses.dataclass
@@ -65,6 +73,22 @@ class TrainConfig:
     seed: int = 0
     keep: int = 3
 
+    def check(self) -> None:
+        """Refuse values that make no sense.
+
+        Raises:
+          ValueError: naming the field, e.g. "weight_decay must be >= 0 (got -5.0)".
+        """
+        for name, (low, high, low_open, high_open) in _RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number (got {value!r})")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite (got {value})")
+            if (value <= low if low_open else value < low) or (high is not None and (value >= high if high_open
+                                                                                    else value > high)):
+                raise ValueError(f"{name} must be {_describe_range(low, high, low_open, high_open)} (got {value})")
+
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
         out["model_kwargs"] = encode_kwargs(self.model_kwargs)
@@ -75,6 +99,22 @@ class TrainConfig:
         values = {k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(cls)}}
         values["model_kwargs"] = decode_kwargs(values.get("model_kwargs", {}))
         return cls(**values)
+
+
+# field -> (low, high, low excluded, high excluded); high None: unbounded.
+_RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
+    "epochs": (1, None, False, False), "batch_size": (1, None, False, False),
+    "eval_batch_size": (1, None, False, False), "keep": (1, None, False, False),
+    "lr": (0.0, None, True, False), "momentum": (0.0, 1.0, False, True), "weight_decay": (0.0, None, False, False),
+    "warmup_epochs": (0.0, None, False, False), "label_smoothing": (0.0, 1.0, False, True),
+    "val_fraction": (0.0, 1.0, False, True),
+}
+
+
+def _describe_range(low, high, low_open, high_open) -> str:
+    if high is None:
+        return f"> {low}" if low_open else f">= {low}"
+    return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
 
 
 class Splits(NamedTuple):
@@ -139,9 +179,20 @@ def _fixed_size(model) -> bool:
     return isinstance(model, models.LeNet) or (isinstance(model, models.VGG) and model.head == "cifar")
 
 
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats -> None, so that the file is strict JSON (no bare NaN / Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _write_json(path: Path, value: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
+    tmp.write_text(json.dumps(_json_safe(value), indent=2, allow_nan=False))
     os.replace(tmp, path)
 
 
@@ -170,9 +221,14 @@ def plot_history(history: list[dict], path: str | Path, title: str = "") -> Path
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fig.savefig(tmp, dpi=100, format="png")  # then renamed: a kill never leaves half a PNG
+    finally:
+        plt.close(fig)
+    os.replace(tmp, path)
+    return path
 
 
 def _format_epoch(h: dict, epochs: int) -> str:
@@ -187,14 +243,72 @@ def _format_epoch(h: dict, epochs: int) -> str:
     return "  ".join(parts)
 
 
+def _kept_note(checkpoints: Checkpoints | None) -> str:
+    if checkpoints is None or checkpoints.latest_epoch() is None:
+        return ""
+    return f" The last good checkpoint (epoch {checkpoints.latest_epoch()}) in {checkpoints.workdir} is intact."
+
+
 def _check_finite(loss: float, epoch: int, step: int, checkpoints: Checkpoints | None) -> None:
     if math.isfinite(loss):
         return
-    kept = ""
-    if checkpoints is not None and checkpoints.latest_epoch() is not None:
-        kept = f" The last good checkpoint (epoch {checkpoints.latest_epoch()}) in {checkpoints.workdir} is intact."
     raise NonFiniteLoss(f"training loss became {loss} at epoch {epoch}, step {step}: the run diverged. "
-                        f"Lower the learning rate (--lr) or check the data.{kept}")
+                        f"Lower the learning rate (--lr) or check the data.{_kept_note(checkpoints)}")
+
+
+def count_nonfinite(tree: Any) -> tuple[int, int]:
+    """`(non-finite values, all values)` over the floating-point leaves of `tree` (counted on the host)."""
+    leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+    leaves = [x for x in leaves if np.issubdtype(x.dtype, np.inexact)]
+    return sum(int(np.size(x) - np.count_nonzero(np.isfinite(x))) for x in leaves), sum(int(x.size) for x in leaves)
+
+
+def _check_savable(arrays: dict, record: dict, checkpoints: Checkpoints | None) -> None:
+    """Nothing non-finite is saved as good: the epoch's losses and every weight and optimizer value must be finite.
+
+    Raises:
+      NonFiniteLoss: naming what diverged; the previous checkpoint is untouched.
+    """
+    epoch = record["epoch"]
+    for key, what in (("train_loss", "training loss"), ("val_loss", "held-out loss")):
+        value = record.get(key)
+        if value is not None and not math.isfinite(value):
+            raise NonFiniteLoss(f"{what} became {value} at epoch {epoch}: the run diverged, epoch {epoch} is not "
+                                f"saved. Lower the learning rate (--lr) or check the data.{_kept_note(checkpoints)}")
+    bad, total = count_nonfinite(arrays)
+    if bad:
+        raise NonFiniteLoss(f"{bad:,} of {total:,} weights and optimizer values became NaN or infinite at epoch "
+                            f"{epoch}: the run diverged, epoch {epoch} is not saved. Lower the learning rate (--lr)."
+                            f"{_kept_note(checkpoints)}")
+
+
+def data_fingerprint(dataset: data.Dataset) -> str:
+    """A short hash of a split's images and labels (what a resumed run must train on again)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{dataset.images.shape}|{dataset.labels.shape}|".encode())
+    digest.update(np.ascontiguousarray(dataset.images).tobytes())
+    digest.update(np.ascontiguousarray(dataset.labels).astype(np.int32).tobytes())
+    return digest.hexdigest()
+
+
+def _write_run_files(workdir: Path, history: list[dict], config: TrainConfig, checkpoints: Checkpoints) -> None:
+    """`history.json` and `curves.png` from `history` (each written atomically)."""
+    try:
+        _write_json(workdir / "history.json", history)
+        plot_history(history, workdir / "curves.png", f"{config.model} on {config.dataset} ({config.mode})")
+    except OSError as err:
+        space = " (the disk is full)" if err.errno == errno.ENOSPC else ""
+        raise WorkdirNotWritable(f"cannot write {workdir / 'history.json'} / curves.png{space}: {err}. Epochs "
+                                 f"{checkpoints.epochs()} are saved; free space, then --resume rewrites them.") from err
+
+
+def _best_epoch(history: list[dict]) -> int | None:
+    """The first epoch with the highest held-out accuracy (how `fit` picks `best/`)."""
+    best, best_val = None, -math.inf
+    for h in history:
+        if h.get("val_acc") is not None and h["val_acc"] > best_val:
+            best, best_val = h["epoch"], h["val_acc"]
+    return best
 
 
 def fit(
@@ -207,6 +321,12 @@ def fit(
     log: Callable[[str], None] = print,
 ) -> FitResult:
     """Train `config.model` on `config.dataset`; evaluate held-out (and test) accuracy every epoch.
+
+    With a `workdir`, the run owns that folder (a lock; a second run into it is
+    refused), checks it is writable before loading any data, and saves after
+    every epoch: `checkpoints/<epoch>` (checksummed), `best/<epoch>`,
+    `history.json`, `curves.png`. A resumed run first repairs what a killed
+    one left (partial saves, `history.json`, `curves.png`, `best/`).
 
     Args:
       config: the run.
@@ -225,49 +345,88 @@ def fit(
       seconds, images_per_second).
 
     Raises:
+      ValueError: a config value that makes no sense (named), or resume without a workdir.
       FileExistsError: `workdir` already has checkpoints and `resume` is False.
-      CheckpointError: resuming from a corrupt or mismatched checkpoint.
-      NonFiniteLoss: the loss became NaN/inf (the last good checkpoint stays).
+      RunLocked: another live run owns `workdir` (named by pid and host).
+      WorkdirNotWritable: `workdir` is read-only, blocked by a file, or the disk is full.
+      CheckpointError: resuming from a corrupt or mismatched checkpoint, or with
+        a config field that changes the training computation (named).
+      NonFiniteLoss: the training or held-out loss or the weights became NaN/inf
+        (that epoch is not saved; the last good checkpoint stays).
     """
-    splits = splits or load_splits(config, log)
-    config = dataclasses.replace(config, model_kwargs=_model_kwargs(config, splits.train))
-    preprocess = data.Preprocess.for_dataset(config.dataset, splits.train.images, config.normalize, config.augment)
-    train_loader = data.Loader(splits.train.images, splits.train.labels, config.batch_size, preprocess=preprocess,
-                               train=True, seed=config.seed)
-    eval_loader = {
-        name: data.Loader(ds.images, ds.labels, config.eval_batch_size, preprocess=preprocess, train=False)
-        for name, ds in (("val", splits.val), ("test", splits.test)) if ds is not None and len(ds)
-    }
-    model, state = build(config, splits.train, len(train_loader))
-    steps = make_steps(config.loss, config.mode, config.label_smoothing)
+    config.check()
+    if workdir is None:
+        if resume:
+            raise ValueError("resume=True needs a workdir")
+        return _fit(config, None, None, False, splits, progress, log)
+    lock = RunLock(workdir).acquire()
+    try:
+        return _fit(config, Path(workdir), lock, resume, splits, progress, log)
+    finally:
+        lock.release()
 
-    checkpoints, history, start_epoch, best_val = None, [], 0, -math.inf
-    if workdir is not None:
-        workdir = Path(workdir)
-        existing = (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir())
-        if existing and not resume:
-            raise FileExistsError(f"{workdir} already holds checkpoints; pass resume=True (--resume) to continue "
-                                  "that run, or choose another workdir")
-        workdir.mkdir(parents=True, exist_ok=True)
-        checkpoints = Checkpoints(workdir, keep=config.keep)
-        if resume and checkpoints.latest_epoch() is not None:
-            state, start_epoch, history, best_val = _resume(checkpoints, config, state, log)
+
+def _open_workdir(workdir: Path, lock: RunLock, resume: bool, keep: int, log) -> Checkpoints:
+    """Under the lock: refuse to overwrite, check writability, remove partial saves."""
+    held = lock.previous_holder
+    if held:
+        log(f"note: took over {workdir} from pid {held.get('pid')} on {held.get('host')}, whose run ended without "
+            "releasing it")
+    existing = [p for sub in ("checkpoints", "best") if (workdir / sub).is_dir() for p in (workdir / sub).iterdir()]
+    if existing and not resume:
+        raise FileExistsError(f"{workdir} already holds checkpoints; pass resume=True (--resume) to continue "
+                              "that run, or choose another workdir")
+    for sub in ("checkpoints", "best"):
+        probe_writable(workdir / sub)
+    checkpoints = Checkpoints(workdir, keep=keep)
+    for path in checkpoints.remove_partial_saves():
+        log(f"note: removed {path}, left by a save that did not finish")
+    return checkpoints
+
+
+def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume: bool, splits: Splits | None,
+         progress, log) -> FitResult:
+    checkpoints = None if workdir is None else _open_workdir(workdir, lock, resume, config.keep, log)
+    try:
+        if checkpoints is not None and resume and checkpoints.latest_epoch() is not None:
+            # Refuse a changed config before spending time on data; model_kwargs can be completed only with data.
+            _check_resume_config(checkpoints.read_meta(), config, [f for f in RESUME_MUST_MATCH if f != "model_kwargs"])
+        splits = splits or load_splits(config, log)
+        config = dataclasses.replace(config, model_kwargs=_model_kwargs(config, splits.train))
+        preprocess = data.Preprocess.for_dataset(config.dataset, splits.train.images, config.normalize, config.augment)
+        train_loader = data.Loader(splits.train.images, splits.train.labels, config.batch_size, preprocess=preprocess,
+                                   train=True, seed=config.seed)
+        eval_loader = {
+            name: data.Loader(ds.images, ds.labels, config.eval_batch_size, preprocess=preprocess, train=False)
+            for name, ds in (("val", splits.val), ("test", splits.test)) if ds is not None and len(ds)
+        }
+        model, state = build(config, splits.train, len(train_loader))
+        steps = make_steps(config.loss, config.mode, config.label_smoothing)
+        fingerprint = data_fingerprint(splits.train) if checkpoints is not None else None
+
+        history, start_epoch, best_val, best_epoch = [], 0, -math.inf, None
+        if checkpoints is not None and resume and checkpoints.latest_epoch() is not None:
+            state, history = _resume(checkpoints, config, state, fingerprint, log)
+            start_epoch = history[-1]["epoch"] if history else checkpoints.latest_epoch()
+            best_epoch = _best_epoch(history)
+            best_val = next((h["val_acc"] for h in history if h["epoch"] == best_epoch), -math.inf)
+            _write_run_files(workdir, history, config, checkpoints)
         elif resume:
             log(f"note: nothing to resume in {workdir}; starting a new run")
-    elif resume:
-        raise ValueError("resume=True needs a workdir")
 
-    try:
         for epoch in range(start_epoch, config.epochs):
             state, record = _run_epoch(state, steps, train_loader, eval_loader, epoch, config, checkpoints, progress)
+            arrays = jax.device_get(state.arrays())  # checked and saved from one host copy
+            _check_savable(arrays, record, checkpoints)
             history.append(record)
             is_best = record.get("val_acc") is not None and record["val_acc"] > best_val
-            best_val = max(best_val, record.get("val_acc") or -math.inf)
+            if is_best:
+                best_val, best_epoch = record["val_acc"], epoch + 1
             if checkpoints is not None:
-                checkpoints.save(epoch + 1, state.arrays(),
-                                 {"config": config.to_json(), "history": history, "best_val_acc": best_val}, is_best)
-                _write_json(workdir / "history.json", history)
-                plot_history(history, workdir / "curves.png", f"{config.model} on {config.dataset} ({config.mode})")
+                meta = {"config": config.to_json(), "history": _json_safe(history), "data_fingerprint": fingerprint,
+                        "best_epoch": best_epoch, "best_val_acc": best_val if math.isfinite(best_val) else None}
+                checkpoints.save(epoch + 1, arrays, meta, is_best)
+                _write_run_files(workdir, history, config, checkpoints)
             log(_format_epoch(record, config.epochs))
     finally:
         if checkpoints is not None:
@@ -275,20 +434,52 @@ def fit(
     return FitResult(state, history, model, steps)
 
 
-def _resume(checkpoints: Checkpoints, config: TrainConfig, fresh: TrainState, log) -> tuple:
-    saved = TrainConfig.from_json(checkpoints.read_meta()["config"])
-    for field in _RESUME_MUST_MATCH:  # checked first: a clearer message than a shape mismatch
-        if getattr(saved, field) != getattr(config, field):
-            raise CheckpointError(f"cannot resume: the checkpoint was trained with {field}={getattr(saved, field)!r}, "
-                                  f"this run asks for {getattr(config, field)!r}")
-    state_arrays, meta = checkpoints.restore(fresh.arrays())
+def _resume(checkpoints: Checkpoints, config: TrainConfig, fresh: TrainState, fingerprint: str, log) -> tuple:
+    """Check the config, restore and verify the latest checkpoint, and put `best/` back in line with its history."""
+    meta = checkpoints.read_meta()
+    saved = _check_resume_config(meta, config, RESUME_MUST_MATCH)  # before restoring: clearer than a shape mismatch
+    if meta.get("data_fingerprint") not in (None, fingerprint):
+        raise CheckpointError(f"cannot resume: the training data differ from the data the checkpoint was trained on "
+                              f"({config.dataset} from source={config.source!r}, data_dir={config.data_dir!r} now "
+                              "gives other images or labels). Point to the same data, or start a new run")
+    epoch = checkpoints.latest_epoch()
+    state_arrays, meta = checkpoints.restore(fresh.arrays(), epoch=epoch)
     if saved.epochs != config.epochs and config.schedule != "constant":
         warnings.warn(f"resuming a {saved.epochs}-epoch run as {config.epochs} epochs: the {config.schedule} "
-                      "schedule's length changes with it", stacklevel=3)
+                      "schedule's length changes with it", stacklevel=4)
     state = fresh.replace_arrays(jax.tree.map(jnp.asarray, state_arrays))
-    epoch = checkpoints.latest_epoch()
+    history = [h for h in meta["history"] if h["epoch"] <= epoch]
+    _repair_best(checkpoints, epoch, meta.get("best_epoch", _best_epoch(history)), state_arrays, meta, fresh, log)
     log(f"resumed from {checkpoints.workdir / 'checkpoints' / str(epoch)} (epoch {epoch}, step {int(state.step)})")
-    return state, epoch, list(meta["history"]), float(meta.get("best_val_acc", -math.inf))
+    return state, history
+
+
+def _check_resume_config(meta: dict, config: TrainConfig, fields) -> TrainConfig:
+    """The checkpoint's config; raises CheckpointError naming the first of `fields` that differs in `config`."""
+    saved = TrainConfig.from_json(meta["config"])
+    for field in fields:
+        if getattr(saved, field) != getattr(config, field):
+            raise CheckpointError(f"cannot resume: the checkpoint was trained with {field}={getattr(saved, field)!r}, "
+                                  f"this run asks for {getattr(config, field)!r}. Use the same {field}, or start a "
+                                  "new run in another workdir")
+    return saved
+
+
+def _repair_best(checkpoints: Checkpoints, epoch: int, best_epoch: int | None, arrays: dict, meta: dict,
+                 fresh: TrainState, log) -> None:
+    """Make `best/` hold `best_epoch`, as the history of the checkpoint resumed from says."""
+    for dropped in checkpoints.drop_best_after(epoch):
+        log(f"note: removed best/{dropped}: it belongs to epochs after {epoch}, which this run trains again")
+    if best_epoch is None or checkpoints.best_epochs() == [best_epoch]:
+        return
+    if best_epoch == epoch:
+        checkpoints.place_best(epoch, arrays, meta)
+    elif best_epoch in checkpoints.epochs():
+        checkpoints.place_best(best_epoch, *checkpoints.restore(fresh.arrays(), epoch=best_epoch))
+    elif best_epoch not in checkpoints.best_epochs():
+        log(f"note: best/ should hold epoch {best_epoch}, which is no longer saved anywhere")
+        return
+    log(f"note: best/ now holds epoch {best_epoch}, as the history of epoch {epoch} says")
 
 
 def _run_epoch(state, steps: Steps, loader: data.Loader, eval_loaders: dict, epoch: int, config: TrainConfig,
