@@ -94,6 +94,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=None, help="checkpoints, history.json, curves.png (default runs/MODEL-DATASET)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --workdir")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="do not write TensorBoard logs (default: WORKDIR/tensorboard; view with "
+                        "`tensorboard --logdir WORKDIR`)")
     return p
 
 
@@ -120,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"jaxnets-train: {config.model} on {config.dataset} ({config.mode}), {config.epochs} epochs, "
           f"{config.optimizer} lr {config.lr}, batch {config.batch_size} -> {workdir}", flush=True)
     try:
-        result = fit(config, workdir=workdir, resume=args.resume, progress=False if args.no_progress else None)
+        result = fit(config, workdir=workdir, resume=args.resume, progress=False if args.no_progress else None,
+                     tensorboard=not args.no_tensorboard)
     except (data.DataError, CheckpointError, NonFiniteLoss, FileExistsError, ValueError, OSError) as err:
         print(f"jaxnets-train: error: {err}", file=sys.stderr)
         return 1

@@ -29,6 +29,7 @@ from jaxnets.training import optimizers
 from jaxnets.training.checkpoint import (CheckpointError, Checkpoints, RunLock, WorkdirNotWritable, decode_kwargs,
                                          encode_kwargs, probe_writable)
 from jaxnets.training.state import TrainState
+from jaxnets.training.tensorboard import TensorBoard
 from jaxnets.training.steps import Steps, evaluate, make_steps, summarize
 
 # Fields that change what training computes: they must match to resume a run. The others may change:
@@ -167,12 +168,16 @@ def build(config: TrainConfig, train: data.Dataset, steps_per_epoch: int):
     if not isinstance(model, models.MLP) and (got[-1] != want[-1] or (_fixed_size(model) and got != want)):
         raise ValueError(f"{config.model} expects images of shape {want}, but {config.dataset} has {got}; "
                          "choose a model for this data set")
-    total = max(1, config.epochs * steps_per_epoch)
-    schedule = optimizers.make_schedule(config.schedule, config.lr, total,
-                                        warmup_steps=int(config.warmup_epochs * steps_per_epoch))
-    tx = optimizers.create(config.optimizer, schedule, momentum=config.momentum, nesterov=config.nesterov,
-                           weight_decay=config.weight_decay)
+    tx = optimizers.create(config.optimizer, learning_rate_schedule(config, steps_per_epoch),
+                           momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
     return model, TrainState.create(model, tx, seed=config.seed)
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
+    """The run's learning rate as a function of the optimizer step (optax schedule)."""
+    total = max(1, config.epochs * steps_per_epoch)
+    return optimizers.make_schedule(config.schedule, config.lr, total,
+                                    warmup_steps=int(config.warmup_epochs * steps_per_epoch))
 
 
 def _fixed_size(model) -> bool:
@@ -205,7 +210,12 @@ def plot_history(history: list[dict], path: str | Path, title: str = "") -> Path
     import matplotlib.ticker  # noqa: PLC0415
 
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    with_lr = any(h.get("lr") is not None for h in history)
+    fig, axes = plt.subplots(1, 3 if with_lr else 2, figsize=(15 if with_lr else 10, 4))
+    ax_loss, ax_acc = axes[0], axes[1]
+    if with_lr:
+        axes[2].plot(epochs, [h.get("lr") for h in history], marker="o", color="tab:purple", label="learning rate")
+        axes[2].set(xlabel="epoch", ylabel="learning rate (last step of the epoch)", title="learning rate")
     for key, label in (("train_loss", "train"), ("val_loss", "held-out")):
         if any(h.get(key) is not None for h in history):
             ax_loss.plot(epochs, [h.get(key) for h in history], marker="o", label=label)
@@ -214,7 +224,7 @@ def plot_history(history: list[dict], path: str | Path, title: str = "") -> Path
             ax_acc.plot(epochs, [h.get(key) for h in history], marker="o", label=label)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    for ax in (ax_loss, ax_acc):
+    for ax in axes:
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
@@ -239,6 +249,8 @@ def _format_epoch(h: dict, epochs: int) -> str:
         parts.append(f"| held-out loss {h['val_loss']:.4f}" + (f" acc {h['val_acc']:.2%}" if h.get("val_acc") is not None else ""))
     if h.get("test_acc") is not None:
         parts.append(f"| test acc {h['test_acc']:.2%}")
+    if h.get("lr") is not None:
+        parts.append(f"| lr {h['lr']:.3g}")
     parts.append(f"| {h['images_per_second']:,.0f} img/s, {h['seconds']:.1f}s")
     return "  ".join(parts)
 
@@ -319,6 +331,7 @@ def fit(
     splits: Splits | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] = print,
+    tensorboard: bool = True,
 ) -> FitResult:
     """Train `config.model` on `config.dataset`; evaluate held-out (and test) accuracy every epoch.
 
@@ -338,11 +351,13 @@ def fit(
       splits: pre-loaded data (default: `load_splits(config)`).
       progress: show a tqdm bar (None: only on a terminal).
       log: where the per-epoch lines go.
+      tensorboard: also write TensorBoard scalars and the config under
+        `workdir/tensorboard` (see `jaxnets.training.tensorboard`).
 
     Returns:
       FitResult(state, history, model, steps): history holds one dict per
-      epoch (epoch, train_loss, train_acc, val_loss, val_acc, test_acc,
-      seconds, images_per_second).
+      epoch (epoch, train_loss, train_acc, val_loss, val_acc, test_acc, lr
+      (the learning rate of the epoch's last step), seconds, images_per_second).
 
     Raises:
       ValueError: a config value that makes no sense (named), or resume without a workdir.
@@ -358,10 +373,10 @@ def fit(
     if workdir is None:
         if resume:
             raise ValueError("resume=True needs a workdir")
-        return _fit(config, None, None, False, splits, progress, log)
+        return _fit(config, None, None, False, splits, progress, log, False)
     lock = RunLock(workdir).acquire()
     try:
-        return _fit(config, Path(workdir), lock, resume, splits, progress, log)
+        return _fit(config, Path(workdir), lock, resume, splits, progress, log, tensorboard)
     finally:
         lock.release()
 
@@ -385,8 +400,9 @@ def _open_workdir(workdir: Path, lock: RunLock, resume: bool, keep: int, log) ->
 
 
 def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume: bool, splits: Splits | None,
-         progress, log) -> FitResult:
+         progress, log, tensorboard: bool) -> FitResult:
     checkpoints = None if workdir is None else _open_workdir(workdir, lock, resume, config.keep, log)
+    board = None
     try:
         if checkpoints is not None and resume and checkpoints.latest_epoch() is not None:
             # Refuse a changed config before spending time on data; model_kwargs can be completed only with data.
@@ -413,9 +429,13 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
             _write_run_files(workdir, history, config, checkpoints)
         elif resume:
             log(f"note: nothing to resume in {workdir}; starting a new run")
+        if tensorboard and workdir is not None:  # a resumed run purges what a killed one logged past start_epoch
+            board = TensorBoard(workdir / "tensorboard", config.to_json(), start_epoch=start_epoch)
+        schedule = learning_rate_schedule(config, len(train_loader))
 
         for epoch in range(start_epoch, config.epochs):
             state, record = _run_epoch(state, steps, train_loader, eval_loader, epoch, config, checkpoints, progress)
+            record["lr"] = float(schedule(int(state.step) - 1))  # the rate the epoch's last step used
             arrays = jax.device_get(state.arrays())  # checked and saved from one host copy
             _check_savable(arrays, record, checkpoints)
             history.append(record)
@@ -427,8 +447,12 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
                         "best_epoch": best_epoch, "best_val_acc": best_val if math.isfinite(best_val) else None}
                 checkpoints.save(epoch + 1, arrays, meta, is_best)
                 _write_run_files(workdir, history, config, checkpoints)
+            if board is not None:
+                board.write_epoch(record)
             log(_format_epoch(record, config.epochs))
     finally:
+        if board is not None:
+            board.close()
         if checkpoints is not None:
             checkpoints.close()
     return FitResult(state, history, model, steps)
