@@ -40,6 +40,7 @@ Torch itself is imported only by `to_torch` and `jaxnets.interop.torch_models`;
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -140,13 +141,13 @@ def _flax_to_torch(array: np.ndarray, leaf: str, flatten: tuple[int, int, int] |
     return array
 
 
-
-# One of our layers: its module path, role and variables in PyTorch's terms.
+@dataclasses.dataclass
 class _Layer:
-    __slots__ = ("module", "role", "rows")
+    """One of our layers: its module path, role (conv, linear, batchnorm) and layout rows."""
 
-    def __init__(self, module: str, role: str):
-        self.module, self.role, self.rows = module, role, []
+    module: str
+    role: str = ""
+    rows: list = dataclasses.field(default_factory=list)
 
     def describe(self) -> str:
         return f"{self.role} " + ", ".join(f"{key.rsplit('.', 1)[-1]} {shape}" for _, _, key, shape, _ in self.rows)
@@ -209,7 +210,7 @@ def _our_layers(layout) -> list[_Layer]:
         collection, path, _, torch_shape, _ = row
         module = ".".join(path[:-1])
         if module not in by_module:
-            by_module[module] = _Layer(module, "")
+            by_module[module] = _Layer(module)
         by_module[module].rows.append(row)
     for layer in by_module.values():
         leaves = {row[1][-1] for row in layer.rows}
