@@ -6,14 +6,19 @@ CPU convolution) can be swapped in once, without touching a model file.
 
 Conventions (PyTorch semantics, JAX layouts):
   * images are NHWC, convolution kernels HWIO, dense kernels (in, out);
-  * weights start from PyTorch's default init, U(-1/sqrt(fan_in), +1/sqrt(fan_in))
-    (kaiming_uniform with a=sqrt(5)); biases start at zero;
+  * weights and biases start from PyTorch's layer defaults: weights
+    U(-1/sqrt(fan_in), +1/sqrt(fan_in)) (kaiming_uniform with a=sqrt(5)),
+    biases U(-1/sqrt(fan_in), +1/sqrt(fan_in)) with fan_in = in * kh * kw;
+    models that follow torchvision's layouts pass torchvision's own inits
+    (`torchvision_conv_init`, `torchvision_linear_init`, zero biases);
   * BatchNorm uses PyTorch's defaults: momentum 0.1 (flax's 0.9 = 1 - 0.1)
     and eps 1e-5.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -28,6 +33,11 @@ from jaxnets import backend
 # PyTorch's default for Linear and Conv2d weights: kaiming_uniform(a=sqrt(5))
 # == U(-b, b) with b = 1/sqrt(fan_in) == variance_scaling(1/3, fan_in, uniform).
 torch_default_kernel_init = initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# torchvision's ResNet and VGG: kaiming_normal_(mode='fan_out', nonlinearity='relu')
+# for convs, N(0, 2 / (out * kh * kw)) (a plain normal, not truncated).
+torchvision_conv_init = initializers.variance_scaling(2.0, "fan_out", "normal")
+# torchvision's VGG classifier: nn.init.normal_(weight, 0, 0.01), bias 0.
+torchvision_linear_init = initializers.normal(0.01)
 
 
 def conv_algorithm(platform: str, input_shape: Sequence[int], kernel_shape: Sequence[int],
@@ -104,7 +114,36 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                     feature_group_count=feature_group_count, precision=precision, **kwargs)
 
 
-class Conv(nn.Conv):
+class TorchDefaultBiasInit:
+    """PyTorch's Linear/Conv2d bias init: U(-1/sqrt(fan_in), +1/sqrt(fan_in)).
+
+    A bias alone does not know its layer's fan_in, so `Conv` and `Dense` call
+    it with `fan_in=` read off the kernel they have just created
+    (`fan_in = prod(kernel.shape[:-1])`, i.e. in * kh * kw).
+    """
+
+    def __call__(self, key: jax.Array, shape: Sequence[int], dtype=jnp.float32, *, fan_in: int | None = None):
+        if fan_in is None:
+            raise ValueError("TorchDefaultBiasInit needs fan_in; use it through jaxnets.layers.Conv/Dense")
+        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+torch_default_bias_init = TorchDefaultBiasInit()
+
+
+class _FanInBias:
+    """Gives `TorchDefaultBiasInit` the fan_in of the layer's kernel."""
+
+    @nn.nowrap
+    def param(self, name, init_fn, *init_args, **init_kwargs):
+        if name == "bias" and isinstance(init_fn, TorchDefaultBiasInit):
+            kernel = self.get_variable("params", "kernel")
+            init_fn = functools.partial(init_fn, fan_in=math.prod(np.shape(kernel)[:-1]))
+        return super().param(name, init_fn, *init_args, **init_kwargs)
+
+
+class Conv(_FanInBias, nn.Conv):
     """2-D convolution, NHWC in and out, kernel `[kh, kw, in, out]` (HWIO).
 
     The convolution itself is `conv_general_dilated` above: `lax`'s, except
@@ -112,13 +151,15 @@ class Conv(nn.Conv):
     """
 
     kernel_init: initializers.Initializer = torch_default_kernel_init
+    bias_init: initializers.Initializer = torch_default_bias_init
     conv_general_dilated: Callable | None = conv_general_dilated
 
 
-class Dense(nn.Dense):
+class Dense(_FanInBias, nn.Dense):
     """Fully connected layer: `[..., in] -> [..., out]`, kernel `[in, out]`."""
 
     kernel_init: initializers.Initializer = torch_default_kernel_init
+    bias_init: initializers.Initializer = torch_default_bias_init
 
 
 class BatchNorm(nn.BatchNorm):
@@ -132,8 +173,8 @@ class BatchNorm(nn.BatchNorm):
     epsilon: float = 1e-5
 
 
-def max_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None) -> jnp.ndarray:
-    """`nn.MaxPool2d(window, stride)`: `[N, H, W, C] -> [N, H//s, W//s, C]` (floor).
+def max_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding: int = 0) -> jnp.ndarray:
+    """`nn.MaxPool2d(window, stride, padding)`: `[N, H, W, C] -> [N, Ho, Wo, C]` (floor mode).
 
     Non-overlapping windows (`stride == window`, every pool in the texts) are
     a reshape + max: its gradient is a cheap equality mask, where
@@ -144,8 +185,8 @@ def max_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None) -> jnp.
     a ReLU, where ties are zeros whose gradient the ReLU zeroes anyway.
     """
     stride = window if stride is None else stride
-    if stride != window:
-        return nn.max_pool(x, (window, window), strides=(stride, stride), padding="VALID")
+    if stride != window or padding:  # overlapping windows (torchvision's 3x3/2 stem pool): lax.reduce_window
+        return nn.max_pool(x, (window, window), strides=(stride, stride), padding=((padding, padding),) * 2)
     batch, height, width, channels = x.shape
     rows, cols = height // window, width // window
     x = x[:, :rows * window, :cols * window]  # floor mode: drop the ragged edge, as PyTorch does

@@ -27,7 +27,25 @@ EXPECTED_PARAMS = {
     "vgg16_bn": 14_728_266,
     "vgg19": 20_029_514,
     "vgg19_bn": 20_040_522,
+    # torchvision's layouts (1,000 classes), the counts torchvision publishes.
+    "resnet18_imagenet": 11_689_512,
+    "resnet34_imagenet": 21_797_672,
+    "resnet50_imagenet": 25_557_032,
+    "vgg11_imagenet": 132_863_336,
+    "vgg11_bn_imagenet": 132_868_840,
+    "vgg13_imagenet": 133_047_848,
+    "vgg13_bn_imagenet": 133_053_736,
+    "vgg16_imagenet": 138_357_544,
+    "vgg16_bn_imagenet": 138_365_992,
+    "vgg19_imagenet": 143_667_240,
+    "vgg19_bn_imagenet": 143_678_248,
 }
+# 224x224 ImageNet models are run at a smaller size (any size works) and the
+# 133-144M-parameter VGGs only in the slow suite.
+_SLOW_SHAPES = {"resnet34_imagenet", "resnet50_imagenet"}  # same blocks as the CIFAR ResNets, tested fast
+SHAPE_NAMES = [pytest.param(n, marks=pytest.mark.slow)
+               if n in _SLOW_SHAPES or (n.startswith("vgg") and n.endswith("_imagenet")) else n
+               for n in EXPECTED_PARAMS]
 
 
 def test_registry_lists_every_model():
@@ -46,19 +64,20 @@ def test_vgg16_imagenet_head_parameter_count():
     assert models.count_params(shapes) == 134_301_514
 
 
-@pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
+@pytest.mark.parametrize("name", SHAPE_NAMES)
 def test_shapes_and_jit_matches_eager(name, getkey):
     model = models.create(name)
-    variables = models.init(model, getkey())
-    x = jax.random.normal(getkey(), (3, *model.input_shape))
+    shape = (64, 64, 3) if name.endswith("_imagenet") else model.input_shape
+    x = jax.random.normal(getkey(), (3, *shape))
+    variables = model.init(getkey(), x[:1])
     eager = model.apply(variables, x)
     jitted = jax.jit(model.apply)(variables, x)
-    assert eager.shape == (3, 10) and eager.dtype == jnp.float32
+    assert eager.shape == (3, model.num_classes if hasattr(model, "num_classes") else 10) and eager.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-5, rtol=0)
 
     # Train mode: BatchNorm uses batch statistics and returns new running ones.
     logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": getkey()})
-    assert logits.shape == (3, 10)
+    assert logits.shape == eager.shape
     has_bn = "batch_stats" in variables
     assert bool(updates) == has_bn
     if has_bn:
@@ -113,6 +132,20 @@ def test_unknown_kwarg_lists_accepted():
         models.create("lenet5", depth=3)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50_imagenet"])
+def test_resnet_takes_any_input_size(name):
+    # ResNet advertises (N, any, any, 3): a global average pool, not a fixed 4x4 one.
+    model = models.create(name)
+    variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
+    for size in ((64, 64), (40, 56), (224, 224)):
+        assert jax.eval_shape(model.apply, variables, jnp.zeros((2, *size, 3))).shape == (2, model.num_classes)
+
+
+def test_unknown_resnet_layout():
+    with pytest.raises(ValueError, match="unknown layout 'keras'"):
+        jax.eval_shape(lambda: models.init(models.create("resnet18", layout="keras"), jax.random.key(0)))
+
+
 def test_unknown_vgg_head():
     model = models.create("vgg11", head="tiny")
     with pytest.raises(ValueError, match="unknown head 'tiny'"):
@@ -126,6 +159,7 @@ def test_unknown_vgg_head():
         ("lenet", (28, 28, 1), r"\(N, 28, 28, 1\).*Add a batch axis"),
         ("lenet5", (2, 3, 32, 32), r"\(N, 32, 32, 3\).*NCHW"),
         ("resnet18", (2, 32, 32), r"resnet18 expects input of shape \(N, any, any, 3\)"),
+        ("resnet18_imagenet", (2, 3, 224, 224), r"resnet18_imagenet expects input of shape \(N, any, any, 3\)"),
         ("vgg16", (2, 64, 64, 3), r"vgg16 expects input of shape \(N, 32, 32, 3\)"),
         ("mlp", (2, 100), r"mlp expects input of shape \(N, 784\)"),
     ],

@@ -1,7 +1,8 @@
 """Reference PyTorch implementations of every jaxnets architecture.
 
-Written the way the texts and pytorch-cifar write them (NCHW, `nn.Sequential`,
-`state_dict` names that `jaxnets.interop` maps one to one). Used for parity
+Written the way the texts, pytorch-cifar and torchvision write them (NCHW,
+`nn.Sequential`, `state_dict` names that `jaxnets.interop` maps one to one,
+each source's own init). Used for parity
 tests, PyTorch-side benchmarks and `to_torch`. Importing this module imports
 torch; nothing else in jaxnets does.
 """
@@ -59,29 +60,44 @@ class LeNet(nn.Module):
         return getattr(self, f"fc{self.num_fc}")(x)
 
 
+def _shortcut(block: nn.Module, in_planes: int, out_planes: int, stride: int, layout: str) -> None:
+    """`shortcut` (pytorch-cifar: an empty Sequential when the identity) or `downsample` (torchvision: None)."""
+    projection = None
+    if stride != 1 or in_planes != out_planes:
+        projection = nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False),
+                                   nn.BatchNorm2d(out_planes))
+    if layout == "torchvision":
+        block.downsample = projection
+    else:
+        block.shortcut = projection if projection is not None else nn.Sequential()
+
+
+def _identity(block: nn.Module, x):
+    projection = block.shortcut if hasattr(block, "shortcut") else block.downsample
+    return x if projection is None else projection(x)
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, in_planes, planes, stride=1):
+    def __init__(self, in_planes, planes, stride=1, layout="cifar"):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+        _shortcut(self, in_planes, planes, stride, layout)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(out + _identity(self, x))
 
 
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, in_planes, planes, stride=1):
+    def __init__(self, in_planes, planes, stride=1, layout="cifar"):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -89,41 +105,53 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(4 * planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != 4 * planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, 4 * planes, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(4 * planes))
+        _shortcut(self, in_planes, 4 * planes, stride, layout)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(out + _identity(self, x))
 
 
 class ResNet(nn.Module):
-    """kuangliu/pytorch-cifar's ResNet."""
+    """kuangliu/pytorch-cifar's ResNet (`layout='cifar'`) or torchvision's (`layout='torchvision'`)."""
 
-    def __init__(self, block, num_blocks, num_classes=10, in_channels=3):
+    def __init__(self, block, num_blocks, num_classes=10, in_channels=3, layout="cifar"):
         super().__init__()
         self.in_planes = 64
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        self.layout = layout
+        if layout == "torchvision":
+            self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), num_blocks)):
             setattr(self, f"layer{i + 1}", self._make_layer(block, planes, blocks, 1 if i == 0 else 2))
-        self.linear = nn.Linear(512 * block.expansion, num_classes)
+        head = nn.Linear(512 * block.expansion, num_classes)
+        if layout == "torchvision":
+            self.fc = head
+            for module in self.modules():  # torchvision.models.resnet.ResNet.__init__
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        else:
+            self.linear = head
 
     def _make_layer(self, block, planes, num_blocks, stride):
         layers = []
         for s in [stride] + [1] * (num_blocks - 1):
-            layers.append(block(self.in_planes, planes, s))
+            layers.append(block(self.in_planes, planes, s, self.layout))
             self.in_planes = planes * block.expansion
         return nn.Sequential(*layers)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
+        if self.layout == "torchvision":
+            out = F.max_pool2d(out, 3, stride=2, padding=1)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = F.avg_pool2d(out, 4)
+        if self.layout == "torchvision":
+            return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+        out = F.avg_pool2d(out, 4)  # pytorch-cifar as published: 32x32 inputs only
         return self.linear(torch.flatten(out, 1))
 
 
@@ -154,6 +182,13 @@ class VGG(nn.Module):
                 nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(dropout_rate),
                 nn.Linear(4096, num_classes),
             )
+            for module in self.modules():  # torchvision.models.vgg.VGG.__init__
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                    nn.init.constant_(module.bias, 0)
+                elif isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, 0, 0.01)
+                    nn.init.constant_(module.bias, 0)
 
     def forward(self, x):
         x = self.features(x)
@@ -179,7 +214,7 @@ def create(name: str, **kwargs) -> nn.Module:
     if isinstance(flax_model, models.ResNet):
         m = flax_model
         block = Bottleneck if m.block_cls is models.Bottleneck else BasicBlock
-        return ResNet(block, list(m.stage_sizes), m.num_classes, m.in_channels)
+        return ResNet(block, list(m.stage_sizes), m.num_classes, m.in_channels, m.layout)
     if isinstance(flax_model, models.VGG):
         m = flax_model
         return VGG(m.config, m.batch_norm, m.head, m.num_classes, m.in_channels, m.dropout_rate)

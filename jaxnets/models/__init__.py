@@ -27,7 +27,17 @@ from jaxnets import backend
 
 from jaxnets.models.lenet import LeNet, LeNet5, LeNetCIFAR, LeNetMNIST
 from jaxnets.models.mlp import MLP
-from jaxnets.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet34, ResNet50
+from jaxnets.models.resnet import (
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    ResNet18,
+    ResNet18ImageNet,
+    ResNet34,
+    ResNet34ImageNet,
+    ResNet50,
+    ResNet50ImageNet,
+)
 from jaxnets.models.vgg import CONFIGS as VGG_CONFIGS
 from jaxnets.models.vgg import VGG, vgg
 
@@ -43,6 +53,15 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
 for _config in VGG_CONFIGS:
     _REGISTRY[_config] = vgg(_config)
     _REGISTRY[_config + "_bn"] = vgg(_config, batch_norm=True)
+# torchvision's ImageNet layouts, key names and init (1,000 classes, 224x224).
+_REGISTRY.update({
+    "resnet18_imagenet": ResNet18ImageNet,
+    "resnet34_imagenet": ResNet34ImageNet,
+    "resnet50_imagenet": ResNet50ImageNet,
+})
+for _config in VGG_CONFIGS:
+    _REGISTRY[_config + "_imagenet"] = vgg(_config, imagenet=True)
+    _REGISTRY[_config + "_bn_imagenet"] = vgg(_config, batch_norm=True, imagenet=True)
 
 
 def available() -> list[str]:
@@ -62,7 +81,8 @@ def create(name: str, **kwargs) -> nn.Module:
       **kwargs: fields of the model, e.g. `num_classes=100`, `dtype=jnp.bfloat16`;
         the MLP takes `num_layers`, `hidden_size`, `input_dim`, `output_dim`
         (`num_classes` is accepted as an alias of `output_dim`); VGG takes
-        `head='cifar'|'imagenet'`.
+        `head='cifar'|'imagenet'`; ResNet takes `layout='cifar'|'torchvision'`
+        (the `*_imagenet` names are torchvision's layouts, 1,000 classes).
 
     Raises:
       ValueError: unknown name (the message lists the available ones), an
@@ -109,5 +129,6 @@ def count_params(variables: dict) -> int:
 
 __all__ = [
     "MLP", "LeNet", "LeNetMNIST", "LeNet5", "LeNetCIFAR", "ResNet", "ResNet18", "ResNet34", "ResNet50",
+    "ResNet18ImageNet", "ResNet34ImageNet", "ResNet50ImageNet",
     "BasicBlock", "Bottleneck", "VGG", "VGG_CONFIGS", "available", "create", "example_input", "init", "count_params",
 ]

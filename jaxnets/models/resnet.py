@@ -1,9 +1,18 @@
-"""ResNet for CIFAR-10, the well-known pytorch-cifar layout.
+"""ResNet in two layouts: pytorch-cifar's (CIFAR-10) and torchvision's (ImageNet).
 
-3x3 conv stem (64 channels, stride 1) + BN + ReLU; four stages of blocks with
-64/128/256/512 planes and strides 1/2/2/2 (a 1x1 conv + BN shortcut when the
-shape changes); 4x4 average pool; Linear to `num_classes`.
-ResNet-18 has 11,173,962 parameters with 10 classes.
+`layout='cifar'` (kuangliu/pytorch-cifar, the texts' ResNet): 3x3 conv stem
+(64 channels, stride 1) + BN + ReLU; four stages of blocks with
+64/128/256/512 planes and strides 1/2/2/2 (a 1x1 conv + BN `shortcut` when
+the shape changes); global average pool (the 4x4 pool of the original at
+32x32 inputs, any size here); Linear `linear` to `num_classes`. PyTorch's
+layer-default init. ResNet-18 has 11,173,962 parameters with 10 classes.
+
+`layout='torchvision'` (torchvision.models.resnet18/34/50): 7x7 stride-2 conv
+stem + BN + ReLU + 3x3 stride-2 max pool; the same stages with a
+`downsample` shortcut; global average pool; Linear `fc`. torchvision's init
+(kaiming normal, fan_out, for convs; BatchNorm 1/0; `fc` as nn.Linear's
+default). ResNet-18 has 11,689,512 parameters with 1,000 classes,
+ResNet-50 25,557,032.
 """
 
 from __future__ import annotations
@@ -18,16 +27,21 @@ import jax.numpy as jnp
 from jaxnets import layers
 
 
+LAYOUTS = ("cifar", "torchvision")
+
+
 class _Block(nn.Module):
     """Fields and layer factories shared by the two block types."""
 
     planes: int
     stride: int = 1
     dtype: Any = jnp.float32
+    layout: str = "cifar"
     expansion = 1
 
     def layer_factories(self, train: bool):
-        conv = functools.partial(layers.Conv, use_bias=False, dtype=self.dtype)
+        kernel_init = layers.torchvision_conv_init if self.layout == "torchvision" else layers.torch_default_kernel_init
+        conv = functools.partial(layers.Conv, use_bias=False, kernel_init=kernel_init, dtype=self.dtype)
         norm = functools.partial(layers.BatchNorm, use_running_average=not train, dtype=self.dtype)
         return conv, norm
 
@@ -61,21 +75,28 @@ class Bottleneck(_Block):
 
 
 def _shortcut(block: _Block, x: jnp.ndarray, conv, norm) -> jnp.ndarray:
-    """Identity, or 1x1 conv + BN (`shortcut.0`, `shortcut.1`) when the shape changes."""
+    """Identity, or 1x1 conv + BN when the shape changes.
+
+    Named `shortcut.{0,1}` (pytorch-cifar) or `downsample.{0,1}` (torchvision).
+    """
     out_channels = block.expansion * block.planes
     if block.stride == 1 and x.shape[-1] == out_channels:
         return x
-    x = conv(out_channels, (1, 1), strides=block.stride, name="shortcut.0")(x)
-    return norm(name="shortcut.1")(x)
+    prefix = "downsample" if block.layout == "torchvision" else "shortcut"
+    x = conv(out_channels, (1, 1), strides=block.stride, name=f"{prefix}.0")(x)
+    return norm(name=f"{prefix}.1")(x)
 
 
 class ResNet(nn.Module):
     """ResNet builder: `block_cls` repeated `stage_sizes` times per stage.
 
-    Input: `[N, H, W, in_channels]` float32 (NHWC, H = W = 32 for CIFAR).
+    Input: `[N, H, W, in_channels]` float32 (NHWC), any H and W (32x32 for
+    CIFAR, 224x224 the usual ImageNet size; `image_size` is only the size
+    `models.init` builds with).
     Output: `[N, num_classes]` float32 logits.
-    PyTorch names: `conv1`, `bn1`, `layer{1-4}.{j}.{conv,bn}{1-3}`,
-    `layer{i}.{j}.shortcut.{0,1}`, `linear`.
+    PyTorch names: `conv1`, `bn1`, `layer{1-4}.{j}.{conv,bn}{1-3}`, then
+    `layer{i}.{j}.shortcut.{0,1}` and `linear` (`layout='cifar'`) or
+    `layer{i}.{j}.downsample.{0,1}` and `fc` (`layout='torchvision'`).
     """
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -83,6 +104,7 @@ class ResNet(nn.Module):
     num_classes: int = 10
     in_channels: int = 3
     image_size: int = 32
+    layout: str = "cifar"
     dtype: Any = jnp.float32
     name_for_errors: str = "resnet"
 
@@ -92,19 +114,36 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"{self.name_for_errors}: unknown layout {self.layout!r}; choose one of {LAYOUTS}")
         layers.check_input(x, self.name_for_errors, (None, None, self.in_channels))
         x = x.astype(self.dtype)
-        x = layers.Conv(64, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="conv1")(x)
+        torchvision = self.layout == "torchvision"
+        if torchvision:
+            x = layers.Conv(64, (7, 7), strides=2, padding=3, use_bias=False, kernel_init=layers.torchvision_conv_init,
+                            dtype=self.dtype, name="conv1")(x)
+        else:
+            x = layers.Conv(64, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="conv1")(x)
         x = nn.relu(layers.BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x))
+        if torchvision:  # nn.MaxPool2d(3, stride=2, padding=1): pads with -inf
+            x = layers.max_pool(x, 3, 2, padding=1)
         for stage, (blocks, planes) in enumerate(zip(self.stage_sizes, (64, 128, 256, 512))):
             for j in range(blocks):
                 stride = 2 if stage > 0 and j == 0 else 1
-                x = self.block_cls(planes, stride, dtype=self.dtype, name=f"layer{stage + 1}.{j}")(x, train)
-        x = layers.flatten(layers.avg_pool(x, 4))
-        x = layers.Dense(self.num_classes, dtype=self.dtype, name="linear")(x)
+                x = self.block_cls(planes, stride, dtype=self.dtype, layout=self.layout,
+                                   name=f"layer{stage + 1}.{j}")(x, train)
+        # Global average pool: pytorch-cifar's avg_pool2d(4) on the 4x4 map of a
+        # 32x32 input, torchvision's AdaptiveAvgPool2d(1) at any size.
+        x = jnp.mean(x, axis=(1, 2))
+        x = layers.Dense(self.num_classes, dtype=self.dtype, name="fc" if torchvision else "linear")(x)
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # float32 logits, float64 kept
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock, name_for_errors="resnet18")
 ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock, name_for_errors="resnet34")
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck, name_for_errors="resnet50")
+
+_TORCHVISION = dict(layout="torchvision", num_classes=1000, image_size=224)
+ResNet18ImageNet = functools.partial(ResNet18, name_for_errors="resnet18_imagenet", **_TORCHVISION)
+ResNet34ImageNet = functools.partial(ResNet34, name_for_errors="resnet34_imagenet", **_TORCHVISION)
+ResNet50ImageNet = functools.partial(ResNet50, name_for_errors="resnet50_imagenet", **_TORCHVISION)

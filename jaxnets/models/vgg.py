@@ -1,9 +1,13 @@
 """VGG from a config table (pytorch-cifar's `cfg`), with two heads.
 
-`head='cifar'`: Linear 512 -> num_classes, as pytorch-cifar (32x32 inputs).
+`head='cifar'`: Linear 512 -> num_classes, as pytorch-cifar (32x32 inputs),
+with PyTorch's layer-default init.
 `head='imagenet'`: adaptive average pool to 7x7, then
 Linear 25088 -> 4096 -> 4096 -> num_classes with ReLU and Dropout(0.5), as
-torchvision (and the text's classifier).
+torchvision (and the text's classifier), any input size, with torchvision's
+init: convs kaiming normal (fan_out) with zero bias, BatchNorm 1/0, linears
+N(0, 0.01) with zero bias. `vgg16_imagenet` (torchvision's `vgg16`, 1,000
+classes, 224x224) has 138,357,544 parameters.
 """
 
 from __future__ import annotations
@@ -62,13 +66,19 @@ class VGG(nn.Module):
         spatial = self.image_size if self.head == "cifar" else None
         layers.check_input(x, name, (spatial, spatial, self.in_channels))
         x = x.astype(self.dtype)
+        if self.head == "imagenet":  # torchvision.models.VGG._initialize_weights
+            conv = functools.partial(layers.Conv, kernel_init=layers.torchvision_conv_init, bias_init=nn.initializers.zeros)
+            dense = functools.partial(layers.Dense, kernel_init=layers.torchvision_linear_init,
+                                      bias_init=nn.initializers.zeros)
+        else:
+            conv, dense = layers.Conv, layers.Dense
         index = 0  # position in PyTorch's nn.Sequential, for matching names
         for item in CONFIGS[self.config]:
             if item == "M":
                 x = layers.max_pool(x, 2)
                 index += 1
                 continue
-            x = layers.Conv(item, (3, 3), padding=1, dtype=self.dtype, name=f"features.{index}")(x)
+            x = conv(item, (3, 3), padding=1, dtype=self.dtype, name=f"features.{index}")(x)
             index += 1
             if self.batch_norm:
                 x = layers.BatchNorm(use_running_average=not train, dtype=self.dtype, name=f"features.{index}")(x)
@@ -81,12 +91,19 @@ class VGG(nn.Module):
         else:
             x = layers.flatten(layers.adaptive_avg_pool(x, (7, 7)))
             for i in (0, 3):
-                x = nn.relu(layers.Dense(4096, dtype=self.dtype, name=f"classifier.{i}")(x))
+                x = nn.relu(dense(4096, dtype=self.dtype, name=f"classifier.{i}")(x))
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-            x = layers.Dense(self.num_classes, dtype=self.dtype, name="classifier.6")(x)
+            x = dense(self.num_classes, dtype=self.dtype, name="classifier.6")(x)
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # float32 logits, float64 kept
 
 
-def vgg(config: str, batch_norm: bool = False):
-    """`VGG` preset for one config of the table (e.g. `vgg('vgg16', True)`)."""
+def vgg(config: str, batch_norm: bool = False, imagenet: bool = False):
+    """`VGG` preset for one config of the table (e.g. `vgg('vgg16', True)`).
+
+    `imagenet=True` gives torchvision's model: `head='imagenet'`, 1,000
+    classes, 224x224 inputs.
+    """
+    if imagenet:
+        return functools.partial(VGG, config=config, batch_norm=batch_norm, head="imagenet", num_classes=1000,
+                                 image_size=224)
     return functools.partial(VGG, config=config, batch_norm=batch_norm)

@@ -1,0 +1,66 @@
+"""`jaxnets-convert`: a PyTorch `.pth` checkpoint in, a `save_model` folder out.
+
+    jaxnets-convert checkpoint.pth converted/ --model resnet18 --num-classes 10
+
+The folder then loads with `jaxnets.training.load_model` (or trains further
+with `jaxnets-train`), with no Python written. The work is done by
+`jaxnets.interop.convert`; this is only the argument parsing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+
+from jaxnets import interop, models
+
+
+def _option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value  # a bare word such as head=imagenet
+    return key.replace("-", "_"), parsed
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxnets-convert",
+                                description="Convert a PyTorch checkpoint (.pt/.pth) into a jaxnets save_model folder.")
+    p.add_argument("checkpoint", help="a .pt/.pth file: a state_dict or a dict holding one "
+                                      "(state_dict/model/net/model_state_dict); opened with weights_only=True")
+    p.add_argument("output", help="the folder to write (jaxnets.training.save_model format)")
+    p.add_argument("--model", required=True, help="jaxnets model name: " + ", ".join(models.available()))
+    p.add_argument("--num-classes", type=int, default=None, help="number of classes of the checkpoint's head")
+    p.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="another models.create argument, e.g. --option head=imagenet (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--show-mapping", action="store_true", help="print every checkpoint key and the key it became")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    create_kwargs = dict(args.option)
+    if args.num_classes is not None:
+        create_kwargs["num_classes"] = args.num_classes
+    try:
+        path, mapping = interop.convert(args.checkpoint, args.output, args.model, overwrite=args.overwrite,
+                                        **create_kwargs)
+    except (interop.TorchCheckpointError, ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
+        print(f"jaxnets-convert: error: {err}", file=sys.stderr)
+        return 2
+    renamed = sum(1 for theirs, ours in mapping.items() if theirs != ours)
+    how = f"{renamed} matched by structure" if renamed else "all by name"
+    print(f"converted {len(mapping)} tensors ({how}) from {args.checkpoint} into {path}")
+    if args.show_mapping:
+        for theirs, ours in mapping.items():
+            print(f"  {theirs} -> {ours}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

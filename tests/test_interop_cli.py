@@ -1,0 +1,62 @@
+"""`jaxnets-convert`: a PyTorch .pth in, a save_model folder out, the same predictions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxnets import models
+from jaxnets.interop import cli
+from jaxnets.training import load_model
+
+torch = pytest.importorskip("torch")
+import torch_reference  # noqa: E402  (tests/torch_reference.py, needs torch)
+
+
+def test_convert_round_trip_gives_the_same_predictions(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = torch_reference.renamed("lenet-cifar").eval()  # the text's conv_block/classifier names
+    path = tmp_path / "lenet.pth"
+    torch.save({"net": net.state_dict(), "acc": 61.5, "epoch": 9}, path)
+
+    assert cli.main([str(path), str(tmp_path / "converted"), "--model", "lenet-cifar", "--show-mapping"]) == 0
+    out = capsys.readouterr().out
+    assert "10 tensors (10 matched by structure)" in out and "conv_block.0.weight -> conv1.weight" in out
+
+    model, variables = load_model(tmp_path / "converted")
+    x = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
+    ours = np.asarray(model.apply(variables, x))
+    with torch.no_grad():
+        theirs = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(ours.argmax(1), theirs.argmax(1))
+
+
+def test_options_reach_the_model(tmp_path):
+    torch.manual_seed(0)
+    net = torch_reference.renamed("lenet5", num_classes=7)
+    path = tmp_path / "lenet5.pth"
+    torch.save(net.state_dict(), path)
+    assert cli.main([str(path), str(tmp_path / "out"), "--model", "lenet5", "--num-classes", "7"]) == 0
+    model, _ = load_model(tmp_path / "out")
+    assert isinstance(model, models.LeNet) and model.num_classes == 7
+
+
+def test_errors_are_one_line_and_nothing_is_written(tmp_path, capsys):
+    path = tmp_path / "lenet.pth"
+    torch.save(torch_reference.renamed("lenet5").state_dict(), path)
+    assert cli.main([str(path), str(tmp_path / "out"), "--model", "lenet-cifar"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxnets-convert: error: lenet-cifar: the state_dict does not match") and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    assert cli.main([str(tmp_path / "missing.pth"), str(tmp_path / "out"), "--model", "lenet"]) == 2
+    assert "no checkpoint file" in capsys.readouterr().err
+
+
+def test_entry_point_runs_as_a_module(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "jaxnets.interop.cli", "--help"], capture_output=True, text=True,
+                            check=True)
+    assert "--model" in result.stdout and "weights_only" in result.stdout
