@@ -49,8 +49,8 @@ YNN_FLAG = f"--{YNN_OPTION}=-individual_convolution"
 # JAX started before jaxnets was imported, so the process-wide flag came too late.
 YNN_WITHOUT_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 
-# What `configure()` did at import, for `describe()` and the tests.
-_status: dict[str, Any] = {"flag": "not tried"}
+# What `configure()` did at import, for `describe()` and the tests; `user_flags` is XLA_FLAGS as the user set it.
+_status: dict[str, Any] = {"flag": "not tried", "user_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def cpu_path_setting(environ: dict | None = None) -> str:
@@ -147,6 +147,20 @@ def jit(fun: Callable, **kwargs) -> Callable:
     if options:
         kwargs["compiler_options"] = {**options, **kwargs.get("compiler_options", {})}
     return jax.jit(fun, **kwargs)
+
+
+def child_environment(setting: str) -> dict[str, str]:
+    """`os.environ` for a child process that is to decide `JAXNETS_CPU_CONV=setting` afresh.
+
+    Children inherit the `XLA_FLAGS` jaxnets set here; this puts back the
+    user's own, so that the child's jaxnets (or XLA's defaults) decide.
+    """
+    env = {**os.environ, ENV_VAR: setting}
+    if _status["user_flags"]:
+        env["XLA_FLAGS"] = _status["user_flags"]
+    else:
+        env.pop("XLA_FLAGS", None)
+    return env
 
 
 def describe() -> dict[str, str]:

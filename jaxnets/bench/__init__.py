@@ -216,7 +216,7 @@ def _xla_default_case(name: str, what: str, batch_size: int, dtype, *, steps, mi
     code = ("import json, sys; from jaxnets import bench; a = json.loads(sys.argv[1]); "
             "print('JAXNETS-BENCH-ROW ' + json.dumps(bench._jax_case(a.pop('name'), a.pop('mode'), a.pop('what'), "
             "a.pop('batch_size'), a.pop('dtype'), **a)))")
-    env = {**os.environ, backend.ENV_VAR: "xla"}
+    env = backend.child_environment("xla")  # not the XLA_FLAGS this process was given by jaxnets
     done = subprocess.run([sys.executable, "-c", code, json.dumps(args)], env=env, capture_output=True, text=True,
                           check=False)
     rows = [line for line in done.stdout.splitlines() if line.startswith("JAXNETS-BENCH-ROW ")]

@@ -1,4 +1,4 @@
-"""Layer by layer: every distinct convolution of ResNet-18 and VGG-16, JAX vs PyTorch, one run.
+"""Layer by layer: every distinct convolution of LeNet, ResNet-18 and VGG-16, JAX vs PyTorch, one run.
 
     python -m jaxnets.bench.conv_layers --batch-size 128 --json conv-layers.json
 
@@ -29,6 +29,10 @@ from jaxnets import backend, layers
 
 # (name, H, W, C, O, kernel, stride, padding, models that have it)
 LAYERS = (
+    ("lenet conv1 1->6 k3 @28", 28, 28, 1, 6, 3, 1, 1, "lenet"),
+    ("lenet conv2 6->16 k3 @14", 14, 14, 6, 16, 3, 1, 1, "lenet"),
+    ("lenet5 conv1 3->6 k5 @32", 32, 32, 3, 6, 5, 1, 0, "lenet5"),
+    ("lenet5 conv2 6->16 k5 @14", 14, 14, 6, 16, 5, 1, 0, "lenet5"),
     ("stem 3->64 k3", 32, 32, 3, 64, 3, 1, 1, "resnet18, vgg16"),
     ("3x3 64->64 @32", 32, 32, 64, 64, 3, 1, 1, "resnet18, vgg16"),
     ("3x3 s2 64->128 @32", 32, 32, 64, 128, 3, 2, 1, "resnet18"),
@@ -94,7 +98,7 @@ def run(batch_size: int = 128, rounds: int = 5, log=print) -> list[dict]:
         x_np = rng.normal(size=(batch_size, height, width, channels)).astype(np.float32)
         w_np = (rng.normal(size=(k, k, channels, out)) / np.sqrt(k * k * channels)).astype(np.float32)
         x, w = jnp.asarray(x_np), jnp.asarray(w_np)
-        stem = channels == 3
+        stem = channels in (1, 3)  # the first layer: its input is data, so no input gradient
         dims = lax.conv_dimension_numbers(x.shape, w.shape, DIMS)
         padding = ((pad, pad), (pad, pad))
         variants = {
