@@ -182,3 +182,13 @@ def test_late_import_uses_per_jit_compiler_options():
     late = _run_python(probe)
     assert backend.YNN_FLAG not in late["flags"]
     assert late["ynn_calls"] == 0
+
+
+def test_child_environment_restores_the_users_flags(monkeypatch):
+    """A child asked to use XLA's defaults must not inherit the flag jaxnets added here (bench's jit-xla)."""
+    monkeypatch.setitem(backend._status, "user_flags", "--xla_cpu_use_thunk_runtime=true")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_thunk_runtime=true " + backend.YNN_FLAG)
+    env = backend.child_environment("xla")
+    assert env["XLA_FLAGS"] == "--xla_cpu_use_thunk_runtime=true" and env[backend.ENV_VAR] == "xla"
+    monkeypatch.setitem(backend._status, "user_flags", "")
+    assert "XLA_FLAGS" not in backend.child_environment("fast")
