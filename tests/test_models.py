@@ -73,7 +73,8 @@ def test_shapes_and_jit_matches_eager(name, getkey):
     eager = model.apply(variables, x)
     jitted = jax.jit(model.apply)(variables, x)
     assert eager.shape == (3, model.num_classes if hasattr(model, "num_classes") else 10) and eager.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-5, rtol=0)
+    # XLA reorders float sums under jit; deep nets with logits of a few units differ by ~1e-5 absolute.
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-5, rtol=1e-5)
 
     # Train mode: BatchNorm uses batch statistics and returns new running ones.
     logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": getkey()})
