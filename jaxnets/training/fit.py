@@ -38,7 +38,6 @@ from jaxnets.training.steps import Steps, evaluate, make_steps, summarize
 RESUME_MUST_MATCH = ("model", "model_kwargs", "dataset", "split", "val_fraction", "seed", "batch_size", "augment",
                      "normalize", "loss", "label_smoothing", "optimizer", "lr", "momentum", "nesterov",
                      "weight_decay", "schedule", "warmup_epochs")
-_RESUME_MUST_MATCH = RESUME_MUST_MATCH  # the old private name
 
 
 class NonFiniteLoss(FloatingPointError):
