@@ -202,7 +202,7 @@ class RunLock:
             # The OS lock was free, so its last holder is gone (killed, or it crashed) and left this file behind.
             self.previous_holder = previous
         try:
-            _atomic_write_text(self.holder_path, json.dumps(here, indent=2))
+            atomic_write_text(self.holder_path, json.dumps(here, indent=2))
         except OSError as err:
             self._lock.release()
             raise WorkdirNotWritable(f"cannot write to {self.workdir}: {_first_line(err)}. "
@@ -222,7 +222,8 @@ class RunLock:
         self.release()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename, so a kill never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

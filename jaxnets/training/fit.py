@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from jaxnets import data, models
 from jaxnets.training import optimizers
-from jaxnets.training.checkpoint import (CheckpointError, Checkpoints, RunLock, WorkdirNotWritable, decode_kwargs,
-                                         encode_kwargs, probe_writable)
+from jaxnets.training.checkpoint import (CheckpointError, Checkpoints, RunLock, WorkdirNotWritable, atomic_write_text,
+                                         decode_kwargs, encode_kwargs, probe_writable)
 from jaxnets.training.state import TrainState
 from jaxnets.training.tensorboard import TensorBoard
 from jaxnets.training.steps import Steps, evaluate, make_steps, summarize
@@ -195,9 +195,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(value), indent=2, allow_nan=False))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_json_safe(value), indent=2, allow_nan=False))
 
 
 def plot_history(history: list[dict], path: str | Path, title: str = "") -> Path:
