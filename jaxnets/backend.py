@@ -3,8 +3,9 @@
 XLA:CPU (jaxlib 0.10) hands every large enough convolution to the YNNPACK
 library (the `INDIVIDUAL_CONVOLUTION` member of the XLA option
 `xla_cpu_experimental_ynn_fusion_type`). YNNPACK's training convolutions are
-slow: the weight-gradient convolution of ResNet-18's first stage runs ~20x
-slower there than in XLA's own (Eigen) convolution. jaxnets therefore, on the
+slow (issue #9 measured ResNet-18's first-stage weight-gradient convolution
+18.6x slower there than in XLA's own Eigen convolution; BENCHMARKS.md has
+the whole-step effect, `jit` vs `jit-xla`). jaxnets therefore, on the
 CPU only:
 
 1. asks XLA to keep convolutions out of YNNPACK (dots and reductions stay

@@ -178,8 +178,7 @@ def max_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding
 
     Non-overlapping windows (`stride == window`, every pool in the texts) are
     a reshape + max: its gradient is a cheap equality mask, where
-    `lax.reduce_window`'s is a select-and-scatter that XLA:CPU runs slowly
-    (LeNet's train step is 1.3-2x faster this way). The one difference from
+    `lax.reduce_window`'s is a select-and-scatter that XLA:CPU runs slowly. The one difference from
     PyTorch is on exact ties inside a window: PyTorch routes the gradient to
     one of the tied inputs, this splits it among them. The pools here follow
     a ReLU, where ties are zeros whose gradient the ReLU zeroes anyway.
