@@ -21,7 +21,8 @@ CPU only:
    eager ops then keep XLA's defaults.
 2. computes a convolution whose kernel window is larger than its input map
    (VGG's 3x3 convs on 2x2 maps) as one matmul (`jaxnets.layers`): XLA swaps
-   the operands of such convolutions and runs them ~50x slower than a matmul.
+   the operands of such convolutions and runs them far slower than a matmul
+   (issue #9 measured 65-70x on that layer).
 
 On GPU and TPU nothing changes: cuDNN / the TPU compiler stay in charge.
 
