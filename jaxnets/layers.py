@@ -173,6 +173,17 @@ class BatchNorm(nn.BatchNorm):
     epsilon: float = 1e-5
 
 
+def divide_width(channels: int, divisor: int, model: str) -> int:
+    """`channels // divisor`: the channel count of a narrowed variant (`width_divisor`) of a model.
+
+    Raises:
+      ValueError: `divisor` is not a positive integer that leaves at least one channel.
+    """
+    if isinstance(divisor, bool) or not isinstance(divisor, int) or not 1 <= divisor <= channels:
+        raise ValueError(f"{model}: width_divisor must be an integer in [1, {channels}] (got {divisor!r})")
+    return channels // divisor
+
+
 def max_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding: int = 0) -> jnp.ndarray:
     """`nn.MaxPool2d(window, stride, padding)`: `[N, H, W, C] -> [N, Ho, Wo, C]` (floor mode).
 

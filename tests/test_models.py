@@ -170,3 +170,20 @@ def test_wrong_input_shape_says_what_was_expected(name, shape, message):
     variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
     with pytest.raises(ValueError, match=message):
         jax.eval_shape(model.apply, variables, jnp.zeros(shape))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg11_bn"])
+def test_width_divisor_narrows_every_layer_and_keeps_the_layer_names(name):
+    """Tiny variants (`width_divisor`) run the same code paths with the same PyTorch names, fewer channels."""
+    full_model = models.create(name)
+    full = jax.eval_shape(lambda key: models.init(full_model, key), jax.random.key(0))  # shapes only: no compile
+    tiny_model = models.create(name, width_divisor=8)
+    tiny = models.init(tiny_model, jax.random.key(0))
+    assert jax.tree.structure(tiny) == jax.tree.structure(full)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(full), jax.tree.leaves(tiny)):
+        if "kernel" in jax.tree_util.keystr(path) and a.ndim == 4:
+            assert b.shape[-1] * 8 == a.shape[-1], jax.tree_util.keystr(path)
+    assert models.count_params(tiny) < sum(x.size for x in jax.tree.leaves(full["params"])) / 30
+    assert jax.jit(tiny_model.apply)(tiny, models.example_input(tiny_model, 2)).shape == (2, 10)
+    with pytest.raises(ValueError, match="width_divisor must be an integer"):
+        models.init(models.create(name, width_divisor=0), jax.random.key(0))

@@ -106,6 +106,7 @@ class ResNet(nn.Module):
     image_size: int = 32
     layout: str = "cifar"
     dtype: Any = jnp.float32
+    width_divisor: int = 1  # every channel count divided by this: tiny variants with the same code paths
     name_for_errors: str = "resnet"
 
     @property
@@ -119,15 +120,16 @@ class ResNet(nn.Module):
         layers.check_input(x, self.name_for_errors, (None, None, self.in_channels))
         x = x.astype(self.dtype)
         torchvision = self.layout == "torchvision"
+        widths = [layers.divide_width(w, self.width_divisor, self.name_for_errors) for w in (64, 128, 256, 512)]
         if torchvision:
-            x = layers.Conv(64, (7, 7), strides=2, padding=3, use_bias=False, kernel_init=layers.torchvision_conv_init,
+            x = layers.Conv(widths[0], (7, 7), strides=2, padding=3, use_bias=False, kernel_init=layers.torchvision_conv_init,
                             dtype=self.dtype, name="conv1")(x)
         else:
-            x = layers.Conv(64, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="conv1")(x)
+            x = layers.Conv(widths[0], (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="conv1")(x)
         x = nn.relu(layers.BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x))
         if torchvision:  # nn.MaxPool2d(3, stride=2, padding=1): pads with -inf
             x = layers.max_pool(x, 3, 2, padding=1)
-        for stage, (blocks, planes) in enumerate(zip(self.stage_sizes, (64, 128, 256, 512))):
+        for stage, (blocks, planes) in enumerate(zip(self.stage_sizes, widths)):
             for j in range(blocks):
                 stride = 2 if stage > 0 and j == 0 else 1
                 x = self.block_cls(planes, stride, dtype=self.dtype, layout=self.layout,

@@ -48,6 +48,7 @@ class VGG(nn.Module):
     image_size: int = 32
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
+    width_divisor: int = 1  # every channel count divided by this: tiny variants with the same code paths
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -55,7 +56,7 @@ class VGG(nn.Module):
 
     @property
     def torch_flatten(self) -> tuple[str, int] | None:
-        return ("classifier.0", 512) if self.head == "imagenet" else None
+        return ("classifier.0", 512 // self.width_divisor) if self.head == "imagenet" else None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -78,7 +79,7 @@ class VGG(nn.Module):
                 x = layers.max_pool(x, 2)
                 index += 1
                 continue
-            x = conv(item, (3, 3), padding=1, dtype=self.dtype, name=f"features.{index}")(x)
+            x = conv(layers.divide_width(item, self.width_divisor, name), (3, 3), padding=1, dtype=self.dtype, name=f"features.{index}")(x)
             index += 1
             if self.batch_norm:
                 x = layers.BatchNorm(use_running_average=not train, dtype=self.dtype, name=f"features.{index}")(x)
