@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxnets import data, models
 from jaxnets.training import TrainState, optimizers
@@ -12,13 +11,7 @@ from jaxnets.training import TrainState, optimizers
 
 def batches(shape, n_batches: int, batch_size: int, num_classes: int = 10, seed: int = 0) -> list[data.Batch]:
     """Random normalised batches of `shape` (no batch axis)."""
-    rng = np.random.default_rng(seed)
-    return [
-        data.Batch(jnp.asarray(rng.normal(size=(batch_size, *shape)).astype(np.float32)),
-                   jnp.asarray(rng.integers(0, num_classes, batch_size).astype(np.int32)),
-                   jnp.ones(batch_size, bool))
-        for _ in range(n_batches)
-    ]
+    return data.synthetic_batches(shape, batch_size, n_batches, num_classes=num_classes, seed=seed)
 
 
 def train_state(name: str, tx=None, seed: int = 0, **kwargs) -> TrainState:

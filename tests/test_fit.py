@@ -341,7 +341,7 @@ def test_save_model_overwrite_replaces_only_a_model_folder(tmp_path, getkey):
 #   history   history.json.tmp is written, not yet renamed over history.json (still at epoch 1)
 #   curves    curves.png.tmp is half written
 KILL_AT = r"""
-import os, signal, sys
+import json, os, signal, sys
 from pathlib import Path
 
 phase, epoch, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
@@ -396,7 +396,7 @@ elif phase == "history":
 
     def _write_json(path, value):
         if len(value) == epoch:
-            Path(str(path) + ".tmp").write_text(fit_module.json.dumps(value))
+            Path(str(path) + ".tmp").write_text(json.dumps(value))
             die()
         write_json(path, value)
 

@@ -15,7 +15,6 @@ neighbour hurts every variant alike.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxnets import backend, layers
+from jaxnets import backend, layers, report
+from jaxnets.bench import host
 
 # (name, H, W, C, O, kernel, stride, padding, models that have it)
 LAYERS = (
@@ -87,11 +87,7 @@ def _torch_layer(x_np, w_np, stride: int, pad: int, stem: bool) -> Callable[[], 
 
 def run(batch_size: int = 128, rounds: int = 5, log=print) -> list[dict]:
     """Time every layer of `LAYERS` in each variant; returns one dict per layer (milliseconds)."""
-    try:
-        import torch  # noqa: F401, PLC0415
-        have_torch = True
-    except ImportError:
-        have_torch = False
+    have_torch = host.torch_available()
     rows = []
     for name, height, width, channels, out, k, stride, pad, where in LAYERS:
         rng = np.random.default_rng(0)
@@ -128,14 +124,10 @@ def run(batch_size: int = 128, rounds: int = 5, log=print) -> list[dict]:
 def table(rows: list[dict]) -> str:
     """Markdown: one line per layer."""
     torch_col = "torch_ms" in rows[0]
-    lines = ["| layer | in | jaxnets (ms) | im2col (ms) |" + (" torch (ms) | torch / jaxnets |" if torch_col else ""),
-             "|---|---|---:|---:|" + ("---:|---:|" if torch_col else "")]
-    for r in rows:
-        line = f"| {r['layer']} | {r['models']} | {r['jaxnets_ms']:.1f} | {r['im2col_ms']:.1f} |"
-        if torch_col:
-            line += f" {r['torch_ms']:.1f} | {r['jaxnets_over_torch']:.2f}x |"
-        lines.append(line)
-    return "\n".join(lines)
+    header = ["layer", "in", "jaxnets (ms)", "im2col (ms)"] + (["torch (ms)", "torch / jaxnets"] if torch_col else [])
+    cells = [[r["layer"], r["models"], f"{r['jaxnets_ms']:.1f}", f"{r['im2col_ms']:.1f}"]
+             + ([f"{r['torch_ms']:.1f}", f"{r['jaxnets_over_torch']:.2f}x"] if torch_col else []) for r in rows]
+    return report.markdown_table(header, cells, "llrr" + ("rr" if torch_col else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,13 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    from jaxnets.bench import machine  # noqa: PLC0415
-
     rows = run(args.batch_size, args.rounds)
     print(table(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "backend": backend.describe(), "rows": rows}, f, indent=2)
+        report.write_json(args.json, {"machine": host.machine(), "backend": backend.describe(), "rows": rows})
     return 0
 
 

@@ -13,7 +13,6 @@ the same order; only the initial weights and the framework differ.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnets import bench, models
+from jaxnets import models, report
+from jaxnets.bench import host
 from jaxnets.data import Batch
 from jaxnets.data.files import read_idx
 from jaxnets.training import TrainState, make_steps, optimizers
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
-    if not bench.torch_available():
+    if not host.torch_available():
         print("init_parity: error: PyTorch is needed for the side-by-side run: pip install 'jaxnets[torch]'",
               file=sys.stderr)
         return 2
@@ -122,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     mean_ours = float(np.mean([r["jaxnets"] for r in rows]))
     mean_theirs = float(np.mean([r["pytorch"] for r in rows]))
     print(f"{'mean':>4}  {mean_ours:>16.2f}  {mean_theirs:>10.2f}   difference {mean_ours - mean_theirs:+.2f} points")
-    report = {"machine": bench.machine(), "command": " ".join(sys.argv), "recipe": vars(args) | {"data_dir": str(
+    results = {"machine": host.machine(), "command": " ".join(sys.argv), "recipe": vars(args) | {"data_dir": str(
         args.data_dir), "json": str(args.json)}, "rows": rows, "mean_jaxnets": mean_ours, "mean_pytorch": mean_theirs}
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        report.write_json(args.json, results)
     return 0
 
 

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxnets import data, models
@@ -34,9 +33,7 @@ def train_step_rate(model_name: str = "resnet18", batch_size: int = 128, steps: 
     model = models.create(model_name)
     state = TrainState.create(model, optimizers.sgd(0.1, momentum=0.9, weight_decay=5e-4), seed=seed)
     step = make_steps(mode="jit").train
-    rng = np.random.default_rng(seed)
-    batch = data.Batch(jnp.asarray(rng.normal(size=(batch_size, *model.input_shape)), jnp.float32),
-                       jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32), jnp.ones(batch_size, bool))
+    batch = data.synthetic_batch(model.input_shape, batch_size, seed=seed)
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     start = time.perf_counter()

@@ -30,6 +30,7 @@ from jaxnets.data.errors import CorruptDataFile, DataError, DataNotFound, Unsafe
 from jaxnets.data.files import CIFAR10_CLASSES, FILE_DATASETS, expand_path, expected_files, has_files, load_files
 from jaxnets.data.folder import has_split_folders, load_folder
 from jaxnets.data.pipeline import NORMALIZATION, Batch, Loader, Preprocess, channel_stats, preprocess, random_crop, random_flip
+from jaxnets.data.synthetic import synthetic_batch, synthetic_batches
 from jaxnets.data.tfds_source import TFDS_NAMES, load_tfds
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic", "folder")
@@ -203,5 +204,6 @@ __all__ = [
     "Batch", "ChecksumMismatch", "CorruptDataFile", "DATASETS", "DOWNLOADABLE", "DataError", "DataNotFound", "Dataset",
     "FILE_DATASETS", "Loader", "MIRROR_ENV", "NORMALIZATION", "Preprocess", "TFDS_NAMES", "UnsafePickle",
     "channel_stats", "default_data_dir", "download_files", "expand_path", "load", "load_files", "load_folder",
-    "load_tfds", "preprocess", "random_crop", "random_flip", "random_split", "train_val_split",
+    "load_tfds", "preprocess", "random_crop", "random_flip", "random_split", "synthetic_batch", "synthetic_batches",
+    "train_val_split",
 ]

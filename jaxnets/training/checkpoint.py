@@ -43,6 +43,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxnets import models
+from jaxnets.report import atomic_write_text
 
 MODEL_FORMAT = "jaxnets-model/1"
 CHECKSUM_ALGORITHM = "sha256-of-arrays/1"
@@ -220,13 +221,6 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename, so a kill never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def probe_writable(folder: Path) -> None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
-import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -25,9 +23,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxnets import data, models
+# Module-level names on purpose: the kill -9 tests replace fit's `_write_json` / `plot_history` to die mid-write.
+from jaxnets.report import json_safe as _json_safe
+from jaxnets.report import plot_history
+from jaxnets.report import write_json as _write_json
 from jaxnets.training import optimizers
-from jaxnets.training.checkpoint import (CheckpointError, Checkpoints, RunLock, WorkdirNotWritable, atomic_write_text,
-                                         decode_kwargs, encode_kwargs, probe_writable)
+from jaxnets.training.checkpoint import (CheckpointError, Checkpoints, RunLock, WorkdirNotWritable, decode_kwargs,
+                                         encode_kwargs, probe_writable)
 from jaxnets.training.state import TrainState
 from jaxnets.training.tensorboard import TensorBoard
 from jaxnets.training.steps import Steps, evaluate, make_steps, summarize
@@ -181,61 +183,6 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
 
 def _fixed_size(model) -> bool:
     return isinstance(model, models.LeNet) or (isinstance(model, models.VGG) and model.head == "cifar")
-
-
-def _json_safe(value: Any) -> Any:
-    """Non-finite floats -> None, so that the file is strict JSON (no bare NaN / Infinity)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _write_json(path: Path, value: Any) -> None:
-    atomic_write_text(path, json.dumps(_json_safe(value), indent=2, allow_nan=False))
-
-
-def plot_history(history: list[dict], path: str | Path, title: str = "") -> Path:
-    """Loss and accuracy per epoch (train / held-out / test) as a PNG."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    import matplotlib.ticker  # noqa: PLC0415
-
-    epochs = [h["epoch"] for h in history]
-    with_lr = any(h.get("lr") is not None for h in history)
-    fig, axes = plt.subplots(1, 3 if with_lr else 2, figsize=(15 if with_lr else 10, 4))
-    ax_loss, ax_acc = axes[0], axes[1]
-    if with_lr:
-        axes[2].plot(epochs, [h.get("lr") for h in history], marker="o", color="tab:purple", label="learning rate")
-        axes[2].set(xlabel="epoch", ylabel="learning rate (last step of the epoch)", title="learning rate")
-    for key, label in (("train_loss", "train"), ("val_loss", "held-out")):
-        if any(h.get(key) is not None for h in history):
-            ax_loss.plot(epochs, [h.get(key) for h in history], marker="o", label=label)
-    for key, label in (("train_acc", "train"), ("val_acc", "held-out"), ("test_acc", "test")):
-        if any(h.get(key) is not None for h in history):
-            ax_acc.plot(epochs, [h.get(key) for h in history], marker="o", label=label)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    for ax in axes:
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        fig.savefig(tmp, dpi=100, format="png")  # then renamed: a kill never leaves half a PNG
-    finally:
-        plt.close(fig)
-    os.replace(tmp, path)
-    return path
 
 
 def _format_epoch(h: dict, epochs: int) -> str:

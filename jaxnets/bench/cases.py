@@ -1,0 +1,274 @@
+"""The bench's modes, one table entry each, and how one case (model x mode x what) is measured.
+
+A mode is a `Mode` in `MODE_TABLE`: its name, the framework that runs it
+('jax', or 'torch': skipped with a note where PyTorch is not installed), a
+one-line description, and `measure`, the function that times one `Case` and
+returns the row's measured fields (`MEASURED_KEYS`).
+
+JAX modes measure with `jax_case`, which takes a *program builder*: a
+function `(model, state, batch, what) -> Program` giving the undecorated
+function to time, its arguments, and how many steps one call performs.
+`jax_case` lowers it (trace time), compiles it when `compiled=True` (compile
+time, one counted compilation) or else runs it op by op (the first call's
+time), times the steady state with `timing.measure`, and takes the FLOPs of
+one step from XLA's cost analysis of the single step. So a new way of running
+the train step is a program builder plus ONE entry in `_ENTRIES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnets import backend, data, models
+from jaxnets.bench import timing
+from jaxnets.training import TrainState, make_steps, optimizers
+
+WHAT = ("train", "infer")
+NUM_CLASSES = 10  # labels of the synthetic batches: every benchmarked model has (at least) 10 classes
+
+# The benchmark's MLP is the 784-512-512-10 net of the reference figures, not the
+# texts' tiny 784-10-10-10 default.
+BENCH_KWARGS: dict[str, dict] = {"mlp": dict(num_layers=2, hidden_size=512)}
+
+# What every measured (not skipped) case reports, besides model, mode, what, batch_size and dtype.
+MEASURED_KEYS = ("compile_s", "first_step_s", "trace_s", "flops_per_step", "compilations", "peak_memory_bytes",
+                 "step_s_median", "step_s_min", "step_s_max", "steps_timed", "cpu_util")
+
+
+class Case(NamedTuple):
+    """One measurement: which model, what work, how much of it. Plain values, so it crosses to a child process."""
+
+    model: str  # a `jaxnets.models` name
+    what: str  # 'train' (forward + backward + SGD update) or 'infer' (forward)
+    batch_size: int
+    dtype: str = "float32"  # compute dtype: 'float32' or 'bfloat16'
+    steps: int | None = None  # steps to time; None: enough for min_time
+    min_time: float | None = 2.0
+    seed: int = 0
+
+
+class Program(NamedTuple):
+    """What a JAX mode runs: `fn(*args)`, undecorated (the mode decides whether to compile it)."""
+
+    fn: Callable
+    args: tuple
+    carry: bool  # fn returns (new args[0], outputs): args[0] (the train state) is threaded through calls and donated
+    steps_per_call: int = 1  # steps one call performs; times are reported per step
+
+
+ProgramBuilder = Callable[[Any, TrainState, data.Batch, str], Program]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    """One way of running a case: a row of `MODE_TABLE`."""
+
+    name: str
+    framework: str  # 'jax' or 'torch' (torch modes need PyTorch installed)
+    measure: Callable[[Case], dict]  # times one case; returns the fields of MEASURED_KEYS
+    description: str
+
+
+def bench_model(name: str, dtype: str = "float32"):
+    """The model a case benchmarks: `models.create(name)` with the bench's kwargs (`BENCH_KWARGS`)."""
+    return models.create(name, dtype=jnp.dtype(dtype), **BENCH_KWARGS.get(name, {}))
+
+
+def bench_optimizer(lr: float = 0.01):
+    """The texts' SGD (momentum 0.9, weight decay 5e-4): what every case's train step updates with."""
+    return optimizers.sgd(lr, momentum=0.9, weight_decay=5e-4)
+
+
+def train_step() -> Callable:
+    """The undecorated train step `(state, batch) -> (state, metrics)` that every JAX mode runs."""
+    return make_steps(mode="eager").train
+
+
+# ----------------------------------------------------------------- JAX programs
+
+
+def step_program(model, state: TrainState, batch: data.Batch, what: str) -> Program:
+    """One train step (`what='train'`) or one forward pass (`'infer'`) per call."""
+    if what == "train":
+        return Program(train_step(), (state, batch), carry=True)
+    return Program(lambda variables, x: model.apply(variables, x, train=False), (state.variables, batch.image),
+                   carry=False)
+
+
+def _lower(program: Program):
+    return backend.jit(program.fn, donate_argnums=(0,) if program.carry else ()).lower(*program.args)
+
+
+def jax_case(case: Case, *, program: ProgramBuilder = step_program, compiled: bool) -> dict:
+    """Measure `program` on `case`: compiled once with `jax.jit` (`compiled=True`) or run op by op.
+
+    Every case starts from cold caches, so compile times never reuse another
+    case's executables (building the model and its state is not timed).
+
+    Returns:
+      the fields of `MEASURED_KEYS`: `compile_s` is XLA's compile time when
+      compiled, else the first (cold) call; `trace_s` tracing + lowering
+      (compiled modes); `compilations` every XLA compilation the case triggered
+      (1 for a compiled program; per-op kernels for op by op).
+    """
+    model = bench_model(case.model, case.dtype)
+    batch = data.synthetic_batch(model.input_shape, case.batch_size, num_classes=NUM_CLASSES, seed=case.seed,
+                                 dtype=jnp.dtype(case.dtype))
+    state = TrainState.create(model, bench_optimizer(), seed=case.seed)
+    one_step = step_program(model, state, batch, case.what)
+    prog = one_step if program is step_program else program(model, state, batch, case.what)
+    jax.clear_caches()
+
+    start = time.perf_counter()
+    lowered = _lower(prog)
+    trace_s = time.perf_counter() - start  # tracing to a jaxpr + lowering to HLO, before XLA compiles
+    # FLOPs of ONE step, from the single step's HLO (XLA counts a loop body once, whatever its trip count).
+    flops = timing.xla_flops(lowered if prog is one_step else _lower(one_step))
+
+    run, compile_s = prog.fn, None
+    if compiled:
+        start = time.perf_counter()
+        run = lowered.compile()
+        compile_s = time.perf_counter() - start
+    args = list(prog.args)
+
+    def call():
+        out = run(*args)
+        if prog.carry:
+            args[0], out = out
+        jax.block_until_ready(out)
+
+    counter = timing.compile_counter()
+    with counter.counting():
+        first = timing.timed(call)
+        measured = timing.measure(call, steps=case.steps, min_time=case.min_time, steps_per_call=prog.steps_per_call)
+    return {"compile_s": compile_s if compiled else first, "first_step_s": first,
+            "trace_s": trace_s if compiled else None, "flops_per_step": flops,
+            "compilations": counter.count + (1 if compiled else 0), "peak_memory_bytes": timing.peak_memory(),
+            **measured}
+
+
+ROW_MARK = "JAXNETS-BENCH-ROW "
+
+
+def in_child(case: Case, *, mode: str, cpu_conv: str) -> dict:
+    """Measure `mode` in a child process started with `JAXNETS_CPU_CONV=cpu_conv`.
+
+    The CPU convolution path is chosen when JAX starts, so XLA's own defaults
+    ('xla') can only be measured in a fresh process.
+
+    Raises:
+      RuntimeError: the child failed; the message has its last line of output.
+    """
+    code = ("import json, sys; from jaxnets.bench import cases; "
+            "print(cases.ROW_MARK + json.dumps(cases.measure_case(sys.argv[1], cases.Case(**json.loads(sys.argv[2])))))")
+    env = backend.child_environment(cpu_conv)  # not the XLA_FLAGS this process was given by jaxnets
+    done = subprocess.run([sys.executable, "-c", code, mode, json.dumps(case._asdict())], env=env,
+                          capture_output=True, text=True, check=False)
+    rows = [line for line in done.stdout.splitlines() if line.startswith(ROW_MARK)]
+    if done.returncode or not rows:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"child process failed (exit {done.returncode}): {tail[0][:200]}")
+    return json.loads(rows[-1][len(ROW_MARK):])
+
+
+# ----------------------------------------------------------------- PyTorch
+
+
+def torch_case(case: Case, *, compiled: bool) -> dict:
+    """The same model (`jaxnets.interop.torch_models`), batch and SGD in PyTorch; `torch.compile` when `compiled`.
+
+    FLOPs come from PyTorch's `FlopCounterMode` on the uncompiled net (the same
+    model FLOPs); `compile_s` is the first step (torch.compile compiles then).
+    """
+    import torch  # noqa: PLC0415
+    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
+
+    from jaxnets.interop import torch_models  # noqa: PLC0415
+
+    torch.manual_seed(case.seed)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[jnp.dtype(case.dtype).name]
+    net = torch_models.create(case.model, **BENCH_KWARGS.get(case.model, {})).to(torch_dtype)
+    batch = data.synthetic_batch(bench_model(case.model).input_shape, case.batch_size, num_classes=NUM_CLASSES,
+                                 seed=case.seed)  # the JAX cases' batch, float32, cast below
+    x = np.asarray(batch.image)
+    x = torch.from_numpy(x if x.ndim == 2 else x.transpose(0, 3, 1, 2).copy()).to(torch_dtype)  # NHWC -> NCHW
+    y = torch.from_numpy(np.asarray(batch.label)).long()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    runner = torch.compile(net) if compiled else net
+
+    if case.what == "train":
+        net.train()
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(runner(x).float(), y)
+            loss.backward()
+            opt.step()
+    else:
+        net.eval()
+
+        def step():
+            with torch.no_grad():
+                runner(x)
+
+    counter = FlopCounterMode(display=False)
+    with counter:  # count on the uncompiled net: the same model FLOPs
+        if case.what == "train":
+            torch.nn.functional.cross_entropy(net(x).float(), y).backward()
+        else:
+            with torch.no_grad():
+                net(x)
+    opt.zero_grad(set_to_none=True)
+    first = timing.timed(step)
+    measured = timing.measure(step, steps=case.steps, min_time=case.min_time)
+    peak = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+    return {"compile_s": first, "first_step_s": first, "trace_s": None,
+            "flops_per_step": float(counter.get_total_flops()), "compilations": None, "peak_memory_bytes": peak,
+            **measured}
+
+
+# ----------------------------------------------------------------- the table of modes
+
+XLA_DEFAULT_MODE = "jit-xla"
+
+_ENTRIES = (
+    Mode("eager", "jax", functools.partial(jax_case, compiled=False),
+         "the train step run op by op, no jax.jit (PyTorch's dynamic graph)"),
+    Mode("jit", "jax", functools.partial(jax_case, compiled=True),
+         "the same step traced and compiled once by jax.jit (a static graph), old state donated"),
+    Mode(XLA_DEFAULT_MODE, "jax", functools.partial(in_child, mode="jit", cpu_conv="xla"),
+         "jit with XLA's default CPU convolutions (JAXNETS_CPU_CONV=xla), in a child process"),
+    # A new JAX mode goes here, as one entry. A whole-epoch `jax.lax.scan` train function ('scan') is
+    #     Mode("scan", "jax", functools.partial(jax_case, program=scan_program, compiled=True),
+    #          "K train steps as one compiled jax.lax.scan over K stacked batches"),
+    # where `scan_program(model, state, batch, what)` returns
+    #     Program(train_epoch, (state, stacked_batches), carry=True, steps_per_call=K)
+    # (and raises ValueError for what='infer': the row is then skipped with that reason). `jax_case`
+    # reports per-step times (a call's divided by K), FLOPs of one step, and one compilation.
+    Mode("torch-eager", "torch", functools.partial(torch_case, compiled=False), "PyTorch, eager"),
+    Mode("torch-compile", "torch", functools.partial(torch_case, compiled=True), "PyTorch with torch.compile"),
+)
+MODE_TABLE: dict[str, Mode] = {mode.name: mode for mode in _ENTRIES}
+MODES = tuple(MODE_TABLE)
+TORCH_MODES = tuple(mode.name for mode in _ENTRIES if mode.framework == "torch")
+
+
+def measure_case(mode: str, case: Case) -> dict:
+    """`MODE_TABLE[mode].measure(case)`.
+
+    Raises:
+      KeyError: `mode` is not in `MODE_TABLE`.
+    """
+    return MODE_TABLE[mode].measure(case)
