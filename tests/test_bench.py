@@ -1,57 +1,146 @@
-"""jaxnets.bench: schema and sanity of the report (no speed assertions: machines are noisy)."""
+"""jaxnets.bench: the report's schema and arithmetic, every mode, and adding a mode as one entry.
+
+No speed assertions (machines are noisy): the checks are on what the numbers
+must satisfy whatever the machine (derived fields equal their definitions,
+compilations counted, FLOPs agreeing between frameworks).
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from jaxnets import bench
-from jaxnets.bench import cli
+from jaxnets.bench import cases, cli, host, suite
 
-ROW_KEYS = {"model", "mode", "what", "batch_size", "dtype", "compile_s", "first_step_s", "step_s_median", "step_s_min",
-            "step_s_max", "steps_timed", "images_per_s", "flops_per_step", "gflops_per_s", "pct_of_peak", "cpu_util",
-            "peak_memory_bytes", "compilations"}
+ROW_KEYS = {"model", "mode", "what", "batch_size", "dtype", "compile_s", "first_step_s", "trace_s", "step_s_median",
+            "step_s_min", "step_s_max", "steps_timed", "images_per_s", "flops_per_step", "gflops_per_s",
+            "pct_of_peak", "cpu_util", "peak_memory_bytes", "compilations"}
+BATCH, STEPS = 8, 5  # 5 timed steps: one per segment
+PEAK_GFLOPS = host.peak_gflops
 
 
-def test_cli_runs_mlp_in_every_available_mode(tmp_path, capsys):
+@pytest.fixture(autouse=True)
+def quick_compiles(monkeypatch):
+    """XLA without its expensive passes (here and in jit-xla's child), and a small peak matmul: these tests check
+    the report's bookkeeping, not speed."""
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    small_peak = functools.cache(lambda: PEAK_GFLOPS(256, repeats=2))
+    monkeypatch.setattr(host, "peak_gflops", small_peak)  # what `run` calls
+    monkeypatch.setattr(bench, "peak_gflops", small_peak)  # what the CLI calls
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def test_cli_runs_mlp_in_every_mode_and_its_report_adds_up(tmp_path, capsys, monkeypatch):
+    """One CLI run over every mode (torch ones where installed): schema, derived fields, compile counts, ratios."""
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
-    modes = "eager,jit" + (",torch-eager,torch-compile" if bench.torch_available() else "")
-    code = cli.main(["--models", "mlp", "--modes", modes, "--batch-size", "16", "--steps", "5", "--numerics",
-                     "--vary-batch", "--json", str(out_json), "--plot", str(out_png)])
+    # eager last: its per-op kernels then stay cached for --numerics and --vary-batch (every JAX case clears caches)
+    modes = [m for m in bench.MODES if m != "eager" and (m not in bench.TORCH_MODES or bench.torch_available())]
+    modes.append("eager")
+    # --vary-batch's own batch sizes cost an eager compile per new shape: three small ones show the same thing.
+    monkeypatch.setattr(bench, "vary_batch", functools.partial(suite.vary_batch, batch_sizes=(8, 16, 8)))
+    code = cli.main(["--models", "mlp", "--modes", ",".join(modes), "--batch-size", str(BATCH), "--steps", str(STEPS),
+                     "--numerics", "--vary-batch", "--json", str(out_json), "--plot", str(out_png)])
     assert code == 0
     report = json.loads(out_json.read_text())
-    assert report["machine"]["cores"] >= 1 and report["peak_gflops"] > 0
-    assert [r["mode"] for r in report["rows"]] == modes.split(",")
-    for row in report["rows"]:
+    assert report["machine"]["cpu"] == host.cpu_model() and report["machine"]["cores"] == os.cpu_count()
+    assert report["peak_gflops"] == bench.peak_gflops() > 0
+    rows = {r["mode"]: r for r in report["rows"]}
+    assert [r["mode"] for r in report["rows"]] == modes
+    for mode, row in rows.items():
         assert "skipped" not in row, row
         assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
         assert row["step_s_min"] <= row["step_s_median"] <= row["step_s_max"]
-        for key in ("compile_s", "step_s_median", "images_per_s", "flops_per_step", "gflops_per_s", "cpu_util"):
-            assert row[key] > 0, (row["mode"], key)
-    jit = next(r for r in report["rows"] if r["mode"] == "jit")
-    assert jit["compilations"] == 1
-    # the same model FLOPs from XLA's cost analysis and from PyTorch's counter, within 10%
+        assert row["steps_timed"] == STEPS
+        assert row["images_per_s"] == pytest.approx(BATCH / row["step_s_median"])
+        assert row["gflops_per_s"] == pytest.approx(row["flops_per_step"] / row["step_s_median"] / 1e9)
+        assert row["pct_of_peak"] == pytest.approx(100 * row["gflops_per_s"] / report["peak_gflops"])
+        assert row["compile_s"] > 0 and row["cpu_util"] > 0, mode
+
+    # jit compiles the whole step exactly once; eager compiles many small per-op kernels and traces nothing whole.
+    assert rows["jit"]["compilations"] == rows["jit-xla"]["compilations"] == 1
+    assert rows["eager"]["compilations"] > 1 and rows["eager"]["trace_s"] is None and rows["jit"]["trace_s"] > 0
+    # the same step, so the same FLOPs: XLA's count of the one HLO for every JAX mode; PyTorch's counter gives the
+    # matmuls' 2 x batch x (forward + weight gradients + input gradients but the data's), XLA adds elementwise work.
+    assert rows["eager"]["flops_per_step"] == rows["jit"]["flops_per_step"] == rows["jit-xla"]["flops_per_step"]
+    mlp = cases.BENCH_KWARGS["mlp"]
+    widths = [28 * 28] + [mlp["hidden_size"]] * mlp["num_layers"] + [10]
+    weights = [a * b for a, b in zip(widths, widths[1:])]
+    matmul_flops = 2 * BATCH * (2 * sum(weights) + sum(weights[1:]))
+    assert matmul_flops < rows["jit"]["flops_per_step"] < 1.25 * matmul_flops
+    for mode in bench.TORCH_MODES:
+        if mode in rows:
+            assert rows[mode]["compilations"] is None and rows[mode]["flops_per_step"] == matmul_flops
+
+    # each ratio is the quotient of the reported step times
+    (ratio,) = report["ratios"]
+    step = {mode: row["step_s_median"] for mode, row in rows.items()}
+    assert ratio["jit_over_eager"] == pytest.approx(step["eager"] / step["jit"])
+    assert ratio["jit_over_xla_default"] == pytest.approx(step["jit-xla"] / step["jit"])
     if bench.torch_available():
-        torch_row = next(r for r in report["rows"] if r["mode"] == "torch-eager")
-        assert abs(torch_row["flops_per_step"] / jit["flops_per_step"] - 1) < 0.1
-    ratio = report["ratios"][0]
-    assert ratio["jit_over_eager"] > 0
+        best_torch = min(step[m] for m in bench.TORCH_MODES)
+        assert ratio["jit_over_best_torch"] == pytest.approx(best_torch / step["jit"])
+    else:
+        assert ratio["jit_over_best_torch"] is None
+
     numerics = report["numerics"][0]
     assert numerics["loss_abs_diff"] < 1e-5 and numerics["params_max_abs_diff"] < 1e-4
     vary = report["vary_batch"]
+    assert [(r["mode"], r["batch_size"], r["new_shape"]) for r in vary] == [
+        (mode, size, new) for mode in ("eager", "jit") for size, new in ((8, True), (16, True), (8, False))]
     assert all(r["compilations"] == 0 for r in vary if not r["new_shape"])  # a seen shape never recompiles
     assert all(r["compilations"] == 1 for r in vary if r["mode"] == "jit" and r["new_shape"])
-    assert out_png.stat().st_size > 5_000
-    assert "jit/eager" in capsys.readouterr().out
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.tmp"))
+    out = capsys.readouterr().out
+    assert "| model | what | batch | mode |" in out and f"mlp train b{BATCH}:  jit/eager " in out
 
 
 def test_infer_mode_and_skips(monkeypatch):
-    rows = bench.run(["mlp"], ["jit"], batch_size=8, steps=5, what="infer", log=None)
-    assert rows[0]["what"] == "infer" and rows[0]["images_per_s"] > 0
-    monkeypatch.setattr(bench, "torch_available", lambda: False)
-    rows = bench.run(["mlp"], ["torch-eager"], batch_size=8, steps=5, log=None)
-    assert "torch is not installed" in rows[0]["skipped"]
+    rows = bench.run(["mlp"], ["jit"], batch_size=BATCH, steps=STEPS, what="infer", log=None)
+    assert rows[0]["what"] == "infer" and rows[0]["compilations"] == 1
+    assert rows[0]["images_per_s"] == pytest.approx(BATCH / rows[0]["step_s_median"])
+    monkeypatch.setattr(host, "torch_available", lambda: False)
+    rows = bench.run(["mlp"], ["torch-eager"], batch_size=BATCH, steps=STEPS, log=None)
+    assert "torch is not installed" in rows[0]["skipped"] and "step_s_median" not in rows[0]
+    assert suite.ratios(rows) == [{"model": "mlp", "what": "train", "batch_size": BATCH, "jit_over_eager": None,
+                                   "jit_over_xla_default": None, "jit_over_best_torch": None}]
+
+
+def _scan_program(model, state, batch, what, length=4):
+    """`length` train steps per call, as one `jax.lax.scan` over a stack of the same batch."""
+    if what != "train":
+        raise ValueError("scan runs the train step only")
+    stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (length, *x.shape)), batch)
+
+    def train_epoch(state, batches):
+        return jax.lax.scan(cases.train_step(), state, batches)
+
+    return cases.Program(train_epoch, (state, stacked), carry=True, steps_per_call=length)
+
+
+def test_a_new_mode_is_one_table_entry(monkeypatch):
+    """A whole-epoch scan mode, registered as one entry: per-step times and FLOPs, one compilation, ratios intact."""
+    scan = cases.Mode("scan", "jax", functools.partial(cases.jax_case, program=_scan_program, compiled=True),
+                      "4 train steps per call as one jax.lax.scan")
+    monkeypatch.setitem(cases.MODE_TABLE, "scan", scan)
+    rows = bench.run(["mlp"], ["jit", "scan"], batch_size=BATCH, steps=8, log=None)
+    jit, scanned = rows
+    assert "skipped" not in scanned, scanned
+    assert scanned["compilations"] == 1
+    assert scanned["steps_timed"] == 5 * 4  # 8 steps = 2 calls, at least one call per segment, 4 steps a call
+    assert scanned["flops_per_step"] == jit["flops_per_step"]  # one step's FLOPs, not the loop body's once
+    assert scanned["images_per_s"] == pytest.approx(BATCH / scanned["step_s_median"])
+    assert suite.ratios(rows)[0]["jit_over_eager"] is None
+    (skipped,) = bench.run(["mlp"], ["scan"], batch_size=BATCH, steps=8, what="infer", log=None)
+    assert skipped["skipped"] == "ValueError: scan runs the train step only"
 
 
 def test_bad_arguments():
@@ -59,4 +148,21 @@ def test_bad_arguments():
         bench.run(["mlp"], ["graph"], log=None)
     with pytest.raises(ValueError, match="unknown model"):
         bench.run(["resnet9"], ["jit"], log=None)
+    with pytest.raises(ValueError, match="what must be one of"):
+        bench.run(["mlp"], ["jit"], what="predict", log=None)
     assert cli.main(["--models", "resnet9"]) == 2
+    assert cli.main(["--models", "mlp", "--modes", "graph"]) == 2
+
+
+def test_the_modes_table_is_the_one_list_of_modes():
+    assert bench.MODES == tuple(cases.MODE_TABLE) == ("eager", "jit", "jit-xla", "torch-eager", "torch-compile")
+    assert bench.TORCH_MODES == tuple(m.name for m in cases.MODE_TABLE.values() if m.framework == "torch")
+    assert all(m.framework in ("jax", "torch") and m.description for m in cases.MODE_TABLE.values())
+    assert cli.parser().get_default("modes") == ",".join(bench.MODES)
+
+
+def test_machine_facts():
+    facts = bench.machine()
+    assert facts["cpu"] == host.cpu_model() and facts["cores"] == os.cpu_count() and facts["jax"] == jax.__version__
+    assert ("torch" in facts) == bench.torch_available()
+    assert PEAK_GFLOPS(128, repeats=1) > 0

@@ -202,9 +202,9 @@ def torch_case(case: Case, *, compiled: bool) -> dict:
     net = torch_models.create(case.model, **BENCH_KWARGS.get(case.model, {})).to(torch_dtype)
     batch = data.synthetic_batch(bench_model(case.model).input_shape, case.batch_size, num_classes=NUM_CLASSES,
                                  seed=case.seed)  # the JAX cases' batch, float32, cast below
-    x = np.asarray(batch.image)
+    x = np.array(batch.image)  # a writable copy: torch refuses read-only buffers
     x = torch.from_numpy(x if x.ndim == 2 else x.transpose(0, 3, 1, 2).copy()).to(torch_dtype)  # NHWC -> NCHW
-    y = torch.from_numpy(np.asarray(batch.label)).long()
+    y = torch.from_numpy(np.array(batch.label)).long()
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     runner = torch.compile(net) if compiled else net
 
