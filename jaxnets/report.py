@@ -138,7 +138,8 @@ def plot_history(history: list[dict], path: str | Path, title: str = "") -> Path
     for ax in axes:
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[1]:  # a history without accuracies (MSE, BCE) leaves that panel empty
+            ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
