@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from jaxnets.training import TrainConfig, fit
 from jaxnets.training.tensorboard import SCALARS
-from train import cli
+from jaxnets.cli import train as cli
 
 
 def _scalars(logdir) -> dict[str, list[tuple[int, float]]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from jaxnets import data, models
 from jaxnets.training import CheckpointError, NonFiniteLoss, TrainConfig, fit, optimizers
 from jaxnets.training.steps import MODES
-from train.presets import PRESETS
+from jaxnets.training.presets import PRESETS
 
 DEFAULTS = dict(PRESETS["digits-lenet"])
 
@@ -142,3 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"final held-out accuracy: {last['val_acc']:.2%}")
     print(f"history: {workdir / 'history.json'}, curves: {workdir / 'curves.png'}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
