@@ -8,89 +8,77 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 from pathlib import Path
 
-from jaxnets import data, models
-from jaxnets.training import CheckpointError, NonFiniteLoss, TrainConfig, fit, optimizers
-from jaxnets.training.steps import MODES
-from jaxnets.training.presets import PRESETS
+from jaxnets import data
+from jaxnets.training import CheckpointError, NonFiniteLoss, TrainConfig, fit
+from jaxnets.training.fit import check_field
+from jaxnets.training.presets import PRESETS, preset
 
-DEFAULTS = dict(PRESETS["digits-lenet"])
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+_TYPES = {"int": int, "float": float, "bool": bool}
 
 
-def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
-    return value
+def _field_type(field: dataclasses.Field) -> type:
+    """int, float, bool or str, from the field's annotation (a string under `from __future__ import annotations`)."""
+    return _TYPES.get(str(field.type), str)
 
 
-def _positive_float(text: str) -> float:
-    value = _finite_float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+def _value_parser(field: dataclasses.Field):
+    """text -> value of `field`, refusing what `TrainConfig.check` would refuse (so the error names the flag)."""
+    kind = _field_type(field)
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        try:
+            check_field(field.name, value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    value = _finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+def config_flags(p: argparse.ArgumentParser) -> None:
+    """One `--field-name` flag per `TrainConfig` field made with `fit.option`: help, default and choices from there.
 
-
-def _fraction(text: str) -> float:
-    value = _finite_float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
+    Unset flags stay absent (`argparse.SUPPRESS`), so a preset and then the
+    field's default fill them.
+    """
+    group = p.add_argument_group("run (TrainConfig fields; a preset and then these override the defaults)")
+    for field in dataclasses.fields(TrainConfig):
+        help_text = field.metadata.get("help")
+        if not help_text:
+            continue  # not a flag (e.g. model_kwargs)
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default
+        shown = f"{help_text} (default {default})" if default is not None else help_text
+        kind = _field_type(field)
+        choices = field.metadata.get("choices")
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=shown)
+        elif choices is not None:
+            group.add_argument(flag, choices=list(choices()), default=argparse.SUPPRESS, help=shown)
+        elif kind is str:
+            group.add_argument(flag, default=argparse.SUPPRESS, help=shown)
+        else:
+            group.add_argument(flag, type=_value_parser(field), default=argparse.SUPPRESS, help=shown)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="jaxnets-train",
         description="Train a jaxnets model end to end (defaults: LeNet on the embedded digits, no download).",
-        epilog="presets: " + ", ".join(PRESETS) + ". Explicit flags override the preset.",
+        epilog="presets: " + ", ".join(PRESETS) + ". Explicit flags override the preset.\n\ndata sets:\n"
+               + "\n".join(f"  {e.name:<14} {e.description}" for e in data.catalog.entries()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    S = argparse.SUPPRESS  # unset flags stay absent, so presets and defaults can fill them
-    p.add_argument("--preset", choices=sorted(PRESETS), default=S, help="a recipe from the texts")
-    p.add_argument("--model", choices=models.available(), default=S, help="model name (default lenet)")
-    p.add_argument("--dataset", choices=data.DATASETS, default=S, help="data set (default digits, embedded)")
-    p.add_argument("--source", choices=data.SOURCES, default=S, help="where data comes from (default auto)")
-    p.add_argument("--data-dir", default=S, help="folder with the data files (or tfds data_dir)")
-    p.add_argument("--split", choices=data.SPLITS, default=S,
-                   help="split to train on; the held-out part is cut from it (default train)")
-    p.add_argument("--epochs", type=_positive_int, default=S)
-    p.add_argument("--batch-size", type=_positive_int, default=S)
-    p.add_argument("--eval-batch-size", type=_positive_int, default=S)
-    p.add_argument("--optimizer", choices=optimizers.OPTIMIZERS, default=S)
-    p.add_argument("--lr", type=_positive_float, default=S)
-    p.add_argument("--momentum", type=_fraction, default=S)
-    p.add_argument("--nesterov", action="store_true", default=S)
-    p.add_argument("--weight-decay", type=_non_negative_float, default=S)
-    p.add_argument("--schedule", choices=optimizers.SCHEDULES, default=S)
-    p.add_argument("--warmup-epochs", type=_non_negative_float, default=S)
-    p.add_argument("--label-smoothing", type=_fraction, default=S)
-    p.add_argument("--val-fraction", type=_fraction, default=S, help="held-out fraction of the split (default 0.2)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=S,
-                   help="random crop (pad 4) + horizontal flip")
-    p.add_argument("--normalize", choices=("dataset", "half", "none"), default=S,
-                   help="per-dataset mean/std, or the texts' Normalize((0.5,), (0.5,))")
-    p.add_argument("--mode", choices=MODES, default=S, help="jit (static graph) or eager (op by op)")
-    p.add_argument("--seed", type=int, default=S)
-    p.add_argument("--keep", type=_positive_int, default=S, help="checkpoints to keep besides the best (default 3)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=argparse.SUPPRESS, help="a recipe from the texts")
+    config_flags(p)
     p.add_argument("--workdir", default=None, help="checkpoints, history.json, curves.png (default runs/MODEL-DATASET)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --workdir")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -101,12 +89,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """DEFAULTS, then the preset, then explicit flags."""
-    values = dict(DEFAULTS)
-    values.update(PRESETS.get(getattr(args, "preset", None), {}))
+    """TrainConfig's defaults, then the preset, then explicit flags."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values.update({k: v for k, v in vars(args).items() if k in fields})
-    return TrainConfig(**{k: v for k, v in values.items() if k in fields})
+    return preset(getattr(args, "preset", None), **{k: v for k, v in vars(args).items() if k in fields})
 
 
 def main(argv: list[str] | None = None) -> int:
