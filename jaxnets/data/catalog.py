@@ -23,12 +23,13 @@ Adding a data set is one `register(DatasetEntry(...))`, e.g. a generated one:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 
 from jaxnets.data.embedded import load_digits, load_synthetic
 from jaxnets.data.errors import DataError
+from jaxnets.registry import Registry
 
 Reader = Callable[..., tuple[np.ndarray, np.ndarray, tuple[str, ...]]]
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
@@ -96,60 +97,27 @@ class DatasetEntry:
         return None if self.class_names is None else len(self.class_names)
 
 
-_CATALOG: dict[str, DatasetEntry] = {}
-
-
-def register(entry: DatasetEntry, *, replace: bool = False) -> DatasetEntry:
-    """Add `entry` to the catalog (`data.load`, the CLI and `fit` see it at once).
-
-    Raises:
-      ValueError: the name is taken (pass `replace=True` to override it).
-    """
-    if entry.name in _CATALOG and not replace:
-        raise ValueError(f"data set {entry.name!r} is already registered; pass replace=True to override it")
-    _CATALOG[entry.name] = entry
-    return entry
-
-
-def unregister(name: str) -> None:
-    """Remove a registered name (for tests that register their own)."""
-    _CATALOG.pop(name, None)
-
-
-def names() -> tuple[str, ...]:
-    """Every registered data set name, in registration order."""
-    return tuple(_CATALOG)
-
-
-def entries() -> Iterator[DatasetEntry]:
-    return iter(list(_CATALOG.values()))
-
-
-def get(name: str) -> DatasetEntry:
-    """The entry of `name`.
-
-    Raises:
-      DataError: unknown name (the message lists the available ones).
-    """
-    try:
-        return _CATALOG[name]
-    except KeyError:
-        raise DataError(f"unknown data set {name!r}; available: {', '.join(names())}") from None
+_CATALOG: Registry = Registry("data set", DataError)
+register = _CATALOG.register
+unregister = _CATALOG.unregister
+names = _CATALOG.names
+entries = _CATALOG.entries
+get = _CATALOG.get
 
 
 def with_files() -> tuple[str, ...]:
     """The names with standard files on disk (`FILE_DATASETS`)."""
-    return tuple(e.name for e in _CATALOG.values() if e.files is not None)
+    return tuple(e.name for e in _CATALOG.entries() if e.files is not None)
 
 
 def tfds_names() -> dict[str, str]:
     """name -> tensorflow-datasets name, for those in tfds (`TFDS_NAMES`)."""
-    return {e.name: e.tfds_name for e in _CATALOG.values() if e.tfds_name is not None}
+    return {e.name: e.tfds_name for e in _CATALOG.entries() if e.tfds_name is not None}
 
 
 def normalizations() -> dict[str, Normalization]:
     """name -> tabled (mean, std), for those with one (`NORMALIZATION`)."""
-    return {e.name: e.normalization for e in _CATALOG.values() if e.normalization is not None}
+    return {e.name: e.normalization for e in _CATALOG.entries() if e.normalization is not None}
 
 
 for _entry in (

@@ -42,7 +42,7 @@ from jaxnets.models.catalog import Family, ModelEntry, register
 
 def available() -> list[str]:
     """The model names `create` accepts (the catalog's names)."""
-    return catalog.names()
+    return list(catalog.names())
 
 
 def create(name: str, **kwargs) -> nn.Module:

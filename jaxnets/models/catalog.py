@@ -33,12 +33,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 
 import flax.linen as nn
 
 from jaxnets import layers
+from jaxnets.registry import Registry
 
 
 def _class_count(image_shape: Sequence[int], num_classes: int) -> dict:
@@ -145,33 +146,12 @@ class _Shape:
         self.shape = shape
 
 
-_CATALOG: dict[str, ModelEntry] = {}
-
-
-def register(entry: ModelEntry, *, replace: bool = False) -> ModelEntry:
-    """Add `entry` to the catalog (the CLI, `models.create` and interop see it at once).
-
-    Raises:
-      ValueError: the name is taken (pass `replace=True` to override it).
-    """
-    if entry.name in _CATALOG and not replace:
-        raise ValueError(f"model {entry.name!r} is already registered; pass replace=True to override it")
-    _CATALOG[entry.name] = entry
-    return entry
-
-
-def unregister(name: str) -> None:
-    """Remove a registered name (for tests that register their own)."""
-    _CATALOG.pop(name, None)
-
-
-def names() -> list[str]:
-    """Every registered model name, in registration order."""
-    return list(_CATALOG)
-
-
-def entries() -> Iterator[ModelEntry]:
-    return iter(list(_CATALOG.values()))
+_CATALOG: Registry = Registry("model", ValueError)
+register = _CATALOG.register
+unregister = _CATALOG.unregister
+names = _CATALOG.names
+entries = _CATALOG.entries
+get = _CATALOG.get
 
 
 def family_of(model: nn.Module) -> Family:
@@ -180,22 +160,10 @@ def family_of(model: nn.Module) -> Family:
     Raises:
       ValueError: no registered entry builds this class.
     """
-    for entry in _CATALOG.values():
+    for entry in _CATALOG.entries():
         if entry.model_class is type(model):
             return entry.family
     raise ValueError(f"{type(model).__name__} is not a registered model class; register a ModelEntry for it")
-
-
-def get(name: str) -> ModelEntry:
-    """The entry of `name`.
-
-    Raises:
-      ValueError: unknown name (the message lists the available ones).
-    """
-    try:
-        return _CATALOG[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(names())}") from None
 
 
 # ------------------------------------------------------------------ the built-in models
