@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import pytest
 
 from jaxnets import bench
-from jaxnets.bench import cases, cli, host, suite
+from jaxnets.bench import cases, host, suite
+from jaxnets.cli import bench as cli
 
 ROW_KEYS = {"model", "mode", "what", "batch_size", "dtype", "compile_s", "first_step_s", "trace_s", "step_s_median",
             "step_s_min", "step_s_max", "steps_timed", "images_per_s", "flops_per_step", "gflops_per_s",

@@ -23,7 +23,7 @@ import pytest
 from jaxnets import data, interop, models
 from jaxnets.training import (CheckpointError, Checkpoints, NonFiniteLoss, RunLocked, TrainConfig, TrainState, fit,
                               load_model, optimizers, save_model)
-from train import cli
+from jaxnets.cli import train as cli
 
 REPO = Path(__file__).resolve().parents[1]
 fit_module = importlib.import_module("jaxnets.training.fit")  # the module; `jaxnets.training.fit` is the function
@@ -411,7 +411,7 @@ elif phase == "curves":
         return plot(history, path, title)
 
     fit_module.plot_history = plot_history
-from train import cli
+from jaxnets.cli import train as cli
 
 sys.exit(cli.main(argv))
 """

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxnets import models
-from jaxnets.interop import cli
+from jaxnets.cli import convert as cli
 from jaxnets.training import load_model
 
 torch = pytest.importorskip("torch")
@@ -57,6 +57,6 @@ def test_errors_are_one_line_and_nothing_is_written(tmp_path, capsys):
 
 
 def test_entry_point_runs_as_a_module(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "jaxnets.interop.cli", "--help"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "jaxnets.cli.convert", "--help"], capture_output=True, text=True,
                             check=True)
     assert "--model" in result.stdout and "weights_only" in result.stdout

@@ -7,8 +7,8 @@ import pytest
 
 from jaxnets import data, models
 from jaxnets.training import TrainConfig, optimizers
-from train import cli
-from train.presets import PRESETS
+from jaxnets.cli import train as cli
+from jaxnets.training.presets import PRESETS
 
 
 def preset_config(name: str) -> TrainConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from jaxnets.training import TrainConfig, fit
 from jaxnets.training.tensorboard import SCALARS
-from train import cli
+from jaxnets.cli import train as cli
 
 
 def _scalars(logdir) -> dict[str, list[tuple[int, float]]]:
@@ -41,12 +42,12 @@ def test_cli_writes_tensorboard_scalars_config_and_lr(tmp_path, capsys):
 
 
 def test_no_tensorboard_and_resume_purges_later_epochs(tmp_path):
-    config = TrainConfig(model="mlp", epochs=2, batch_size=64)
+    config = TrainConfig(model="mlp", epochs=2, batch_size=64, schedule="constant")  # a schedule that resumes longer
     fit(config, workdir=tmp_path / "off", log=lambda _: None, tensorboard=False)
     assert not (tmp_path / "off" / "tensorboard").exists()
 
     run = tmp_path / "run"
     fit(config, workdir=run, log=lambda _: None)
-    fit(TrainConfig(model="mlp", epochs=3, batch_size=64), workdir=run, resume=True, log=lambda _: None)
+    fit(dataclasses.replace(config, epochs=3), workdir=run, resume=True, log=lambda _: None)
     scalars = _scalars(run / "tensorboard")
     assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3]  # one point per epoch, none twice

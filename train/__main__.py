@@ -1,7 +1,7 @@
-"""`python -m train ...` == `jaxnets-train ...`."""
+"""`python -m train ...` == `jaxnets-train ...` == `python -m jaxnets.cli.train ...`."""
 
 import sys
 
-from train.cli import main
+from jaxnets.cli.train import main
 
 sys.exit(main())

@@ -24,20 +24,35 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxnets.data import catalog, files
+from jaxnets.data.cache import expand_path
+from jaxnets.data.catalog import DatasetEntry, FileLayout, register
 from jaxnets.data.download import DOWNLOADABLE, MIRROR_ENV, ChecksumMismatch, default_data_dir, download_files
-from jaxnets.data.embedded import load_digits, load_synthetic
 from jaxnets.data.errors import CorruptDataFile, DataError, DataNotFound, UnsafePickle
-from jaxnets.data.files import CIFAR10_CLASSES, FILE_DATASETS, expand_path, expected_files, has_files, load_files
+from jaxnets.data.files import expected_files, load_files
 from jaxnets.data.folder import has_split_folders, load_folder
-from jaxnets.data.pipeline import NORMALIZATION, Batch, Loader, Preprocess, channel_stats, preprocess, random_crop, random_flip
+from jaxnets.data.pipeline import Batch, Loader, Preprocess, channel_stats, preprocess, random_crop, random_flip
 from jaxnets.data.synthetic import synthetic_batch, synthetic_batches
-from jaxnets.data.tfds_source import TFDS_NAMES, load_tfds
+from jaxnets.data.tfds_source import load_tfds
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic", "folder")
 SPLITS = ("train", "test")
 SOURCES = ("auto", "tfds", "files", "folder")
-# Named data sets read from an image folder must have this many class folders.
-_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+
+# Views of the catalog, computed when read (so a registered entry shows up): the data set names, those with
+# standard files, their tfds names, their tabled normalisation.
+_VIEWS = {"DATASETS": catalog.names, "FILE_DATASETS": catalog.with_files, "TFDS_NAMES": catalog.tfds_names,
+          "NORMALIZATION": catalog.normalizations}
+
+
+def __getattr__(name: str):
+    if name in _VIEWS:
+        return _VIEWS[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def available() -> tuple[str, ...]:
+    """The data set names `load` accepts (the catalog's names)."""
+    return catalog.names()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +88,7 @@ def load(name: str, split: str = "train", *, source: str = "auto", data_dir: str
     """Load a whole split into memory.
 
     Args:
-      name: one of `DATASETS`: 'digits' (embedded, scikit-learn's real 8x8
+      name: one of `available()` (the catalog, `jaxnets.data.catalog`): 'digits' (embedded, scikit-learn's real 8x8
         digits framed as 28x28), 'mnist', 'fashion_mnist', 'cifar10',
         'cifar100', 'synthetic' (seeded; `options` shape, num_examples,
         num_classes, seed), or 'folder' (any image folder in `data_dir`).
@@ -106,68 +121,77 @@ def load(name: str, split: str = "train", *, source: str = "auto", data_dir: str
       CorruptDataFile / UnsafePickle / ChecksumMismatch: a damaged or hostile
         file, or a download with the wrong checksum (named; nothing kept).
     """
-    if name not in DATASETS:
-        raise DataError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
+    entry = catalog.get(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use one of {SPLITS} (split 'train' further with train_val_split)")
     if source not in SOURCES:
         raise DataError(f"unknown source {source!r}; use one of {SOURCES}")
-    if options and name != "synthetic":
+    if options and not entry.takes_options:
         raise DataError(f"{name} takes no options; got {sorted(options)}")
-    expanded_dir = expand_path(data_dir) if data_dir is not None else None
-    use_folder = name == "folder" or source == "folder" or (
-        source == "auto" and name in FILE_DATASETS and expanded_dir is not None
-        and not has_files(name, split, expanded_dir) and has_split_folders(expanded_dir))
+    folder = expand_path(data_dir) if data_dir is not None else None  # resolved once, used by every reader below
+    if entry.reader is not None:
+        if image_size is not None:
+            raise DataError(f"image_size applies to image folders only; {name} from {source!r} has one image size")
+        images, labels, classes = entry.reader(split, **options)
+        return Dataset(images, labels.astype(np.int32), tuple(classes), name, split)
+    # The standard files, looked for once: in data_dir, or (source 'auto' without one) the download folder.
+    local = folder if folder is not None else (default_data_dir() if source == "auto" else None)
+    located = files.locate(name, split, local) if local is not None and source in ("auto", "files") else None
+    use_folder = entry.folder_only or source == "folder" or (
+        source == "auto" and entry.files is not None and folder is not None and located is None
+        and has_split_folders(folder))
     if image_size is not None and not use_folder:
         raise DataError(f"image_size applies to image folders only; {name} from {source!r} has one image size")
-    if name == "digits":
-        images, labels, classes = load_digits(split)
-    elif name == "synthetic":
-        images, labels, classes = load_synthetic(split, **options)
-    elif use_folder:
-        if expanded_dir is None:
+    if use_folder:
+        if folder is None:
             raise DataNotFound(f"{name} as an image folder needs data_dir: a folder laid out as <dir>/<class>/<image> "
                                "or <dir>/train/<class>/<image>")
-        images, labels, classes = load_folder(expanded_dir, split, image_size=image_size, name=name)
-        if name != "folder":
-            _check_folder_classes(name, classes, expanded_dir)
+        images, labels, classes = load_folder(folder, split, image_size=image_size, name=name)
+        if not entry.folder_only:
+            _check_folder_classes(entry, classes, folder)
     elif source == "files":
-        if data_dir is None:
+        if folder is None:
             raise DataNotFound(f"source='files' needs data_dir: a folder holding {expected_files(name, split)}")
-        images, labels, classes = load_files(name, split, Path(data_dir))
+        if located is None:
+            raise DataNotFound(f"{name} ({split}) not found in {folder}: expected {expected_files(name, split)}")
+        images, labels, classes = files.read(located)
     elif source == "tfds":
-        images, labels, classes = load_tfds(name, split, expanded_dir, download=download)
+        images, labels, classes = load_tfds(name, split, folder, download=download)
     else:
-        images, labels, classes = _load_auto(name, split, expanded_dir, download, mirror)
+        images, labels, classes = _load_auto(entry, split, folder, local, located, download, mirror)
     return Dataset(images, labels.astype(np.int32), tuple(classes), name, split)
 
 
-def _load_auto(name: str, split: str, data_dir: Path | None, allow_download: bool, mirror: str | None):
-    """Files on disk, else a prepared tfds data set, else the published files downloaded."""
-    local = data_dir if data_dir is not None else default_data_dir()
-    if has_files(name, split, local):
-        return load_files(name, split, local)
-    try:
-        return load_tfds(name, split, data_dir, download=False)
-    except DataNotFound as err:
-        tfds_error = err
+def _load_auto(entry: DatasetEntry, split: str, data_dir: Path | None, local: Path, located: files.Located | None,
+               allow_download: bool, mirror: str | None):
+    """Files on disk (already `located` in `local`), else a prepared tfds data set, else the published files
+    downloaded into `local`."""
+    name = entry.name
+    if located is not None:
+        return files.read(located)
+    tfds_error: Exception | None = None
+    if entry.tfds_name is not None:
+        try:
+            return load_tfds(name, split, data_dir, download=False)
+        except DataNotFound as err:
+            tfds_error = err
     if not allow_download:
         raise DataNotFound(
             f"{name} ({split}) not found in {local} (files this loader reads: {expected_files(name, split)}) nor "
             f"prepared for tensorflow-datasets; pass download=True to fetch the published files, or put them "
             f"there.") from tfds_error
     download_files(name, split, local, mirror=mirror)
-    return load_files(name, split, local)
+    return files.load_files(name, split, local)
 
 
-def _check_folder_classes(name: str, classes: tuple[str, ...], data_dir: Path) -> None:
+def _check_folder_classes(entry: DatasetEntry, classes: tuple[str, ...], data_dir: Path) -> None:
     """A named data set read from an image folder keeps its label order (sorted names = CIFAR-10's order)."""
-    if name == "cifar10" and classes != CIFAR10_CLASSES:
-        raise DataError(f"image folder {data_dir} has classes {list(classes)}, not CIFAR-10's {list(CIFAR10_CLASSES)}; "
-                        "load it as data set 'folder' instead")
-    if len(classes) != _NUM_CLASSES[name]:
-        raise DataError(f"image folder {data_dir} has {len(classes)} class folders, but {name} has "
-                        f"{_NUM_CLASSES[name]}; load it as data set 'folder' instead")
+    if entry.folder_names_must_match and classes != entry.class_names:
+        raise DataError(f"image folder {data_dir} has classes {list(classes)}, not {entry.description}'s "
+                        f"{list(entry.class_names)}; load it as data set 'folder' instead")
+    if entry.num_classes is not None and len(classes) != entry.num_classes:
+        raise DataError(f"image folder {data_dir} has {len(classes)} class folders, but {entry.name} has "
+                        f"{entry.num_classes}; load it as data set 'folder' instead")
 
 
 def random_split(n: int, fractions: Sequence[float] = (0.8, 0.2), seed: int = 0) -> list[np.ndarray]:
@@ -202,8 +226,8 @@ def train_val_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) 
 
 __all__ = [
     "Batch", "ChecksumMismatch", "CorruptDataFile", "DATASETS", "DOWNLOADABLE", "DataError", "DataNotFound", "Dataset",
-    "FILE_DATASETS", "Loader", "MIRROR_ENV", "NORMALIZATION", "Preprocess", "TFDS_NAMES", "UnsafePickle",
-    "channel_stats", "default_data_dir", "download_files", "expand_path", "load", "load_files", "load_folder",
-    "load_tfds", "preprocess", "random_crop", "random_flip", "random_split", "synthetic_batch", "synthetic_batches",
-    "train_val_split",
+    "DatasetEntry", "FILE_DATASETS", "FileLayout", "Loader", "MIRROR_ENV", "NORMALIZATION", "Preprocess", "SOURCES",
+    "SPLITS", "TFDS_NAMES", "UnsafePickle", "available", "catalog", "channel_stats", "default_data_dir",
+    "download_files", "expand_path", "load", "load_files", "load_folder", "load_tfds", "preprocess", "random_crop",
+    "random_flip", "random_split", "register", "synthetic_batch", "synthetic_batches", "train_val_split",
 ]

@@ -47,9 +47,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from jaxnets.data import files
+from jaxnets.data import cache, files
 from jaxnets.data.errors import CorruptDataFile, DataNotFound
-from jaxnets.data.files import expand_path
+from jaxnets.data.cache import expand_path
 
 MIRROR_ENV = "JAXNETS_DATA_MIRROR"
 
@@ -96,7 +96,7 @@ _TIMEOUT_S = (10.0, 60.0)  # (connect, read between bytes)
 
 def default_data_dir() -> Path:
     """Where downloads go when no data_dir is given: `<user cache dir>/data`."""
-    return expand_path(files.user_cache_dir()) / "data"
+    return cache.user_cache_dir() / "data"
 
 
 def mirror_from_env() -> str | None:

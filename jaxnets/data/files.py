@@ -14,33 +14,25 @@ Formats (the files torchvision and tfds download):
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
-import logging
 import math
-import os
 import pickle
-import stat
 import struct
-import tempfile
-import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from jaxnets.data.errors import CorruptDataFile, DataNotFound, UnsafePickle
+from jaxnets.data import cache, catalog
+from jaxnets.data.cache import expand_path
+from jaxnets.data.catalog import CIFAR10_CLASSES, FASHION_MNIST_CLASSES  # noqa: F401 - re-exported
+from jaxnets.data.errors import CorruptDataFile, DataNotFound, UnsafePickle, check_labels
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot")
-
-_LOG = logging.getLogger(__name__)
 _CACHE_VERSION = "v2"  # bump when what a cache may hold changes (v2: labels checked before caching)
 _IDX_IMAGE_SIZE = (28, 28)  # MNIST and Fashion-MNIST
 _MAX_EXAMPLES = 10_000_000  # a header promising more is not a data set of this kind
-
-_IDX_DIRS = {"mnist": ("", "MNIST/raw", "mnist"), "fashion_mnist": ("", "FashionMNIST/raw", "fashion_mnist")}
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
 
 
@@ -74,9 +66,9 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
-def _find_idx(name: str, split: str, data_dir: Path) -> tuple[Path, Path] | None:
+def _find_idx(layout: catalog.FileLayout, split: str, data_dir: Path) -> tuple[Path, Path] | None:
     prefix = _IDX_PREFIX[split]
-    for sub in _IDX_DIRS[name]:
+    for sub in layout.folders:
         folder = data_dir / sub
         for suffix in ("", ".gz"):
             images = folder / f"{prefix}-images-idx3-ubyte{suffix}"
@@ -86,10 +78,9 @@ def _find_idx(name: str, split: str, data_dir: Path) -> tuple[Path, Path] | None
     return None
 
 
-def _load_idx(name: str, split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], list[Path]]:
-    found = _find_idx(name, split, data_dir)
-    assert found is not None
-    images_path, labels_path = found
+def _load_idx(entry: catalog.DatasetEntry, paths: list[Path]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    name = entry.name
+    images_path, labels_path = paths
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.shape[1:] != _IDX_IMAGE_SIZE or not 0 < len(images) <= _MAX_EXAMPLES:
         raise CorruptDataFile(f"{images_path}: header says images of shape {images.shape}; {name} images are "
@@ -99,22 +90,10 @@ def _load_idx(name: str, split: str, data_dir: Path) -> tuple[np.ndarray, np.nda
     if len(images) != len(labels):
         raise CorruptDataFile(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
                               "labels; one of them is from another data set or corrupt")
-    classes = FASHION_MNIST_CLASSES if name == "fashion_mnist" else tuple(str(i) for i in range(10))
+    classes = entry.class_names
     labels = labels.astype(np.int32)
     check_labels(labels, len(classes), labels_path)
-    return images[..., None], labels, classes, [images_path, labels_path]
-
-
-def check_labels(labels: np.ndarray, num_classes: int, path: Path) -> None:
-    """Every label must be a class index in `[0, num_classes)`.
-
-    Raises:
-      CorruptDataFile: naming `path`, how many labels are out of range and the first one.
-    """
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-        raise CorruptDataFile(f"{path}: {bad.size} label(s) outside [0, {num_classes}), e.g. {int(labels[bad[0]])} "
-                              f"at record {int(bad[0])}; the file is corrupt: delete it and fetch it again")
+    return images[..., None], labels, classes
 
 
 # --------------------------------------------------------------------- CIFAR binary
@@ -150,7 +129,7 @@ def _read_lines(path: Path) -> tuple[str, ...]:
     return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
 
 
-def _cifar_binary_files(name: str, split: str, data_dir: Path) -> tuple[list[Path], Path | None]:
+def _cifar_binary_files(name: str, split: str, data_dir: Path) -> tuple[list[Path], Path]:
     if name == "cifar10":
         folder = data_dir / "cifar-10-batches-bin"
         files = sorted(folder.glob("data_batch_*.bin")) if split == "train" else [folder / "test_batch.bin"]
@@ -224,8 +203,8 @@ def _cifar_python_files(name: str, split: str, data_dir: Path) -> tuple[list[Pat
     return [f for f in [folder / split] if f.is_file()], folder / "meta"
 
 
-def _load_cifar_python(name: str, split: str, data_dir: Path):
-    files, meta = _cifar_python_files(name, split, data_dir)
+def _load_cifar_python(entry: catalog.DatasetEntry, files: list[Path], meta: Path):
+    name = entry.files.format
     label_key, names_key = ("labels", "label_names") if name == "cifar10" else ("fine_labels", "fine_label_names")
     images, labels = [], []
     for path in files:
@@ -239,15 +218,15 @@ def _load_cifar_python(name: str, split: str, data_dir: Path):
             raise CorruptDataFile(f"{path}: data or labels are not arrays of integers ({err})") from err
         if data.ndim != 2 or data.shape[1] != 3072 or lab.ndim != 1 or len(data) != len(lab):
             raise CorruptDataFile(f"{path}: data {data.shape} / labels {lab.shape} are not CIFAR records")
-        check_labels(lab, 10 if name == "cifar10" else 100, path)
+        check_labels(lab, entry.num_classes, path)
         lab = lab.astype(np.int32)
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(lab)
-    classes = CIFAR10_CLASSES if name == "cifar10" else tuple(str(i) for i in range(100))
+    classes = entry.class_names
     if meta.is_file():
         classes = _check_class_count(tuple(_text(c) for c in _get(load_restricted_pickle(meta), names_key, meta)),
                                      len(classes), meta)
-    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), classes, files
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), classes
 
 
 def _check_class_count(classes: tuple[str, ...], expected: int, path: Path) -> tuple[str, ...]:
@@ -256,37 +235,59 @@ def _check_class_count(classes: tuple[str, ...], expected: int, path: Path) -> t
     return classes
 
 
-def _load_cifar_binary(name: str, split: str, data_dir: Path):
-    files, meta = _cifar_binary_files(name, split, data_dir)
-    parts = [read_cifar_binary(f, 1 if name == "cifar10" else 2) for f in files]
-    classes = CIFAR10_CLASSES if name == "cifar10" else tuple(str(i) for i in range(100))
-    if meta is not None and meta.is_file():
+def _load_cifar_binary(entry: catalog.DatasetEntry, files: list[Path], meta: Path):
+    parts = [read_cifar_binary(f, 1 if entry.files.format == "cifar10" else 2) for f in files]
+    classes = entry.class_names
+    if meta.is_file():
         classes = _check_class_count(_read_lines(meta), len(classes), meta)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), classes, files
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), classes
 
 
 # ------------------------------------------------------------------------ dispatch
 
-FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+@dataclasses.dataclass(frozen=True)
+class Located:
+    """The files of one split found in a data folder: what `read` decodes."""
+
+    entry: catalog.DatasetEntry
+    split: str
+    data_dir: Path
+    kind: str  # 'idx', 'cifar-binary' or 'cifar-python'
+    paths: list[Path]  # the data files (IDX: images, labels)
+    meta: Path | None  # the class-names file beside them (CIFAR), which may be absent
+
+
+def locate(name: str, split: str, data_dir: Path) -> Located | None:
+    """The standard files of `name`/`split` in `data_dir` (already expanded), or None when it lacks them."""
+    entry = catalog.get(name)
+    if entry.files is None or not data_dir.is_dir():
+        return None
+    if entry.files.format == "idx":
+        found = _find_idx(entry.files, split, data_dir)
+        return None if found is None else Located(entry, split, data_dir, "idx", list(found), None)
+    cifar = entry.files.format
+    paths, meta = _cifar_binary_files(cifar, split, data_dir)
+    if paths:
+        return Located(entry, split, data_dir, "cifar-binary", paths, meta)
+    paths, meta = _cifar_python_files(cifar, split, data_dir)
+    return Located(entry, split, data_dir, "cifar-python", paths, meta) if paths else None
 
 
 def has_files(name: str, split: str, data_dir: Path | None) -> bool:
     """Whether `data_dir` holds `name`/`split` in a format we read."""
-    if data_dir is None or name not in FILE_DATASETS or not expand_path(data_dir).is_dir():
-        return False
-    data_dir = expand_path(data_dir)
-    if name in _IDX_DIRS:
-        return _find_idx(name, split, data_dir) is not None
-    return bool(_cifar_binary_files(name, split, data_dir)[0] or _cifar_python_files(name, split, data_dir)[0])
+    return data_dir is not None and locate(name, split, expand_path(data_dir)) is not None
 
 
 def expected_files(name: str, split: str) -> str:
     """Human-readable list of the files `load_files` looks for."""
-    if name in _IDX_DIRS:
+    layout = catalog.get(name).files
+    if layout is None:
+        return "nothing: it has no standard files"
+    if layout.format == "idx":
         p = _IDX_PREFIX[split]
         return (f"{p}-images-idx3-ubyte.gz and {p}-labels-idx1-ubyte.gz (directly in the folder, or under "
-                f"{' or '.join(d for d in _IDX_DIRS[name] if d)}/)")
-    if name == "cifar10":
+                f"{' or '.join(d for d in layout.folders if d)}/)")
+    if layout.format == "cifar10":
         return ("cifar-10-batches-bin/ (data_batch_1..5.bin, test_batch.bin, from cifar-10-binary.tar.gz) or "
                 "cifar-10-batches-py/ (from cifar-10-python.tar.gz)")
     return "cifar-100-binary/ (train.bin, test.bin) or cifar-100-python/ (train, test, meta)"
@@ -298,37 +299,35 @@ def _cache_path(data_dir: Path, name: str, split: str, sources: list[Path]) -> l
         "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sources).encode()
     ).hexdigest()[:12]
     filename = f".jaxnets-{name}-{split}-{fingerprint}-{_CACHE_VERSION}.npz"
-    return [data_dir / filename, user_cache_dir() / filename]
+    return cache.locations(filename, data_dir)
 
 
-def _writable(folder: Path) -> bool:
-    """Honour a folder's permission bits even as root (shared data is read-only)."""
-    try:
-        return bool(folder.stat().st_mode & stat.S_IWUSR) and os.access(folder, os.W_OK)
-    except OSError:
-        return True  # does not exist yet: mkdir decides
+def read(located: Located, use_cache: bool = True):
+    """Decode the files `locate` found (through the .npz cache).
 
+    Returns:
+      (images uint8 `[N, H, W, C]`, labels int32 `[N]`, class names).
 
-def _write_atomic_npz(path: Path, **arrays) -> bool:
-    if not _writable(path.parent):
-        return False
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-            np.savez(tmp, **arrays)
-        os.chmod(tmp.name, 0o644)
-        os.replace(tmp.name, path)
-        return True
-    except OSError:
-        try:
-            os.unlink(tmp.name)  # type: ignore[possibly-undefined]
-        except (OSError, NameError):
-            pass
-        return False
+    Raises:
+      CorruptDataFile / UnsafePickle: a file is damaged or hostile (named).
+    """
+    entry, split = located.entry, located.split
+    candidates = _cache_path(located.data_dir, entry.name, split, located.paths) if use_cache else []
+    cached = cache.read_cache(candidates)
+    if cached is not None:
+        return cached
+    if located.kind == "idx":
+        images, labels, classes = _load_idx(entry, located.paths)
+    elif located.kind == "cifar-binary":
+        images, labels, classes = _load_cifar_binary(entry, located.paths, located.meta)
+    else:
+        images, labels, classes = _load_cifar_python(entry, located.paths, located.meta)
+    cache.write_cache(candidates, images, labels, classes)
+    return images, labels, classes
 
 
 def load_files(name: str, split: str, data_dir: Path, cache: bool = True):
-    """Load `name`/`split` from the standard files in `data_dir`.
+    """Load `name`/`split` from the standard files in `data_dir` (`locate`, then `read`).
 
     Returns:
       (images uint8 `[N, H, W, C]`, labels int32 `[N]`, class names).
@@ -338,69 +337,11 @@ def load_files(name: str, split: str, data_dir: Path, cache: bool = True):
       CorruptDataFile / UnsafePickle: a file is damaged or hostile (named).
     """
     data_dir = expand_path(data_dir)
-    if not has_files(name, split, data_dir):
+    located = locate(name, split, data_dir)
+    if located is None:
         raise DataNotFound(f"{name} ({split}) not found in {data_dir}: expected {expected_files(name, split)}")
-    if name in _IDX_DIRS:
-        sources = list(_find_idx(name, split, data_dir))  # type: ignore[arg-type]
-    else:
-        sources = _cifar_binary_files(name, split, data_dir)[0] or _cifar_python_files(name, split, data_dir)[0]
-    candidates = _cache_path(data_dir, name, split, sources) if cache else []
-    cached = read_cache(candidates)
-    if cached is not None:
-        return cached
-    if name in _IDX_DIRS:
-        images, labels, classes, _ = _load_idx(name, split, data_dir)
-    elif _cifar_binary_files(name, split, data_dir)[0]:
-        images, labels, classes, _ = _load_cifar_binary(name, split, data_dir)
-    else:
-        images, labels, classes, _ = _load_cifar_python(name, split, data_dir)
-    write_cache(candidates, images, labels, classes)
-    return images, labels, classes
+    return read(located, use_cache=cache)
 
 
-def read_cache(candidates: list[Path]):
-    """`(images, labels, classes)` from the first readable cache file, or None.
-
-    A damaged cache (truncated, bit-flipped: zip CRCs catch both; or holding
-    arrays of the wrong kind) is logged by name and deleted, so that the
-    caller rebuilds it from the original files.
-    """
-    for candidate in candidates:
-        if candidate.is_file():
-            try:
-                with open(candidate, "rb") as f, np.load(f, allow_pickle=False) as z:  # closed on every error
-                    images, labels, classes = z["images"], z["labels"], tuple(str(c) for c in z["classes"])
-                if images.dtype != np.uint8 or images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
-                    raise ValueError(f"arrays of the wrong kind: images {images.dtype}{images.shape}, labels {labels.shape}")
-                check_labels(labels, len(classes), candidate)
-                return images, labels, classes
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-                _LOG.warning("damaged data cache %s (%s: %s): deleting it; rebuilding it from the original files",
-                             candidate, type(err).__name__, err)
-                try:
-                    candidate.unlink()
-                except OSError:
-                    pass  # a read-only cache folder: the rebuilt cache goes to the next candidate
-    return None
-
-
-def write_cache(candidates: list[Path], images: np.ndarray, labels: np.ndarray, classes) -> None:
-    """Write the cache to the first writable candidate (atomically); silently skip if none is."""
-    for candidate in candidates:
-        if _write_atomic_npz(candidate, images=images, labels=labels, classes=np.asarray(classes)):
-            return
-
-
-def user_cache_dir() -> Path:
-    """`$JAXNETS_CACHE`, else `~/.cache/jaxnets`: where caches go when the data folder is read-only."""
-    return expand_path(os.environ.get("JAXNETS_CACHE", Path.home() / ".cache" / "jaxnets"))
-
-
-def expand_path(path: str | os.PathLike) -> Path:
-    """`path` with `~` and `$VARS` expanded, as a shell would (every path jaxnets.data accepts goes through it)."""
-    return Path(os.path.expandvars(os.path.expanduser(os.fspath(path))))
-
-
-__all__ = ["CIFAR10_CLASSES", "FILE_DATASETS", "check_labels", "expand_path", "expected_files", "has_files",
-           "load_files", "load_restricted_pickle", "read_cache", "read_cifar_binary", "read_idx", "user_cache_dir",
-           "write_cache"]
+__all__ = ["CIFAR10_CLASSES", "Located", "check_labels", "expand_path", "expected_files", "has_files", "load_files",
+           "load_restricted_pickle", "locate", "read", "read_cifar_binary", "read_idx"]

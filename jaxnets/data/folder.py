@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxnets.data import files
+from jaxnets.data import cache as npz_cache
+from jaxnets.data.cache import expand_path
 from jaxnets.data.errors import CorruptDataFile, DataError, DataNotFound
-from jaxnets.data.files import expand_path
 
 SPLIT_FOLDERS = ("train", "test")
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -187,8 +187,8 @@ def load_folder(data_dir: str | os.PathLike, split: str = "train", *, image_size
     paths, labels, classes, fingerprint = list_images(root)
     key = hashlib.sha1(f"{fingerprint}|{image_size}".encode()).hexdigest()[:12]
     filename = f".jaxnets-{name}-folder-{split}-{key}.npz"
-    candidates = [data_dir / filename, files.user_cache_dir() / filename] if cache else []
-    cached = files.read_cache(candidates)
+    candidates = npz_cache.locations(filename, data_dir) if cache else []
+    cached = npz_cache.read_cache(candidates)
     if cached is not None and len(cached[1]) == len(labels):
         return cached
     chunks = [paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
@@ -202,7 +202,7 @@ def load_folder(data_dir: str | os.PathLike, split: str = "train", *, image_size
     finally:
         pool.shutdown(cancel_futures=True)  # on an error, do not decode the rest first
     images = _stack(paths, arrays, root)
-    files.write_cache(candidates, images, labels, classes)
+    npz_cache.write_cache(candidates, images, labels, classes)
     return images, labels, classes
 
 

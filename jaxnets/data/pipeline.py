@@ -12,22 +12,14 @@ import collections
 import dataclasses
 import functools
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxnets import backend
-
-# Per-channel mean/std of the training sets (on [0, 1] pixels).
-NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
-
+from jaxnets.data import catalog
 
 class Batch(NamedTuple):
     """One batch on the device."""
@@ -51,10 +43,12 @@ class Preprocess:
     crop_padding: int = 0
     flip: bool = False
 
+    NORMALIZE: ClassVar[tuple[str, ...]] = ("dataset", "half", "none")  # what `for_dataset` takes
+
     @classmethod
     def for_dataset(cls, name: str, images: np.ndarray, normalize: str = "dataset", augment: bool = False):
-        """Normalisation for data set `name`: `'dataset'` (its mean/std, computed
-        from `images` when not tabled), `'half'` (the texts' (0.5, 0.5)) or `'none'`;
+        """Normalisation for data set `name`: `'dataset'` (its catalog mean/std,
+        computed from `images` when the catalog has none), `'half'` (the texts' (0.5, 0.5)) or `'none'`;
         `augment` turns on crop (4-pixel padding) + horizontal flip."""
         channels = images.shape[-1]
         if normalize == "half":
@@ -62,10 +56,8 @@ class Preprocess:
         elif normalize == "none":
             mean, std = (0.0,) * channels, (1.0,) * channels
         elif normalize == "dataset":
-            if name in NORMALIZATION:
-                mean, std = NORMALIZATION[name]
-            else:
-                mean, std = channel_stats(images)
+            tabled = catalog.normalizations().get(name)
+            mean, std = tabled if tabled is not None else channel_stats(images)
         else:
             raise ValueError(f"normalize must be 'dataset', 'half' or 'none'; got {normalize!r}")
         return cls(tuple(mean), tuple(std), 4 if augment else 0, augment)

@@ -7,25 +7,31 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxnets.data import files
+from jaxnets.data import cache, catalog
 from jaxnets.data.errors import DataNotFound
 
-TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10", "cifar100": "cifar100"}
 
-
-def load_tfds(name: str, split: str, data_dir: str | Path | None = None, download: bool = True):
+def load_tfds(name: str, split: str, data_dir: Path | None = None, download: bool = True):
     """Read a whole split through `tfds.data_source` into memory (cached as .npz after the first read).
 
     Returns:
       images uint8 `[N, H, W, C]`, labels int32 `[N]`, class names.
 
+    Args:
+      name: a catalog name with a `tfds_name`.
+      split: 'train' or 'test'.
+      data_dir: tfds's data_dir (already expanded; None: tfds's default).
+      download: let tfds download and prepare.
+
     Raises:
-      DataNotFound: the data set is not prepared in `data_dir` and cannot be
+      DataNotFound: the data set has no tfds name, or is not prepared in `data_dir` and cannot be
         downloaded and prepared here (offline, or tfds lacks what it needs).
     """
     import tensorflow_datasets as tfds  # noqa: PLC0415 - heavy import, only on this path
 
-    tfds_name = TFDS_NAMES[name]
+    tfds_name = catalog.get(name).tfds_name
+    if tfds_name is None:
+        raise DataNotFound(f"{name} is not a tensorflow-datasets data set")
     try:
         source = tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=download)
         class_names = tuple(tfds.builder(tfds_name, data_dir=data_dir).info.features["label"].names)
@@ -40,9 +46,8 @@ def load_tfds(name: str, split: str, data_dir: str | Path | None = None, downloa
     n = len(source)
     version = tfds.builder(tfds_name, data_dir=data_dir).info.version
     filename = f".jaxnets-tfds-{tfds_name}-{version}-{split}-{n}.npz"
-    candidates = [Path(data_dir) / filename] if data_dir else []
-    candidates.append(files.user_cache_dir() / filename)
-    cached = files.read_cache(candidates)
+    candidates = cache.locations(filename, Path(data_dir) if data_dir else None)
+    cached = cache.read_cache(candidates)
     if cached is not None:
         return cached
     first = source[0]
@@ -52,5 +57,5 @@ def load_tfds(name: str, split: str, data_dir: str | Path | None = None, downloa
         record = first if i == 0 else source[i]
         images[i] = record["image"]
         labels[i] = record["label"]
-    files.write_cache(candidates, images, labels, class_names)
+    cache.write_cache(candidates, images, labels, class_names)
     return images, labels, class_names

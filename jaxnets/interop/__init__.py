@@ -108,7 +108,7 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 def _flatten_permutation(model, module: str, in_features: int) -> tuple[int, int, int] | None:
     """(C, H, W) of the NCHW feature map flattened into `module`, or None."""
-    spec = getattr(model, "torch_flatten", None)
+    spec = models.catalog.family_of(model).torch_flatten(model)
     if spec is None or spec[0] != module:
         return None
     channels = spec[1]

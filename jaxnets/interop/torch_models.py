@@ -28,6 +28,10 @@ class MLP(nn.Module):
         self.act = _ACTIVATIONS[activation]()
         self.output = nn.Linear(sizes[-1], output_dim)
 
+    @classmethod
+    def from_flax(cls, m: models.MLP) -> "MLP":
+        return cls(m.num_layers, m.hidden_size, m.input_dim, m.output_dim, m.activation)
+
     def forward(self, x):
         x = torch.flatten(x, 1)
         for layer in self.hidden:
@@ -50,6 +54,11 @@ class LeNet(nn.Module):
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             setattr(self, f"fc{i + 1}", nn.Linear(a, b))
         self.num_fc = len(sizes) - 1
+
+    @classmethod
+    def from_flax(cls, m: models.LeNet) -> "LeNet":
+        return cls(tuple(m.conv_channels), m.kernel_size, m.padding, tuple(m.hidden_sizes), m.in_channels,
+                   m.image_size, m.num_classes)
 
     def forward(self, x):
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
@@ -117,18 +126,19 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """kuangliu/pytorch-cifar's ResNet (`layout='cifar'`) or torchvision's (`layout='torchvision'`)."""
 
-    def __init__(self, block, num_blocks, num_classes=10, in_channels=3, layout="cifar"):
+    def __init__(self, block, num_blocks, num_classes=10, in_channels=3, layout="cifar", width_divisor=1):
         super().__init__()
-        self.in_planes = 64
+        widths = [w // width_divisor for w in (64, 128, 256, 512)]
+        self.in_planes = widths[0]
         self.layout = layout
         if layout == "torchvision":
-            self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False)
         else:
-            self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), num_blocks)):
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        for i, (planes, blocks) in enumerate(zip(widths, num_blocks)):
             setattr(self, f"layer{i + 1}", self._make_layer(block, planes, blocks, 1 if i == 0 else 2))
-        head = nn.Linear(512 * block.expansion, num_classes)
+        head = nn.Linear(widths[-1] * block.expansion, num_classes)
         if layout == "torchvision":
             self.fc = head
             for module in self.modules():  # torchvision.models.resnet.ResNet.__init__
@@ -136,6 +146,11 @@ class ResNet(nn.Module):
                     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         else:
             self.linear = head
+
+    @classmethod
+    def from_flax(cls, m: models.ResNet) -> "ResNet":
+        block = Bottleneck if m.block_cls is models.Bottleneck else BasicBlock
+        return cls(block, list(m.stage_sizes), m.num_classes, m.in_channels, m.layout, m.width_divisor)
 
     def _make_layer(self, block, planes, num_blocks, stride):
         layers = []
@@ -149,23 +164,24 @@ class ResNet(nn.Module):
         if self.layout == "torchvision":
             out = F.max_pool2d(out, 3, stride=2, padding=1)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        if self.layout == "torchvision":
-            return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
-        out = F.avg_pool2d(out, 4)  # pytorch-cifar as published: 32x32 inputs only
-        return self.linear(torch.flatten(out, 1))
+        # Global average pool, as ours: pytorch-cifar's avg_pool2d(4) is the same on the 4x4 map of a
+        # 32x32 input, but breaks at any other size.
+        out = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+        return self.fc(out) if self.layout == "torchvision" else self.linear(out)
 
 
 class VGG(nn.Module):
     """pytorch-cifar's VGG (CIFAR head) or torchvision's classifier (ImageNet head)."""
 
     def __init__(self, config="vgg16", batch_norm=False, head="cifar", num_classes=10, in_channels=3,
-                 dropout_rate=0.5):
+                 dropout_rate=0.5, width_divisor=1):
         super().__init__()
         layers, channels = [], in_channels
         for item in models.VGG_CONFIGS[config]:
             if item == "M":
                 layers.append(nn.MaxPool2d(2, 2))
                 continue
+            item //= width_divisor
             layers.append(nn.Conv2d(channels, item, 3, padding=1))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(item))
@@ -174,11 +190,11 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.head = head
         if head == "cifar":
-            self.classifier = nn.Linear(512, num_classes)
+            self.classifier = nn.Linear(channels, num_classes)
         else:
             self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
             self.classifier = nn.Sequential(
-                nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(dropout_rate),
+                nn.Linear(channels * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(dropout_rate),
                 nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(dropout_rate),
                 nn.Linear(4096, num_classes),
             )
@@ -190,6 +206,10 @@ class VGG(nn.Module):
                     nn.init.normal_(module.weight, 0, 0.01)
                     nn.init.constant_(module.bias, 0)
 
+    @classmethod
+    def from_flax(cls, m: models.VGG) -> "VGG":
+        return cls(m.config, m.batch_norm, m.head, m.num_classes, m.in_channels, m.dropout_rate, m.width_divisor)
+
     def forward(self, x):
         x = self.features(x)
         if self.head != "cifar":
@@ -200,22 +220,13 @@ class VGG(nn.Module):
 def create(name: str, **kwargs) -> nn.Module:
     """The PyTorch twin of `jaxnets.models.create(name, **kwargs)`.
 
-    Takes the same names and keyword arguments; the configuration is read off
-    the flax model so the two can never drift apart. Float32, train mode.
+    Takes the same names and keyword arguments; the catalog names the twin
+    class (`Family.torch_reference`), whose `from_flax` reads the
+    configuration off the flax model, so the two can never drift apart.
+    Float32, train mode.
     """
-    flax_model = models.create(name, **kwargs)
-    if isinstance(flax_model, models.MLP):
-        m = flax_model
-        return MLP(m.num_layers, m.hidden_size, m.input_dim, m.output_dim, m.activation)
-    if isinstance(flax_model, models.LeNet):
-        m = flax_model
-        return LeNet(tuple(m.conv_channels), m.kernel_size, m.padding, tuple(m.hidden_sizes), m.in_channels,
-                     m.image_size, m.num_classes)
-    if isinstance(flax_model, models.ResNet):
-        m = flax_model
-        block = Bottleneck if m.block_cls is models.Bottleneck else BasicBlock
-        return ResNet(block, list(m.stage_sizes), m.num_classes, m.in_channels, m.layout)
-    if isinstance(flax_model, models.VGG):
-        m = flax_model
-        return VGG(m.config, m.batch_norm, m.head, m.num_classes, m.in_channels, m.dropout_rate)
-    raise ValueError(f"no PyTorch reference for {name!r}")
+    entry = models.catalog.get(name)
+    reference = globals().get(entry.family.torch_reference)
+    if reference is None:
+        raise ValueError(f"no PyTorch reference for {name!r} (its family names {entry.family.torch_reference!r})")
+    return reference.from_flax(entry.create(**kwargs))

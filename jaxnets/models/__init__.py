@@ -15,10 +15,6 @@ rngs={'dropout': key})`.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-from collections.abc import Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -40,37 +36,13 @@ from jaxnets.models.resnet import (
 )
 from jaxnets.models.vgg import CONFIGS as VGG_CONFIGS
 from jaxnets.models.vgg import VGG, vgg
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "mlp": MLP,
-    "lenet": LeNetMNIST,
-    "lenet5": LeNet5,
-    "lenet-cifar": LeNetCIFAR,
-    "resnet18": ResNet18,
-    "resnet34": ResNet34,
-    "resnet50": ResNet50,
-}
-for _config in VGG_CONFIGS:
-    _REGISTRY[_config] = vgg(_config)
-    _REGISTRY[_config + "_bn"] = vgg(_config, batch_norm=True)
-# torchvision's ImageNet layouts, key names and init (1,000 classes, 224x224).
-_REGISTRY.update({
-    "resnet18_imagenet": ResNet18ImageNet,
-    "resnet34_imagenet": ResNet34ImageNet,
-    "resnet50_imagenet": ResNet50ImageNet,
-})
-for _config in VGG_CONFIGS:
-    _REGISTRY[_config + "_imagenet"] = vgg(_config, imagenet=True)
-    _REGISTRY[_config + "_bn_imagenet"] = vgg(_config, batch_norm=True, imagenet=True)
+from jaxnets.models import catalog
+from jaxnets.models.catalog import Family, ModelEntry, register
 
 
 def available() -> list[str]:
-    """The model names `create` accepts."""
-    return list(_REGISTRY)
-
-
-def _model_class(builder: Callable[..., nn.Module]) -> type[nn.Module]:
-    return builder.func if isinstance(builder, functools.partial) else builder
+    """The model names `create` accepts (the catalog's names)."""
+    return list(catalog.names())
 
 
 def create(name: str, **kwargs) -> nn.Module:
@@ -89,22 +61,7 @@ def create(name: str, **kwargs) -> nn.Module:
         argument the model does not take (the message lists those it does), or
         a class count (`num_classes`, `output_dim`) that is not a positive integer.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available())}")
-    builder = _REGISTRY[name]
-    cls = _model_class(builder)
-    if cls is MLP and "num_classes" in kwargs:
-        kwargs.setdefault("output_dim", kwargs.pop("num_classes"))
-    fields = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
-    fields.discard("name_for_errors")
-    unknown = sorted(set(kwargs) - fields)
-    if unknown:
-        raise ValueError(f"{name} does not take {unknown}; it takes: {', '.join(sorted(fields))}")
-    for key in ("num_classes", "output_dim"):
-        value = kwargs.get(key)
-        if value is not None and (isinstance(value, bool) or not hasattr(value, "__index__") or value < 1):
-            raise ValueError(f"{name}: {key} must be a positive integer, got {value!r}")
-    return builder(**kwargs)
+    return catalog.get(name).create(**kwargs)
 
 
 def example_input(model: nn.Module, batch_size: int = 1, dtype=jnp.float32) -> jnp.ndarray:
@@ -131,4 +88,5 @@ __all__ = [
     "MLP", "LeNet", "LeNetMNIST", "LeNet5", "LeNetCIFAR", "ResNet", "ResNet18", "ResNet34", "ResNet50",
     "ResNet18ImageNet", "ResNet34ImageNet", "ResNet50ImageNet",
     "BasicBlock", "Bottleneck", "VGG", "VGG_CONFIGS", "available", "create", "example_input", "init", "count_params",
+    "catalog", "Family", "ModelEntry", "register",
 ]

@@ -42,13 +42,13 @@ class LeNet(nn.Module):
         return (self.image_size, self.image_size, self.in_channels)
 
     @property
-    def torch_flatten(self) -> tuple[str, int]:
-        """(first dense layer, channels before the flatten), for NCHW weights."""
-        return ("fc1", self.conv_channels[-1])
+    def input_spec(self) -> tuple[int | None, ...]:
+        """The input contract (per example, `None`: any size): one fixed size."""
+        return self.input_shape
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        layers.check_input(x, self.name_for_errors, self.input_shape)
+        layers.check_input(x, self.name_for_errors, self.input_spec)
         x = x.astype(self.dtype)
         for i, channels in enumerate(self.conv_channels):
             x = layers.Conv(channels, (self.kernel_size,) * 2, padding=self.padding, dtype=self.dtype, name=f"conv{i + 1}")(x)

@@ -37,12 +37,17 @@ class MLP(nn.Module):
     def input_shape(self) -> tuple[int, ...]:
         return (self.input_dim,)
 
+    @property
+    def input_spec(self) -> tuple[int, ...]:
+        """The input contract: any example shape holding `input_dim` values (flattened)."""
+        return (self.input_dim,)
+
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
         shape = tuple(getattr(x, "shape", ()))
-        if len(shape) < 2 or math.prod(shape[1:]) != self.input_dim:
+        if len(shape) < 2 or math.prod(shape[1:]) != math.prod(self.input_spec):
             raise ValueError(
                 f"mlp expects input of shape (N, {self.input_dim}) (or (N, ...) holding {self.input_dim} "
                 f"values per example); got {shape}. Set input_dim= to match your data."

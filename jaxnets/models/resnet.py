@@ -3,8 +3,9 @@
 `layout='cifar'` (kuangliu/pytorch-cifar, the texts' ResNet): 3x3 conv stem
 (64 channels, stride 1) + BN + ReLU; four stages of blocks with
 64/128/256/512 planes and strides 1/2/2/2 (a 1x1 conv + BN `shortcut` when
-the shape changes); global average pool (the 4x4 pool of the original at
-32x32 inputs, any size here); Linear `linear` to `num_classes`. PyTorch's
+the shape changes); global average pool (pytorch-cifar's `avg_pool2d(4)` is
+the same thing on the 4x4 map of a 32x32 input; global here, so any size
+works); Linear `linear` to `num_classes`. PyTorch's
 layer-default init. ResNet-18 has 11,173,962 parameters with 10 classes.
 
 `layout='torchvision'` (torchvision.models.resnet18/34/50): 7x7 stride-2 conv
@@ -45,6 +46,19 @@ class _Block(nn.Module):
         norm = functools.partial(layers.BatchNorm, use_running_average=not train, dtype=self.dtype)
         return conv, norm
 
+    def shortcut(self, x: jnp.ndarray, conv, norm) -> jnp.ndarray:
+        """Identity, or 1x1 conv + BN when the shape changes.
+
+        Named `shortcut.{0,1}` (pytorch-cifar) or `downsample.{0,1}` (torchvision)
+        in this block's scope, beside `conv1`/`bn1` (PyTorch's state_dict keys).
+        """
+        out_channels = self.expansion * self.planes
+        if self.stride == 1 and x.shape[-1] == out_channels:
+            return x
+        prefix = "downsample" if self.layout == "torchvision" else "shortcut"
+        x = conv(out_channels, (1, 1), strides=self.stride, name=f"{prefix}.0")(x)
+        return norm(name=f"{prefix}.1")(x)
+
 
 class BasicBlock(_Block):
     """Two 3x3 convs (ResNet-18/34). `[N, H, W, Cin] -> [N, H/s, W/s, planes]`."""
@@ -56,7 +70,7 @@ class BasicBlock(_Block):
         out = nn.relu(norm(name="bn1")(out))
         out = conv(self.planes, (3, 3), padding=1, name="conv2")(out)
         out = norm(name="bn2")(out)
-        return nn.relu(out + _shortcut(self, x, conv, norm))
+        return nn.relu(out + self.shortcut(x, conv, norm))
 
 
 class Bottleneck(_Block):
@@ -71,20 +85,7 @@ class Bottleneck(_Block):
         out = conv(self.planes, (3, 3), strides=self.stride, padding=1, name="conv2")(out)
         out = nn.relu(norm(name="bn2")(out))
         out = norm(name="bn3")(conv(self.expansion * self.planes, (1, 1), name="conv3")(out))
-        return nn.relu(out + _shortcut(self, x, conv, norm))
-
-
-def _shortcut(block: _Block, x: jnp.ndarray, conv, norm) -> jnp.ndarray:
-    """Identity, or 1x1 conv + BN when the shape changes.
-
-    Named `shortcut.{0,1}` (pytorch-cifar) or `downsample.{0,1}` (torchvision).
-    """
-    out_channels = block.expansion * block.planes
-    if block.stride == 1 and x.shape[-1] == out_channels:
-        return x
-    prefix = "downsample" if block.layout == "torchvision" else "shortcut"
-    x = conv(out_channels, (1, 1), strides=block.stride, name=f"{prefix}.0")(x)
-    return norm(name=f"{prefix}.1")(x)
+        return nn.relu(out + self.shortcut(x, conv, norm))
 
 
 class ResNet(nn.Module):
@@ -113,11 +114,16 @@ class ResNet(nn.Module):
     def input_shape(self) -> tuple[int, ...]:
         return (self.image_size, self.image_size, self.in_channels)
 
+    @property
+    def input_spec(self) -> tuple[int | None, ...]:
+        """The input contract (per example, `None`: any size): any height and width, `in_channels` channels."""
+        return (None, None, self.in_channels)
+
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         if self.layout not in LAYOUTS:
             raise ValueError(f"{self.name_for_errors}: unknown layout {self.layout!r}; choose one of {LAYOUTS}")
-        layers.check_input(x, self.name_for_errors, (None, None, self.in_channels))
+        layers.check_input(x, self.name_for_errors, self.input_spec)
         x = x.astype(self.dtype)
         torchvision = self.layout == "torchvision"
         widths = [layers.divide_width(w, self.width_divisor, self.name_for_errors) for w in (64, 128, 256, 512)]
@@ -134,8 +140,8 @@ class ResNet(nn.Module):
                 stride = 2 if stage > 0 and j == 0 else 1
                 x = self.block_cls(planes, stride, dtype=self.dtype, layout=self.layout,
                                    name=f"layer{stage + 1}.{j}")(x, train)
-        # Global average pool: pytorch-cifar's avg_pool2d(4) on the 4x4 map of a
-        # 32x32 input, torchvision's AdaptiveAvgPool2d(1) at any size.
+        # Global average pool at any input size (AdaptiveAvgPool2d(1)); at 32x32 it is
+        # pytorch-cifar's avg_pool2d(4) over the final 4x4 map.
         x = jnp.mean(x, axis=(1, 2))
         x = layers.Dense(self.num_classes, dtype=self.dtype, name="fc" if torchvision else "linear")(x)
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # float32 logits, float64 kept

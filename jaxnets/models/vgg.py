@@ -55,17 +55,18 @@ class VGG(nn.Module):
         return (self.image_size, self.image_size, self.in_channels)
 
     @property
-    def torch_flatten(self) -> tuple[str, int] | None:
-        return ("classifier.0", 512 // self.width_divisor) if self.head == "imagenet" else None
+    def input_spec(self) -> tuple[int | None, ...]:
+        """The input contract (per example, `None`: any size): the CIFAR head's Linear(512) only fits the 1x1
+        map of a 32x32 input; the ImageNet head pools adaptively, so any size."""
+        spatial = self.image_size if self.head == "cifar" else None
+        return (spatial, spatial, self.in_channels)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         name = self.config + ("_bn" if self.batch_norm else "")
         if self.head not in HEADS:
             raise ValueError(f"{name}: unknown head {self.head!r}; choose one of {HEADS}")
-        # The CIFAR head's Linear(512) only fits a 1x1 map: 32x32 inputs.
-        spatial = self.image_size if self.head == "cifar" else None
-        layers.check_input(x, name, (spatial, spatial, self.in_channels))
+        layers.check_input(x, name, self.input_spec)
         x = x.astype(self.dtype)
         if self.head == "imagenet":  # torchvision.models.VGG._initialize_weights
             conv = functools.partial(layers.Conv, kernel_init=layers.torchvision_conv_init, bias_init=nn.initializers.zeros)

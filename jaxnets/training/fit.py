@@ -32,7 +32,7 @@ from jaxnets.training.checkpoint import (CheckpointError, Checkpoints, RunLock, 
                                          encode_kwargs, probe_writable)
 from jaxnets.training.state import TrainState
 from jaxnets.training.tensorboard import TensorBoard
-from jaxnets.training.steps import Steps, evaluate, make_steps, summarize
+from jaxnets.training.steps import MODES, Steps, evaluate, make_steps, summarize
 
 # Fields that change what training computes: they must match to resume a run. The others may change:
 # epochs (train longer), eval_batch_size and mode (the same numbers, up to float reordering), keep, and
@@ -46,34 +46,66 @@ class NonFiniteLoss(FloatingPointError):
     """The training loss, the held-out loss or the weights became NaN or infinite."""
 
 
+def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: Callable[[], Any] | None = None,
+           default_factory: Any = dataclasses.MISSING) -> Any:
+    """A `TrainConfig` field that is also a `jaxnets-train` flag: its default, help text and choices in one place.
+
+    Args:
+      default: the field's default (what the CLI uses when the flag is absent).
+      help: the flag's help; the CLI appends the default (read from here).
+      choices: a zero-argument callable returning the allowed values (called when
+        the parser is built, so catalog entries registered later show up).
+      default_factory: as `dataclasses.field`.
+
+    A field made with `dataclasses.field` (no help) gets no flag (e.g. `model_kwargs`).
+    """
+    metadata = {"help": help, "choices": choices}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _normalize_choices():
+    return data.Preprocess.NORMALIZE
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything that defines a training run; stored with every checkpoint."""
+    """Everything that defines a training run; stored with every checkpoint.
 
-    model: str = "lenet"
-    model_kwargs: dict = dataclasses.field(default_factory=dict)
-    dataset: str = "digits"
-    source: str = "auto"
-    data_dir: str | None = None
-    split: str = "train"  # the split to train on; its held-out part comes from val_fraction
-    epochs: int = 5
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    loss: str = "cross_entropy"
-    label_smoothing: float = 0.0
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    warmup_epochs: float = 0.0
-    val_fraction: float = 0.2
-    augment: bool = False
-    normalize: str = "dataset"
-    mode: str = "jit"
-    seed: int = 0
-    keep: int = 3
+    The defaults are the default run, the same as `jaxnets-train` with no
+    flags: LeNet on the embedded digits (no download), Adam 3e-3 with a cosine
+    schedule, batch 64, 15 epochs. Presets (`jaxnets.training.presets`) are
+    overrides of these fields. Each field made with `option` is also a CLI flag
+    (`--field-name`), its help and default read from here.
+    """
+
+    model: str = option("lenet", "model name", choices=lambda: models.available())
+    model_kwargs: dict = dataclasses.field(default_factory=dict)  # more models.create arguments (Python only)
+    dataset: str = option("digits", "data set ('digits' is embedded: no download)", choices=lambda: data.available())
+    source: str = option("auto", "where data comes from", choices=lambda: data.SOURCES)
+    data_dir: str | None = option(None, "folder with the data files (or tfds data_dir)")
+    split: str = option("train", "split to train on; the held-out part is cut from it", choices=lambda: data.SPLITS)
+    epochs: int = option(15, "epochs to train")
+    batch_size: int = option(64, "training batch size")
+    eval_batch_size: int = option(256, "evaluation batch size")
+    loss: str = dataclasses.field(default="cross_entropy")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
+    optimizer: str = option("adam", "optimizer", choices=lambda: optimizers.OPTIMIZERS)
+    lr: float = option(3e-3, "peak learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    nesterov: bool = option(False, "Nesterov momentum (SGD)")
+    weight_decay: float = option(0.0, "weight decay (torch.optim semantics: added to the gradient; AdamW decouples)")
+    schedule: str = option("cosine", "learning-rate schedule, stepped per iteration",
+                           choices=lambda: optimizers.SCHEDULES)
+    warmup_epochs: float = option(0.0, "linear warm-up, in epochs")
+    val_fraction: float = option(0.2, "held-out fraction of the split")
+    augment: bool = option(False, "random crop (pad 4) + horizontal flip")
+    normalize: str = option("dataset", "per-dataset mean/std ('dataset'), the texts' Normalize((0.5,), (0.5,)) "
+                            "('half'), or none", choices=_normalize_choices)
+    mode: str = option("jit", "jit (static graph) or eager (op by op)", choices=lambda: MODES)
+    seed: int = option(0, "seed of the weights, the data order, the held-out cut and dropout")
+    keep: int = option(3, "checkpoints to keep besides the best")
 
     def check(self) -> None:
         """Refuse values that make no sense.
@@ -81,15 +113,8 @@ class TrainConfig:
         Raises:
           ValueError: naming the field, e.g. "weight_decay must be >= 0 (got -5.0)".
         """
-        for name, (low, high, low_open, high_open) in _RANGES.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number (got {value!r})")
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be finite (got {value})")
-            if (value <= low if low_open else value < low) or (high is not None and (value >= high if high_open
-                                                                                    else value > high)):
-                raise ValueError(f"{name} must be {_describe_range(low, high, low_open, high_open)} (got {value})")
+        for name in _RANGES:
+            check_field(name, getattr(self, name))
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -98,6 +123,8 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, values: dict) -> "TrainConfig":
+        """A config saved by `to_json`, by this or an older version (fields it lacks take today's defaults;
+        old checkpoints store every field they had, so their runs resume as they were)."""
         values = {k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(cls)}}
         values["model_kwargs"] = decode_kwargs(values.get("model_kwargs", {}))
         return cls(**values)
@@ -113,10 +140,28 @@ _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
 }
 
 
+def check_field(name: str, value: Any) -> None:
+    """Refuse a value of numeric field `name` outside its range (no-op for other fields).
+
+    Raises:
+      ValueError: "NAME must be ... (got VALUE)".
+    """
+    if name not in _RANGES:
+        return
+    low, high, low_open, high_open = _RANGES[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number (got {value!r})")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite (got {value})")
+    if (value <= low if low_open else value < low) or (high is not None and (value >= high if high_open
+                                                                            else value > high)):
+        raise ValueError(f"{name} must be {_describe_range(low, high, low_open, high_open)} (got {value})")
+
+
 def _describe_range(low, high, low_open, high_open) -> str:
     if high is None:
-        return f"> {low}" if low_open else f">= {low}"
-    return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        return f"> {low:g}" if low_open else f">= {low:g}"
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
 class Splits(NamedTuple):
@@ -130,6 +175,7 @@ class FitResult(NamedTuple):
     history: list[dict]
     model: Any
     steps: Steps
+    config: TrainConfig | None = None  # the resolved config the run trained with (what its checkpoints store)
 
 
 def load_splits(config: TrainConfig, log: Callable[[str], None] = print) -> Splits:
@@ -151,24 +197,32 @@ def load_splits(config: TrainConfig, log: Callable[[str], None] = print) -> Spli
     return Splits(train, val, test)
 
 
-def _model_kwargs(config: TrainConfig, train: data.Dataset) -> dict:
-    kwargs = dict(config.model_kwargs)
-    builder = models.create(config.model)
-    if isinstance(builder, models.MLP):
-        kwargs.setdefault("input_dim", int(np.prod(train.image_shape)))
-        kwargs.setdefault("output_dim", train.num_classes)
-    else:
-        kwargs.setdefault("num_classes", train.num_classes)
-    return kwargs
+def resolve(config: TrainConfig, train: data.Dataset) -> TrainConfig:
+    """The run's config with what the catalogs decide from the data filled in, checked against the model's input.
+
+    The model catalog says which `models.create` arguments follow from a data
+    set (the class count; the MLP's input and output size); explicit
+    `config.model_kwargs` win (aliases such as the MLP's `num_classes` count
+    as the field they stand for). The caller's config is not changed: the new
+    one is what `fit` trains with, returns (`FitResult.config`) and stores
+    with every checkpoint.
+
+    Raises:
+      ValueError: unknown model or argument, or the data's images do not fit
+        the model's input contract (named, with both shapes).
+    """
+    entry = models.catalog.get(config.model)
+    kwargs = {**entry.arguments(train.image_shape, train.num_classes), **entry.canonical_kwargs(config.model_kwargs)}
+    mismatch = entry.data_mismatch(entry.create(**kwargs), train.image_shape)
+    if mismatch:
+        raise ValueError(f"{mismatch}, but {config.dataset} has {tuple(train.image_shape)}; "
+                         "choose a model for this data set")
+    return dataclasses.replace(config, model_kwargs=kwargs)
 
 
 def build(config: TrainConfig, train: data.Dataset, steps_per_epoch: int):
-    """The model, optimizer and fresh TrainState of a run (all seeded by `config.seed`)."""
+    """The model, optimizer and fresh TrainState of a resolved run (all seeded by `config.seed`)."""
     model = models.create(config.model, **config.model_kwargs)
-    want, got = tuple(model.input_shape), tuple(train.image_shape)
-    if not isinstance(model, models.MLP) and (got[-1] != want[-1] or (_fixed_size(model) and got != want)):
-        raise ValueError(f"{config.model} expects images of shape {want}, but {config.dataset} has {got}; "
-                         "choose a model for this data set")
     tx = optimizers.create(config.optimizer, learning_rate_schedule(config, steps_per_epoch),
                            momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
     return model, TrainState.create(model, tx, seed=config.seed)
@@ -181,8 +235,6 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
                                     warmup_steps=int(config.warmup_epochs * steps_per_epoch))
 
 
-def _fixed_size(model) -> bool:
-    return isinstance(model, models.LeNet) or (isinstance(model, models.VGG) and model.head == "cifar")
 
 
 def _format_epoch(h: dict, epochs: int) -> str:
@@ -299,7 +351,8 @@ def fit(
         `workdir/tensorboard` (see `jaxnets.training.tensorboard`).
 
     Returns:
-      FitResult(state, history, model, steps): history holds one dict per
+      FitResult(state, history, model, steps, config): `config` is the resolved
+      one (`resolve`: model arguments from the data), as stored; history holds one dict per
       epoch (epoch, train_loss, train_acc, val_loss, val_acc, test_acc, lr
       (the learning rate of the epoch's last step), seconds, images_per_second).
 
@@ -352,7 +405,7 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
             # Refuse a changed config before spending time on data; model_kwargs can be completed only with data.
             _check_resume_config(checkpoints.read_meta(), config, [f for f in RESUME_MUST_MATCH if f != "model_kwargs"])
         splits = splits or load_splits(config, log)
-        config = dataclasses.replace(config, model_kwargs=_model_kwargs(config, splits.train))
+        config = resolve(config, splits.train)  # from here on, the run's config: catalogs resolved once
         preprocess = data.Preprocess.for_dataset(config.dataset, splits.train.images, config.normalize, config.augment)
         train_loader = data.Loader(splits.train.images, splits.train.labels, config.batch_size, preprocess=preprocess,
                                    train=True, seed=config.seed)
@@ -399,7 +452,7 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
             board.close()
         if checkpoints is not None:
             checkpoints.close()
-    return FitResult(state, history, model, steps)
+    return FitResult(state, history, model, steps, config)
 
 
 def _resume(checkpoints: Checkpoints, config: TrainConfig, fresh: TrainState, fingerprint: str, log) -> tuple:

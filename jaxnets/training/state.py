@@ -24,7 +24,7 @@ class TrainState(flax.struct.PyTreeNode):
     params: Any
     batch_stats: Any  # {} for models without BatchNorm
     opt_state: optax.OptState
-    key: jax.Array  # [2] uint32 raw PRNG key; dropout uses fold_in(key, step)
+    key: jax.Array  # [] typed PRNG key (jax.random.key); dropout uses fold_in(key, step)
     apply_fn: Any = flax.struct.field(pytree_node=False)
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
@@ -36,7 +36,7 @@ class TrainState(flax.struct.PyTreeNode):
         `seed` gives both the initial weights (when `variables` is None) and the
         dropout key stream, so a run is reproducible from the seed alone.
         """
-        init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+        init_key, dropout_key = jax.random.split(jax.random.key(seed))
         if variables is None:
             variables = models.init(model, init_key)
         params = jax.tree.map(jnp.asarray, variables["params"])
@@ -50,10 +50,18 @@ class TrainState(flax.struct.PyTreeNode):
         return {"params": self.params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
 
     def arrays(self) -> dict:
-        """The array fields as a plain dict (what checkpoints store)."""
+        """The array fields as a plain dict of numeric arrays: what checkpoints store and checksum.
+
+        The typed key is stored as its raw data (`jax.random.key_data`: `[2]`
+        uint32 for the default threefry), which is also how checkpoints written
+        before keys were typed hold it, so those still restore.
+        """
         return {"step": self.step, "params": self.params, "batch_stats": self.batch_stats,
-                "opt_state": self.opt_state, "key": self.key}
+                "opt_state": self.opt_state, "key": jax.random.key_data(self.key)}
 
     def replace_arrays(self, arrays: dict) -> "TrainState":
-        """This state with its array fields taken from `arrays` (a restored checkpoint)."""
-        return self.replace(**arrays)
+        """This state with its array fields taken from `arrays` (the inverse of `arrays()`: a restored checkpoint).
+
+        The raw key data is wrapped back into a typed key (`jax.random.wrap_key_data`).
+        """
+        return self.replace(**{**arrays, "key": jax.random.wrap_key_data(arrays["key"])})

@@ -1,0 +1,133 @@
+"""`jaxnets-train`: train a model end to end, eager or jit, with checkpoints and resume.
+
+With no arguments it trains LeNet on the embedded digits (no download) and
+prints a final test accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from jaxnets import data
+from jaxnets.training import CheckpointError, NonFiniteLoss, TrainConfig, fit
+from jaxnets.training.fit import check_field
+from jaxnets.training.presets import PRESETS, preset
+
+_TYPES = {"int": int, "float": float, "bool": bool}
+
+
+def _field_type(field: dataclasses.Field) -> type:
+    """int, float, bool or str, from the field's annotation (a string under `from __future__ import annotations`)."""
+    return _TYPES.get(str(field.type), str)
+
+
+def _value_parser(field: dataclasses.Field):
+    """text -> value of `field`, refusing what `TrainConfig.check` would refuse (so the error names the flag)."""
+    kind = _field_type(field)
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        try:
+            check_field(field.name, value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+def config_flags(p: argparse.ArgumentParser) -> None:
+    """One `--field-name` flag per `TrainConfig` field made with `fit.option`: help, default and choices from there.
+
+    Unset flags stay absent (`argparse.SUPPRESS`), so a preset and then the
+    field's default fill them.
+    """
+    group = p.add_argument_group("run (TrainConfig fields; a preset and then these override the defaults)")
+    for field in dataclasses.fields(TrainConfig):
+        help_text = field.metadata.get("help")
+        if not help_text:
+            continue  # not a flag (e.g. model_kwargs)
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default
+        shown = f"{help_text} (default {default})" if default is not None else help_text
+        kind = _field_type(field)
+        choices = field.metadata.get("choices")
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=shown)
+        elif choices is not None:
+            group.add_argument(flag, choices=list(choices()), default=argparse.SUPPRESS, help=shown)
+        elif kind is str:
+            group.add_argument(flag, default=argparse.SUPPRESS, help=shown)
+        else:
+            group.add_argument(flag, type=_value_parser(field), default=argparse.SUPPRESS, help=shown)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jaxnets-train",
+        description="Train a jaxnets model end to end (defaults: LeNet on the embedded digits, no download).",
+        epilog="presets: " + ", ".join(PRESETS) + ". Explicit flags override the preset.\n\ndata sets:\n"
+               + "\n".join(f"  {e.name:<14} {e.description}" for e in data.catalog.entries()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default=argparse.SUPPRESS, help="a recipe from the texts")
+    config_flags(p)
+    p.add_argument("--workdir", default=None, help="checkpoints, history.json, curves.png (default runs/MODEL-DATASET)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --workdir")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="do not write TensorBoard logs (default: WORKDIR/tensorboard; view with "
+                        "`tensorboard --logdir WORKDIR`)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig's defaults, then the preset, then explicit flags."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return preset(getattr(args, "preset", None), **{k: v for k, v in vars(args).items() if k in fields})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status (0 done, 1 an expected failure in one line, 130 interrupted)."""
+    p = parser()
+    args = p.parse_args(argv)
+    config = config_from_args(args)
+    try:
+        config.check()  # the library's ranges; the flags' own types refuse most values earlier
+    except ValueError as err:
+        field = str(err).split()[0]
+        p.error(f"argument --{field.replace('_', '-')}: {err}")
+    workdir = Path(args.workdir or f"runs/{config.model}-{config.dataset}")
+    print(f"jaxnets-train: {config.model} on {config.dataset} ({config.mode}), {config.epochs} epochs, "
+          f"{config.optimizer} lr {config.lr}, batch {config.batch_size} -> {workdir}", flush=True)
+    try:
+        result = fit(config, workdir=workdir, resume=args.resume, progress=False if args.no_progress else None,
+                     tensorboard=not args.no_tensorboard)
+    except (data.DataError, CheckpointError, NonFiniteLoss, FileExistsError, ValueError, OSError) as err:
+        print(f"jaxnets-train: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"jaxnets-train: interrupted; finished epochs are saved in {workdir}: continue with --resume",
+              file=sys.stderr)
+        return 130
+    if not result.history:
+        print(f"nothing to do: {workdir} already holds all {config.epochs} epochs")
+        return 0
+    last = result.history[-1]
+    if last.get("test_acc") is not None:
+        print(f"final test accuracy: {last['test_acc']:.2%}")
+    if last.get("val_acc") is not None:
+        print(f"final held-out accuracy: {last['val_acc']:.2%}")
+    print(f"history: {workdir / 'history.json'}, curves: {workdir / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
