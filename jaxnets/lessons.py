@@ -136,10 +136,11 @@ def eager_jit_scan(model_name: str = "lenet", *, examples: int = 256, batch_size
     images, labels = train.images[:examples], train.labels[:examples]
     preprocess = data.Preprocess.for_dataset("digits", images, augment=True)
     loader = data.Loader(images, labels, batch_size, preprocess=preprocess, train=True, seed=seed)
-    model = models.create(model_name, **model_kwargs)
+    initial = TrainState.create(models.create(model_name, **model_kwargs), optimizers.sgd(0.05, momentum=0.9),
+                                seed=seed)
     runs = {}
     for mode in modes:
-        state = TrainState.create(model, optimizers.sgd(0.05, momentum=0.9), seed=seed)
+        state = jax.tree.map(jnp.copy, initial)  # each mode its own buffers: jit and scan donate theirs
         steps, losses, seconds = make_steps(mode=mode), [], []
         for epoch in range(epochs):
             start = time.perf_counter()
