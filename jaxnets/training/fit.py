@@ -528,6 +528,7 @@ def _run_epoch(state, steps: Steps, loader: data.Loader, eval_loaders: dict, epo
     with bar:
         if steps.mode == "scan":  # one compiled program for the whole epoch: the bar moves once
             state, stacked = steps.train_epoch(state, loader, epoch)
+            stacked = jax.device_get(stacked)  # [S] per step: one host sync per epoch
             totals = reduce_steps(stacked)
             losses = stacked["loss_sum"] / np.maximum(stacked["count"], 1.0)
             bad = np.flatnonzero(~np.isfinite(np.asarray(losses)))
