@@ -6,6 +6,7 @@ the lessons can't silently drift.
 
 from __future__ import annotations
 
+import time
 from typing import Any, NamedTuple
 
 import jax
@@ -13,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxnets import data
-from jaxnets.training import TrainState, make_train_step
+from jaxnets import data, models
+from jaxnets.training import TrainState, make_steps, make_train_step, optimizers
 
 
 def z_of(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -109,3 +110,43 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     matrix = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
     return matrix
+
+
+class ModeRun(NamedTuple):
+    losses: np.ndarray  # [epochs * steps] mean training loss of every step
+    params: Any  # the parameters after the last epoch
+    epoch_seconds: list[float]  # wall time of each epoch (the first includes compiling)
+
+
+def eager_jit_scan(model_name: str = "lenet", *, examples: int = 256, batch_size: int = 32, epochs: int = 2,
+                   modes: tuple[str, ...] = ("eager", "jit", "scan"), seed: int = 0,
+                   **model_kwargs) -> dict[str, ModeRun]:
+    """One training run, three ways: op by op, one program per step, one program per epoch.
+
+    `model_name` trains on the first `examples` embedded digits (augmented:
+    crop + flip) with SGD from the same seed in each mode, through
+    `make_steps(mode).train_epoch`: the same batches, augmentations and
+    dropout keys in every mode, so the losses agree (up to float reordering)
+    and only the time differs.
+
+    Returns:
+      `{mode: ModeRun(losses, params, epoch_seconds)}`.
+    """
+    train = data.load("digits", "train")
+    images, labels = train.images[:examples], train.labels[:examples]
+    preprocess = data.Preprocess.for_dataset("digits", images, augment=True)
+    loader = data.Loader(images, labels, batch_size, preprocess=preprocess, train=True, seed=seed)
+    initial = TrainState.create(models.create(model_name, **model_kwargs), optimizers.sgd(0.05, momentum=0.9),
+                                seed=seed)
+    runs = {}
+    for mode in modes:
+        state = jax.tree.map(jnp.copy, initial)  # each mode its own buffers: jit and scan donate theirs
+        steps, losses, seconds = make_steps(mode=mode), [], []
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            state, metrics = steps.train_epoch(state, loader, epoch)
+            metrics = jax.device_get(metrics)  # waits for the epoch to finish
+            seconds.append(time.perf_counter() - start)
+            losses.append(metrics["loss_sum"] / np.maximum(metrics["count"], 1.0))
+        runs[mode] = ModeRun(np.concatenate(losses), jax.device_get(state.params), seconds)
+    return runs

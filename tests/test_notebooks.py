@@ -16,7 +16,7 @@ FIGURES = {
     "02_linear_regression.ipynb": ["02_linear_regression.png", "02_curve_fit.png", "02_classifier.png"],
     "03_mnist_lenet.ipynb": ["runs/03-lenet/curves.png", "03_confusion.png", "03_misclassified.png"],
     "04_cifar_resnet_vgg.ipynb": ["04_augment.png", "04_resnet18_curves.png", "04_vgg16_bn_curves.png"],
-    "05_eager_vs_jit.ipynb": ["05_speed.png", "05_compile_vs_step.png"],
+    "05_eager_vs_jit.ipynb": ["05_three_views.png", "05_speed.png", "05_compile_vs_step.png"],
     "06_checkpoints_and_pytorch.ipynb": ["06_resume.png"],
 }
 

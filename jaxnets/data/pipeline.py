@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 from collections.abc import Iterator
 from typing import ClassVar, NamedTuple
 
@@ -104,10 +103,18 @@ def preprocess(key: jax.Array, images: jax.Array, config: Preprocess, train: boo
     return (x - mean.reshape(1, 1, 1, channels)) / std.reshape(1, 1, 1, channels)
 
 
-@functools.partial(backend.jit, static_argnames=("config", "train"))
-def _prepare(key, epoch, step, images, labels, mask, config: Preprocess, train: bool) -> Batch:
+def prepare(key, epoch, step, images, labels, mask, config: Preprocess, train: bool) -> Batch:
+    """uint8 batch -> `Batch`, augmented with the key `fold_in(fold_in(key, epoch), step)`.
+
+    The one rule for a batch's augmentation key: the Loader runs it jitted per
+    batch, and `jaxnets.training.steps.scan_epoch` inside its scan, so both
+    see the same crops and flips.
+    """
     key = jax.random.fold_in(jax.random.fold_in(key, epoch), step)
     return Batch(preprocess(key, images, config, train), labels, mask)
+
+
+_prepare = backend.jit(prepare, static_argnames=("config", "train"))
 
 
 class Loader:
@@ -157,15 +164,26 @@ class Loader:
         n = len(self.images)
         return np.random.default_rng([self.seed, epoch]).permutation(n) if self.train else np.arange(n)
 
-    def _host_batches(self, epoch: int):
+    @property
+    def key(self) -> jax.Array:
+        """The typed PRNG key (from `seed`) that augmentation keys are folded from."""
+        return self._key
+
+    def indices(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """`(index [S, B] int, mask [S, B] bool)`: which examples each batch of epoch `epoch` holds.
+
+        Evaluation loaders pad the last batch with example 0, masked False.
+        """
         order = self.order(epoch)
+        size = len(self) * self.batch_size
+        mask = np.arange(size) < len(order)
+        index = np.concatenate([order, np.zeros(max(size - len(order), 0), order.dtype)])[:size]
+        return index.reshape(len(self), self.batch_size), mask.reshape(len(self), self.batch_size)
+
+    def _host_batches(self, epoch: int):
+        index, mask = self.indices(epoch)
         for step in range(len(self)):
-            index = order[step * self.batch_size:(step + 1) * self.batch_size]
-            mask = np.ones(self.batch_size, bool)
-            if len(index) < self.batch_size:  # eval only: pad to a full batch
-                mask[len(index):] = False
-                index = np.concatenate([index, np.zeros(self.batch_size - len(index), index.dtype)])
-            yield step, self.images[index], self.labels[index], mask
+            yield step, self.images[index[step]], self.labels[index[step]], mask[step]
 
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         """The batches of epoch `epoch` (deterministic in seed and epoch)."""

@@ -1,14 +1,16 @@
-"""Training: TrainState, pure train/eval steps (eager or jit), optax, orbax, `fit`."""
+"""Training: TrainState, pure train/eval steps (eager, jit or scan), optax, orbax, `fit`."""
 
-from jaxnets.training import losses, optimizers
+from jaxnets.training import losses, optimizers, precision
 from jaxnets.training.checkpoint import (CheckpointError, Checkpoints, RunLock, RunLocked, WorkdirNotWritable,
                                          load_model, save_model)
 from jaxnets.training.fit import FitResult, NonFiniteLoss, Splits, TrainConfig, fit, load_splits, plot_history
 from jaxnets.training.state import TrainState
-from jaxnets.training.steps import MODES, Steps, evaluate, make_eval_step, make_steps, make_train_step, predict, summarize
+from jaxnets.training.steps import (MODES, Steps, eval_step, evaluate, make_eval_step, make_steps, make_train_step,
+                                    predict, scan_epoch, summarize, train_step)
 
 __all__ = [
     "CheckpointError", "Checkpoints", "RunLock", "RunLocked", "WorkdirNotWritable", "FitResult", "MODES", "NonFiniteLoss", "Splits", "Steps", "TrainConfig",
-    "TrainState", "evaluate", "fit", "load_model", "load_splits", "losses", "make_eval_step", "make_steps",
-    "make_train_step", "optimizers", "plot_history", "predict", "save_model", "summarize",
+    "TrainState", "eval_step", "evaluate", "fit", "load_model", "load_splits", "losses", "make_eval_step",
+    "make_steps", "make_train_step", "optimizers", "plot_history", "precision", "predict", "save_model",
+    "scan_epoch", "summarize", "train_step",
 ]

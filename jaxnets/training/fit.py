@@ -27,19 +27,20 @@ from jaxnets import data, models
 from jaxnets.report import json_safe as _json_safe
 from jaxnets.report import plot_history
 from jaxnets.report import write_json as _write_json
-from jaxnets.training import optimizers
+from jaxnets.training import optimizers, precision
 from jaxnets.training.checkpoint import (CheckpointError, Checkpoints, RunLock, WorkdirNotWritable, decode_kwargs,
                                          encode_kwargs, probe_writable)
 from jaxnets.training.state import TrainState
 from jaxnets.training.tensorboard import TensorBoard
-from jaxnets.training.steps import MODES, Steps, evaluate, make_steps, summarize
+from jaxnets.training.steps import MODES, Steps, evaluate, make_steps, merge, reduce_steps, summarize
 
 # Fields that change what training computes: they must match to resume a run. The others may change:
-# epochs (train longer), eval_batch_size and mode (the same numbers, up to float reordering), keep, and
-# source / data_dir (the training data itself is compared, by fingerprint).
+# epochs (train longer), eval_batch_size, mode and accumulate (the same numbers, up to float reordering; with
+# BatchNorm, accumulate changes the batches normalised together), keep, and source / data_dir (the training data
+# itself is compared, by fingerprint).
 RESUME_MUST_MATCH = ("model", "model_kwargs", "dataset", "split", "val_fraction", "seed", "batch_size", "augment",
                      "normalize", "loss", "label_smoothing", "optimizer", "lr", "momentum", "nesterov",
-                     "weight_decay", "schedule", "warmup_epochs")
+                     "weight_decay", "schedule", "warmup_epochs", "dtype")
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -103,7 +104,11 @@ class TrainConfig:
     augment: bool = option(False, "random crop (pad 4) + horizontal flip")
     normalize: str = option("dataset", "per-dataset mean/std ('dataset'), the texts' Normalize((0.5,), (0.5,)) "
                             "('half'), or none", choices=_normalize_choices)
-    mode: str = option("jit", "jit (static graph) or eager (op by op)", choices=lambda: MODES)
+    mode: str = option("jit", "jit (static graph, one program per step), eager (op by op) or scan (one program "
+                       "per epoch)", choices=lambda: MODES)
+    dtype: str = option("float32", "compute dtype; parameters, BatchNorm statistics and the loss stay float32 "
+                        "(float16 adds dynamic loss scaling)", choices=lambda: precision.DTYPES)
+    accumulate: int = option(1, "micro-batches per optimizer step (batch-size must be a multiple)")
     seed: int = option(0, "seed of the weights, the data order, the held-out cut and dropout")
     keep: int = option(3, "checkpoints to keep besides the best")
 
@@ -115,6 +120,13 @@ class TrainConfig:
         """
         for name in _RANGES:
             check_field(name, getattr(self, name))
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES} (got {self.mode!r})")
+        if self.dtype not in precision.DTYPES:
+            raise ValueError(f"dtype must be one of {precision.DTYPES} (got {self.dtype!r})")
+        if self.batch_size % self.accumulate:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of accumulate ({self.accumulate}): "
+                             "each optimizer step splits its batch into accumulate equal micro-batches")
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -133,7 +145,7 @@ class TrainConfig:
 # field -> (low, high, low excluded, high excluded); high None: unbounded.
 _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "epochs": (1, None, False, False), "batch_size": (1, None, False, False),
-    "eval_batch_size": (1, None, False, False), "keep": (1, None, False, False),
+    "eval_batch_size": (1, None, False, False), "keep": (1, None, False, False), "accumulate": (1, None, False, False),
     "lr": (0.0, None, True, False), "momentum": (0.0, 1.0, False, True), "weight_decay": (0.0, None, False, False),
     "warmup_epochs": (0.0, None, False, False), "label_smoothing": (0.0, 1.0, False, True),
     "val_fraction": (0.0, 1.0, False, True),
@@ -222,9 +234,13 @@ def resolve(config: TrainConfig, train: data.Dataset) -> TrainConfig:
 
 def build(config: TrainConfig, train: data.Dataset, steps_per_epoch: int):
     """The model, optimizer and fresh TrainState of a resolved run (all seeded by `config.seed`)."""
-    model = models.create(config.model, **config.model_kwargs)
+    if "dtype" in config.model_kwargs:
+        raise ValueError("set the compute dtype with TrainConfig.dtype (--dtype), not model_kwargs['dtype']")
+    model = models.create(config.model, dtype=precision.compute_dtype(config.dtype), **config.model_kwargs)
     tx = optimizers.create(config.optimizer, learning_rate_schedule(config, steps_per_epoch),
                            momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
+    if precision.needs_loss_scaling(config.dtype):
+        tx = precision.dynamic_loss_scale(tx)
     return model, TrainState.create(model, tx, seed=config.seed)
 
 
@@ -354,7 +370,11 @@ def fit(
       FitResult(state, history, model, steps, config): `config` is the resolved
       one (`resolve`: model arguments from the data), as stored; history holds one dict per
       epoch (epoch, train_loss, train_acc, val_loss, val_acc, test_acc, lr
-      (the learning rate of the epoch's last step), seconds, images_per_second).
+      (the train step's `lr` metric: the learning rate of the epoch's last
+      step), seconds, images_per_second; for classification also val_top5 and
+      test_top5 when those splits exist; with dtype='float16' also
+      skipped_steps (steps whose gradients overflowed, update skipped) and
+      loss_scale (the dynamic loss scale at the epoch's end)).
 
     Raises:
       ValueError: a config value that makes no sense (named), or resume without a workdir.
@@ -414,7 +434,8 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
             for name, ds in (("val", splits.val), ("test", splits.test)) if ds is not None and len(ds)
         }
         model, state = build(config, splits.train, len(train_loader))
-        steps = make_steps(config.loss, config.mode, config.label_smoothing)
+        steps = make_steps(config.loss, config.mode, config.label_smoothing, accumulate=config.accumulate,
+                           learning_rate=learning_rate_schedule(config, len(train_loader)))
         fingerprint = data_fingerprint(splits.train) if checkpoints is not None else None
 
         history, start_epoch, best_val, best_epoch = [], 0, -math.inf, None
@@ -428,11 +449,9 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
             log(f"note: nothing to resume in {workdir}; starting a new run")
         if tensorboard and workdir is not None:  # a resumed run purges what a killed one logged past start_epoch
             board = TensorBoard(workdir / "tensorboard", config.to_json(), start_epoch=start_epoch)
-        schedule = learning_rate_schedule(config, len(train_loader))
 
         for epoch in range(start_epoch, config.epochs):
             state, record = _run_epoch(state, steps, train_loader, eval_loader, epoch, config, checkpoints, progress)
-            record["lr"] = float(schedule(int(state.step) - 1))  # the rate the epoch's last step used
             arrays = jax.device_get(state.arrays())  # checked and saved from one host copy
             _check_savable(arrays, record, checkpoints)
             history.append(record)
@@ -506,26 +525,27 @@ def _repair_best(checkpoints: Checkpoints, epoch: int, best_epoch: int | None, a
 def _run_epoch(state, steps: Steps, loader: data.Loader, eval_loaders: dict, epoch: int, config: TrainConfig,
                checkpoints, progress) -> tuple[TrainState, dict]:
     start = time.perf_counter()
-    totals = None
-    update_every = max(1, len(loader) // 20)
     bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
                disable=(None if progress is None else not progress), dynamic_ncols=True)
     with bar:
-        for step, batch in enumerate(loader.epoch(epoch)):
-            state, metrics = steps.train(state, batch)
-            totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
-            bar.update(1)
-            if (step + 1) % update_every == 0:  # one host sync every few steps, not every step
-                running = summarize(totals)
-                _check_finite(running["loss"], epoch + 1, step + 1, checkpoints)
-                seen = (step + 1) * config.batch_size
-                bar.set_postfix(loss=f"{running['loss']:.4f}", acc=f"{running.get('accuracy', 0):.2%}",
-                                img_s=f"{seen / (time.perf_counter() - start):,.0f}")
+        if steps.mode == "scan":  # one compiled program for the whole epoch: the bar moves once
+            state, stacked = steps.train_epoch(state, loader, epoch)
+            stacked = jax.device_get(stacked)  # [S] per step: one host sync per epoch
+            totals = reduce_steps(stacked)
+            losses = stacked["loss_sum"] / np.maximum(stacked["count"], 1.0)
+            bad = np.flatnonzero(~np.isfinite(np.asarray(losses)))
+            if len(bad):
+                _check_finite(float(losses[bad[0]]), epoch + 1, int(bad[0]) + 1, checkpoints)
+            bar.update(len(loader))
+        else:
+            state, totals = _step_by_step(state, steps, loader, epoch, config, checkpoints, bar, start)
     train = summarize(totals)
     _check_finite(train["loss"], epoch + 1, len(loader), checkpoints)
     train_seconds = time.perf_counter() - start
     record = {"epoch": epoch + 1, "train_loss": train["loss"], "train_acc": train.get("accuracy"),
-              "val_loss": None, "val_acc": None, "test_acc": None}
+              "val_loss": None, "val_acc": None, "test_acc": None, "lr": train.get("lr")}
+    if "skipped_steps" in train:  # float16: steps whose gradients overflowed, and the loss scale reached
+        record["skipped_steps"], record["loss_scale"] = train["skipped_steps"], train["loss_scale"]
     for name, eval_loader in eval_loaders.items():
         result = evaluate(steps, state, eval_loader)
         record[f"{name}_acc"] = result.get("accuracy")
@@ -536,3 +556,21 @@ def _run_epoch(state, steps: Steps, loader: data.Loader, eval_loaders: dict, epo
     record["seconds"] = time.perf_counter() - start
     record["images_per_second"] = len(loader) * config.batch_size / train_seconds
     return state, record
+
+
+def _step_by_step(state, steps: Steps, loader: data.Loader, epoch: int, config: TrainConfig, checkpoints, bar,
+                  start: float) -> tuple[TrainState, dict]:
+    """The epoch one `steps.train` call at a time ('jit', 'eager'), the bar updated every step."""
+    totals = None
+    update_every = max(1, len(loader) // 20)
+    for step, batch in enumerate(loader.epoch(epoch)):
+        state, metrics = steps.train(state, batch)
+        totals = merge(totals, metrics)
+        bar.update(1)
+        if (step + 1) % update_every == 0:  # one host sync every few steps, not every step
+            running = summarize(totals)
+            _check_finite(running["loss"], epoch + 1, step + 1, checkpoints)
+            seen = (step + 1) * config.batch_size
+            bar.set_postfix(loss=f"{running['loss']:.4f}", acc=f"{running.get('accuracy', 0):.2%}",
+                            img_s=f"{seen / (time.perf_counter() - start):,.0f}")
+    return state, totals
