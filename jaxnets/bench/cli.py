@@ -32,7 +32,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    backend.compilation_cache_for_command(args.no_cache)
+    cache = backend.compilation_cache_for_command(args.no_cache)
+    if cache is not None:
+        print(f"compilation cache: {cache} (compile times are cache reads where it holds the program; "
+              "--no-cache for cold compiles)")
     names = [m for m in args.models.split(",") if m]
     modes = [m for m in args.modes.split(",") if m]
     bad = [m for m in names if m not in models.available()]
