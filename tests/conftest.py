@@ -12,6 +12,9 @@ import pytest
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Data caches go to a throwaway folder, never into ~/.cache or the shared data.
 os.environ.setdefault("JAXNETS_CACHE", tempfile.mkdtemp(prefix="jaxnets-cache-"))
+# The commands turn JAX's persistent compilation cache on; in tests (in-process and child processes alike) it stays
+# off, so that every test compiles as if alone. tests/test_compile_cache.py turns it on where it is tested.
+os.environ.setdefault("JAXNETS_COMPILE_CACHE", "0")
 
 SHARED_DATA = Path(os.environ.get("JAXNETS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

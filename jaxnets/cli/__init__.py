@@ -5,4 +5,5 @@
 | `jaxnets-train` | `jaxnets.cli.train` (`python -m jaxnets.cli.train`) |
 | `jaxnets-bench` | `jaxnets.cli.bench` |
 | `jaxnets-convert` | `jaxnets.cli.convert` |
+| `jaxnets-export` | `jaxnets.cli.export` |
 """

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from jaxnets import bench, models
+from jaxnets import backend, bench, models
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,6 +23,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="CIFAR-10 files for --what pipeline (default: synthetic)")
     p.add_argument("--numerics", action="store_true", help="also report eager vs jit loss/params after 3 steps")
     p.add_argument("--vary-batch", action="store_true", help="show recompilation on new batch shapes")
+    p.add_argument("--no-cache", action="store_true", help="do not use or fill the compilation cache "
+                   "(JAXNETS_COMPILE_CACHE=0 does the same); compile times are then always cold")
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--plot", default=None, help="write a bar chart here (PNG)")
     return p
@@ -30,6 +32,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    cache = backend.compilation_cache_for_command(args.no_cache)
+    if cache is not None:
+        print(f"compilation cache: {cache} (compile times are cache reads where it holds the program; "
+              "--no-cache for cold compiles)")
     names = [m for m in args.models.split(",") if m]
     modes = [m for m in args.modes.split(",") if m]
     bad = [m for m in names if m not in models.available()]

@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from jaxnets import data
+from jaxnets import backend, data
 from jaxnets.training import CheckpointError, NonFiniteLoss, TrainConfig, fit
 from jaxnets.training.fit import check_field
 from jaxnets.training.presets import PRESETS, preset
@@ -82,6 +82,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=None, help="checkpoints, history.json, curves.png (default runs/MODEL-DATASET)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --workdir")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-cache", action="store_true", help="do not use or fill the compilation cache "
+                   "($JAXNETS_CACHE/xla; JAXNETS_COMPILE_CACHE=0 does the same)")
     p.add_argument("--no-tensorboard", action="store_true",
                    help="do not write TensorBoard logs (default: WORKDIR/tensorboard; view with "
                         "`tensorboard --logdir WORKDIR`)")
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         field = str(err).split()[0]
         p.error(f"argument --{field.replace('_', '-')}: {err}")
     workdir = Path(args.workdir or f"runs/{config.model}-{config.dataset}")
+    backend.compilation_cache_for_command(args.no_cache)
     print(f"jaxnets-train: {config.model} on {config.dataset} ({config.mode}), {config.epochs} epochs, "
           f"{config.optimizer} lr {config.lr}, batch {config.batch_size} -> {workdir}", flush=True)
     try:
