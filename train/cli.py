@@ -101,7 +101,8 @@ def parser() -> argparse.ArgumentParser:
                    help="join a multi-process run (jax.distributed.initialize): every process runs this same "
                         "command; the coordinator comes from the flags below or the cluster's environment")
     p.add_argument("--coordinator-address", default=None, help="HOST:PORT of process 0 (with --distributed)")
-    p.add_argument("--num-processes", type=_positive_int, default=None, help="processes in the run (with --distributed)")
+    p.add_argument("--num-processes", type=_positive_int, default=None,
+                   help="processes in the run (with --distributed)")
     p.add_argument("--process-id", type=int, default=None, help="this process's index, 0 first (with --distributed)")
     return p
 

@@ -128,7 +128,7 @@ def check_batch_divides(batch_size: int, sharding: jax.sharding.Sharding, what: 
         lower, upper = batch_size // shards * shards, (batch_size // shards + 1) * shards
         nearest = f"{lower} or {upper}" if lower else f"{upper}"
         raise ValueError(f"{what} {batch_size} does not divide over {shards} devices (each device takes an equal "
-                         f"slice of every global batch): use a multiple of {shards}, e.g. {nearest}")
+                         f"slice of every global batch): use a multiple of {shards}, e.g. {nearest}, or fewer devices")
 
 
 def process_rows(sharding: jax.sharding.Sharding, batch_size: int) -> slice:
