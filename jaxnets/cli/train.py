@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from jaxnets import backend, data
-from jaxnets.training import CheckpointError, NonFiniteLoss, TrainConfig, fit
+from jaxnets.training import CheckpointError, NonFiniteLoss, TrainConfig, distributed, fit
 from jaxnets.training.fit import check_field
 from jaxnets.training.presets import PRESETS, preset
 
@@ -87,6 +87,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tensorboard", action="store_true",
                    help="do not write TensorBoard logs (default: WORKDIR/tensorboard; view with "
                         "`tensorboard --logdir WORKDIR`)")
+    p.add_argument("--coordinator-address", default=None, help="HOST:PORT of process 0 (with --distributed)")
+    p.add_argument("--num-processes", type=int, default=None, help="processes in the run (with --distributed)")
+    p.add_argument("--process-id", type=int, default=None, help="this process's index, 0 first (with --distributed)")
     return p
 
 
@@ -94,6 +97,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig's defaults, then the preset, then explicit flags."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     return preset(getattr(args, "preset", None), **{k: v for k, v in vars(args).items() if k in fields})
+
+
+def _silent(*args, **kwargs) -> None:
+    """`print` for processes other than 0."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,9 +114,15 @@ def main(argv: list[str] | None = None) -> int:
         field = str(err).split()[0]
         p.error(f"argument --{field.replace('_', '-')}: {err}")
     workdir = Path(args.workdir or f"runs/{config.model}-{config.dataset}")
+    if config.distributed:  # before anything starts JAX's backend
+        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    elif any(v is not None for v in (args.coordinator_address, args.num_processes, args.process_id)):
+        p.error("--coordinator-address, --num-processes and --process-id need --distributed")
+    # One voice: only process 0 reports (fit silences the others itself); errors come from every process.
+    say = print if distributed.is_main_process() else _silent
     backend.compilation_cache_for_command(args.no_cache)
-    print(f"jaxnets-train: {config.model} on {config.dataset} ({config.mode}), {config.epochs} epochs, "
-          f"{config.optimizer} lr {config.lr}, batch {config.batch_size} -> {workdir}", flush=True)
+    say(f"jaxnets-train: {config.model} on {config.dataset} ({config.mode}), {config.epochs} epochs, "
+        f"{config.optimizer} lr {config.lr}, batch {config.batch_size} -> {workdir}", flush=True)
     try:
         result = fit(config, workdir=workdir, resume=args.resume, progress=False if args.no_progress else None,
                      tensorboard=not args.no_tensorboard)
@@ -121,14 +134,14 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     if not result.history:
-        print(f"nothing to do: {workdir} already holds all {config.epochs} epochs")
+        say(f"nothing to do: {workdir} already holds all {config.epochs} epochs")
         return 0
     last = result.history[-1]
     if last.get("test_acc") is not None:
-        print(f"final test accuracy: {last['test_acc']:.2%}")
+        say(f"final test accuracy: {last['test_acc']:.2%}")
     if last.get("val_acc") is not None:
-        print(f"final held-out accuracy: {last['val_acc']:.2%}")
-    print(f"history: {workdir / 'history.json'}, curves: {workdir / 'curves.png'}")
+        say(f"final held-out accuracy: {last['val_acc']:.2%}")
+    say(f"history: {workdir / 'history.json'}, curves: {workdir / 'curves.png'}")
     return 0
 
 

@@ -103,6 +103,42 @@ def preprocess(key: jax.Array, images: jax.Array, config: Preprocess, train: boo
     return (x - mean.reshape(1, 1, 1, channels)) / std.reshape(1, 1, 1, channels)
 
 
+def batch_shards(sharding: jax.sharding.Sharding) -> int:
+    """Into how many pieces `sharding` cuts an array's first (batch) axis."""
+    devices = sharding.num_devices
+    return devices // sharding.shard_shape((devices,))[0]
+
+
+def check_batch_divides(batch_size: int, sharding: jax.sharding.Sharding, what: str = "batch size") -> None:
+    """Raise ValueError unless a batch of `batch_size` splits evenly under `sharding`.
+
+    The message names the batch, the device count and the nearest valid sizes.
+    """
+    shards = batch_shards(sharding)
+    if batch_size % shards:
+        lower, upper = batch_size // shards * shards, (batch_size // shards + 1) * shards
+        nearest = f"{lower} or {upper}" if lower else f"{upper}"
+        raise ValueError(f"{what} {batch_size} does not divide over {shards} devices (each device takes an equal "
+                         f"slice of every global batch): use a multiple of {shards}, e.g. {nearest}, or fewer devices")
+
+
+def process_rows(sharding: jax.sharding.Sharding, batch_size: int) -> slice:
+    """The rows of a global batch of `batch_size` that this process's devices hold (all rows in one process).
+
+    Raises:
+      ValueError: this process's rows are not one contiguous block (a mesh whose
+        device order interleaves processes).
+    """
+    index_map = sharding.addressable_devices_indices_map((batch_size,))
+    rows = sorted({index[0].indices(batch_size)[:2] for index in index_map.values()})
+    start, stop = rows[0][0], rows[-1][1]
+    if sum(b - a for a, b in rows) != stop - start:
+        raise ValueError(f"this process's devices hold rows {rows} of each batch, not one block: build the mesh "
+                         "over jax.devices() in their order (process by process)")
+    return slice(start, stop)
+
+
+
 def prepare(key, epoch, step, images, labels, mask, config: Preprocess, train: bool) -> Batch:
     """uint8 batch -> `Batch`, augmented with the key `fold_in(fold_in(key, epoch), step)`.
 
@@ -135,7 +171,14 @@ class Loader:
       seed: shuffling and augmentation seed.
       sharding: optional `jax.sharding.Sharding` to place each batch with
         (batch axis first), e.g. `NamedSharding(mesh, PartitionSpec('data'))`.
+        When it spans several processes, each process gathers only its own
+        rows of every global batch (`process_rows`), from the same seeded
+        order, and `jax.make_array_from_process_local_data` joins them.
       prefetch: batches dispatched ahead of the one being consumed.
+
+    Raises:
+      ValueError: bad arrays or sizes, or `batch_size` does not split evenly
+        under `sharding` (the message names the nearest valid sizes).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, *, preprocess: Preprocess,
@@ -150,6 +193,8 @@ class Loader:
         if train and len(images) < batch_size:
             raise ValueError(f"training set of {len(images)} examples is smaller than one batch of {batch_size}; "
                              "lower the batch size")
+        if sharding is not None:
+            check_batch_divides(batch_size, sharding, "training batch size" if train else "evaluation batch size")
         self.images, self.labels = images, labels.astype(np.int32)
         self.batch_size, self.preprocess, self.train = batch_size, preprocess, train
         self.seed, self.sharding, self.prefetch = seed, sharding, max(1, prefetch)
@@ -182,14 +227,23 @@ class Loader:
 
     def _host_batches(self, epoch: int):
         index, mask = self.indices(epoch)
+        rows = slice(None) if self.sharding is None else process_rows(self.sharding, self.batch_size)
         for step in range(len(self)):
-            yield step, self.images[index[step]], self.labels[index[step]], mask[step]
+            step_index = index[step, rows]
+            yield step, self.images[step_index], self.labels[step_index], mask[step, rows]
+
+    def _place(self, arrays: tuple) -> tuple:
+        """Host rows -> device arrays of the whole global batch (this process's rows on its devices)."""
+        if self.sharding is None or self.sharding.is_fully_addressable:
+            return jax.device_put(arrays, self.sharding)
+        return tuple(jax.make_array_from_process_local_data(self.sharding, x, (self.batch_size, *x.shape[1:]))
+                     for x in arrays)
 
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         """The batches of epoch `epoch` (deterministic in seed and epoch)."""
         queue: collections.deque[Batch] = collections.deque()
         for step, images, labels, mask in self._host_batches(epoch):
-            images, labels, mask = jax.device_put((images, labels, mask), self.sharding)
+            images, labels, mask = self._place((images, labels, mask))
             # Dispatch is asynchronous: this enqueues work and returns at once.
             queue.append(_prepare(self._key, epoch, step, images, labels, mask, self.preprocess, self.train))
             if len(queue) > self.prefetch:

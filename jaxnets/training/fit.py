@@ -27,7 +27,7 @@ from jaxnets import data, models
 from jaxnets.report import json_safe as _json_safe
 from jaxnets.report import plot_history
 from jaxnets.report import write_json as _write_json
-from jaxnets.training import optimizers, precision
+from jaxnets.training import distributed, optimizers, precision
 from jaxnets.training.checkpoint import (CheckpointError, Checkpoints, RunLock, WorkdirNotWritable, decode_kwargs,
                                          encode_kwargs, probe_writable)
 from jaxnets.training.state import TrainState
@@ -36,8 +36,8 @@ from jaxnets.training.steps import MODES, Steps, evaluate, make_steps, merge, re
 
 # Fields that change what training computes: they must match to resume a run. The others may change:
 # epochs (train longer), eval_batch_size, mode and accumulate (the same numbers, up to float reordering; with
-# BatchNorm, accumulate changes the batches normalised together), keep, and source / data_dir (the training data
-# itself is compared, by fingerprint).
+# BatchNorm, accumulate changes the batches normalised together), keep, distributed and the devices (the same
+# global batch: the same numbers), and source / data_dir (the training data itself is compared, by fingerprint).
 RESUME_MUST_MATCH = ("model", "model_kwargs", "dataset", "split", "val_fraction", "seed", "batch_size", "augment",
                      "normalize", "loss", "label_smoothing", "optimizer", "lr", "momentum", "nesterov",
                      "weight_decay", "schedule", "warmup_epochs", "dtype")
@@ -111,6 +111,9 @@ class TrainConfig:
     accumulate: int = option(1, "micro-batches per optimizer step (batch-size must be a multiple)")
     seed: int = option(0, "seed of the weights, the data order, the held-out cut and dropout")
     keep: int = option(3, "checkpoints to keep besides the best")
+    distributed: bool = option(False, "join a multi-process run (jax.distributed.initialize): every process runs "
+                               "this same command; the coordinator comes from --coordinator-address, --num-processes, "
+                               "--process-id or the cluster's environment")
 
     def check(self) -> None:
         """Refuse values that make no sense.
@@ -344,6 +347,7 @@ def fit(
     progress: bool | None = None,
     log: Callable[[str], None] = print,
     tensorboard: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> FitResult:
     """Train `config.model` on `config.dataset`; evaluate held-out (and test) accuracy every epoch.
 
@@ -352,6 +356,15 @@ def fit(
     every epoch: `checkpoints/<epoch>` (checksummed), `best/<epoch>`,
     `history.json`, `curves.png`. A resumed run first repairs what a killed
     one left (partial saves, `history.json`, `curves.png`, `best/`).
+
+    Data parallel by default: every batch is split over all devices of `mesh`
+    (default: every device JAX sees) and the state is replicated; jit's global
+    semantics make N devices compute what one device computes for the same
+    global batch (BatchNorm statistics included). With `config.distributed`
+    the run first joins its other processes (`distributed.initialize`); each
+    reads only its rows of every batch, only process 0 logs and writes
+    `history.json`, `curves.png` and TensorBoard, and all write the orbax
+    checkpoints together.
 
     Args:
       config: the run.
@@ -365,6 +378,8 @@ def fit(
       log: where the per-epoch lines go.
       tensorboard: also write TensorBoard scalars and the config under
         `workdir/tensorboard` (see `jaxnets.training.tensorboard`).
+      mesh: the devices to train on (`distributed.data_parallel_mesh(devices)`;
+        default: all of them). One device trains exactly as before.
 
     Returns:
       FitResult(state, history, model, steps, config): `config` is the resolved
@@ -377,7 +392,8 @@ def fit(
       loss_scale (the dynamic loss scale at the epoch's end)).
 
     Raises:
-      ValueError: a config value that makes no sense (named), or resume without a workdir.
+      ValueError: a config value that makes no sense (named), resume without a workdir, or a batch size
+        that does not divide over the devices (the message names the nearest valid sizes).
       FileExistsError: `workdir` already has checkpoints and `resume` is False.
       RunLocked: another live run owns `workdir` (named by pid and host).
       WorkdirNotWritable: `workdir` is read-only, blocked by a file, or the disk is full.
@@ -387,20 +403,35 @@ def fit(
         (that epoch is not saved; the last good checkpoint stays).
     """
     config.check()
+    if config.distributed:
+        distributed.initialize()  # no-op when the CLI already did it with its flags
+    mesh = distributed.data_parallel_mesh() if mesh is None else mesh
+    distributed.check_batch_size(config.batch_size, mesh, "batch size")
+    if not distributed.is_main_process():  # one voice: process 0 prints, shows progress and writes the logs
+        log, progress, tensorboard = _silent, False, False
     if workdir is None:
         if resume:
             raise ValueError("resume=True needs a workdir")
-        return _fit(config, None, None, False, splits, progress, log, False)
-    lock = RunLock(workdir).acquire()
+        return _fit(config, None, None, False, splits, progress, log, False, mesh)
+    # The lock guards against a second *run*; the processes of one run share the folder (process 0 holds it).
+    lock = RunLock(workdir).acquire() if distributed.is_main_process() else None
     try:
-        return _fit(config, Path(workdir), lock, resume, splits, progress, log, tensorboard)
+        return _fit(config, Path(workdir), lock, resume, splits, progress, log, tensorboard, mesh)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+
+
+def _silent(_: str) -> None:
+    """The log of processes other than 0."""
 
 
 def _open_workdir(workdir: Path, lock: RunLock, resume: bool, keep: int, log) -> Checkpoints:
-    """Under the lock: refuse to overwrite, check writability, remove partial saves."""
-    held = lock.previous_holder
+    """Under the lock: refuse to overwrite, check writability, remove partial saves.
+
+    In a multi-process run every process opens the (shared) folder; only process 0, the lock holder, deletes.
+    """
+    held = lock.previous_holder if lock is not None else None
     if held:
         log(f"note: took over {workdir} from pid {held.get('pid')} on {held.get('host')}, whose run ended without "
             "releasing it")
@@ -411,13 +442,15 @@ def _open_workdir(workdir: Path, lock: RunLock, resume: bool, keep: int, log) ->
     for sub in ("checkpoints", "best"):
         probe_writable(workdir / sub)
     checkpoints = Checkpoints(workdir, keep=keep)
-    for path in checkpoints.remove_partial_saves():
-        log(f"note: removed {path}, left by a save that did not finish")
+    if lock is not None:
+        for path in checkpoints.remove_partial_saves():
+            log(f"note: removed {path}, left by a save that did not finish")
+    distributed.sync("jaxnets-fit-open-workdir")  # the others read the folder only once process 0 has cleaned it
     return checkpoints
 
 
 def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume: bool, splits: Splits | None,
-         progress, log, tensorboard: bool) -> FitResult:
+         progress, log, tensorboard: bool, mesh: jax.sharding.Mesh) -> FitResult:
     checkpoints = None if workdir is None else _open_workdir(workdir, lock, resume, config.keep, log)
     board = None
     try:
@@ -427,13 +460,23 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
         splits = splits or load_splits(config, log)
         config = resolve(config, splits.train)  # from here on, the run's config: catalogs resolved once
         preprocess = data.Preprocess.for_dataset(config.dataset, splits.train.images, config.normalize, config.augment)
+        parallel = distributed.is_parallel(mesh)  # one device: placement exactly as without a mesh
+        sharding = distributed.batch_sharding(mesh) if parallel else None
+        # Evaluation batches are padded and masked, so rounding their size up to a multiple of the devices
+        # changes no number.
+        eval_batch_size = distributed.padded_batch_size(config.eval_batch_size, mesh) if parallel \
+            else config.eval_batch_size
         train_loader = data.Loader(splits.train.images, splits.train.labels, config.batch_size, preprocess=preprocess,
-                                   train=True, seed=config.seed)
+                                   train=True, seed=config.seed, sharding=sharding)
         eval_loader = {
-            name: data.Loader(ds.images, ds.labels, config.eval_batch_size, preprocess=preprocess, train=False)
+            name: data.Loader(ds.images, ds.labels, eval_batch_size, preprocess=preprocess, train=False,
+                              sharding=sharding)
             for name, ds in (("val", splits.val), ("test", splits.test)) if ds is not None and len(ds)
         }
         model, state = build(config, splits.train, len(train_loader))
+        if parallel:
+            state = distributed.replicate(state, mesh)
+            log(f"data parallel: batch {config.batch_size} split over {distributed.describe(mesh)}")
         steps = make_steps(config.loss, config.mode, config.label_smoothing, accumulate=config.accumulate,
                            learning_rate=learning_rate_schedule(config, len(train_loader)))
         fingerprint = data_fingerprint(splits.train) if checkpoints is not None else None
@@ -444,7 +487,8 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
             start_epoch = history[-1]["epoch"] if history else checkpoints.latest_epoch()
             best_epoch = _best_epoch(history)
             best_val = next((h["val_acc"] for h in history if h["epoch"] == best_epoch), -math.inf)
-            _write_run_files(workdir, history, config, checkpoints)
+            if distributed.is_main_process():
+                _write_run_files(workdir, history, config, checkpoints)
         elif resume:
             log(f"note: nothing to resume in {workdir}; starting a new run")
         if tensorboard and workdir is not None:  # a resumed run purges what a killed one logged past start_epoch
@@ -461,8 +505,9 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
             if checkpoints is not None:
                 meta = {"config": config.to_json(), "history": _json_safe(history), "data_fingerprint": fingerprint,
                         "best_epoch": best_epoch, "best_val_acc": best_val if math.isfinite(best_val) else None}
-                checkpoints.save(epoch + 1, arrays, meta, is_best)
-                _write_run_files(workdir, history, config, checkpoints)
+                checkpoints.save(epoch + 1, arrays, meta, is_best)  # collective: every process calls it
+                if distributed.is_main_process():
+                    _write_run_files(workdir, history, config, checkpoints)
             if board is not None:
                 board.write_epoch(record)
             log(_format_epoch(record, config.epochs))
