@@ -102,8 +102,21 @@ def padded_batch_size(batch_size: int, mesh: Mesh) -> int:
 
 
 def replicate(tree, mesh: Mesh):
-    """A copy of the pytree `tree` on every device of `mesh` (the same values in every process)."""
-    return jax.device_put(tree, replicated_sharding(mesh))
+    """A copy of the pytree `tree` on every device of `mesh` (the same values in every process).
+
+    Always a copy through the host (once per run): the train step donates its
+    state, which must not delete the caller's arrays, and a mesh spanning
+    several processes accepts host values, not another process's device
+    arrays. Typed PRNG keys go across as their key data and are wrapped again.
+    """
+    sharding = replicated_sharding(mesh)
+
+    def put(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x), sharding)
+
+    return jax.tree.map(put, tree)
 
 
 def is_parallel(mesh: Mesh) -> bool:
