@@ -70,7 +70,8 @@ def make_train_step(loss: str = "cross_entropy", label_smoothing: float = 0.0):
             return jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1.0), (logits, per_example, updates)
 
         (_, (logits, per_example, updates)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        with jax.numpy_dtype_promotion("standard"):  # optax is not strict-promotion clean (Adam's `decay**count`)
+            param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(
             step=state.step + 1,
             params=optax.apply_updates(state.params, param_updates),
