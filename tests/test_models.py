@@ -54,6 +54,11 @@ def tiny(name: str, **kwargs):
     return models.create(name, **kwargs)
 
 
+def jitted_apply(model):
+    """`model.apply` under one jit: one compile, where op-by-op dispatch would compile every primitive."""
+    return jax.jit(model.apply, static_argnames=("train", "mutable"))
+
+
 def test_registry_lists_every_model():
     assert models.available() == list(EXPECTED_PARAMS)
 
@@ -72,17 +77,18 @@ def test_vgg16_imagenet_head_parameter_count():
 
 @pytest.mark.parametrize("name", SHAPE_NAMES)
 def test_shapes_in_eval_and_train_mode(name, getkey):
-    """Eager only: jit == eager is asserted once, on whole train and eval steps, in test_training.py."""
+    """jit == eager is asserted once, on whole train and eval steps, in test_training.py."""
     model = tiny(name)
     shape = (64, 64, 3) if name.endswith("_imagenet") else model.input_shape
     x = jax.random.normal(getkey(), (3, *shape))
-    variables = model.init(getkey(), x[:1])
-    logits = model.apply(variables, x)
+    variables = jax.jit(model.init)(getkey(), x[:1])
+    apply = jitted_apply(model)
+    logits = apply(variables, x)
     assert logits.shape == (3, model.num_classes if hasattr(model, "num_classes") else 10)
     assert logits.dtype == jnp.float32
 
     # Train mode: BatchNorm uses batch statistics and returns new running ones.
-    train_logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": getkey()})
+    train_logits, updates = apply(variables, x, train=True, mutable=("batch_stats",), rngs={"dropout": getkey()})
     assert train_logits.shape == logits.shape
     has_bn = "batch_stats" in variables
     assert bool(updates) == has_bn
@@ -97,10 +103,11 @@ def test_imagenet_head_dropout_differs_per_key(getkey):
     model = tiny("vgg11", head="imagenet", num_classes=4)
     variables = models.init(model, getkey())
     x = jax.random.normal(getkey(), (2, 32, 32, 3))
-    a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
-    b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
-    c = model.apply(variables, x, train=False)
-    d = model.apply(variables, x, train=False)
+    apply = jitted_apply(model)
+    a = apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    b = apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    c = apply(variables, x, train=False)
+    d = apply(variables, x, train=False)
     assert a.shape == (2, 4)
     assert not np.allclose(a, b), "dropout masks must differ between keys"
     np.testing.assert_array_equal(c, d)  # eval mode is deterministic
@@ -108,7 +115,7 @@ def test_imagenet_head_dropout_differs_per_key(getkey):
 
 def test_kwargs_reach_the_model(getkey):
     model = tiny("resnet18", num_classes=100)
-    assert model.apply(models.init(model, getkey()), jnp.zeros((1, 32, 32, 3))).shape == (1, 100)
+    assert jax.eval_shape(model.apply, models.init(model, getkey()), jnp.zeros((1, 32, 32, 3))).shape == (1, 100)
     mlp = models.create("mlp", num_layers=1, hidden_size=10, input_dim=2, output_dim=1)
     assert mlp.apply(models.init(mlp, getkey()), jnp.zeros((5, 2))).shape == (5, 1)
     assert models.create("mlp", num_classes=3).output_dim == 3

@@ -30,9 +30,12 @@ def test_eager_and_jit_give_the_same_numbers(name, kwargs, batch_size, n_steps):
         for batch in data_:
             state, metrics = steps.train(state, batch)
             trace.append(float(metrics["loss_sum"] / metrics["count"]))
-        results[mode] = (np.array(trace), state)
-    (eager_loss, eager_state), (jit_loss, jit_state) = results["eager"], results["jit"]
+        evaluated = steps.eval(state, data_[0])  # eval mode: BatchNorm's running statistics, no dropout
+        results[mode] = (np.array(trace), state, evaluated)
+    (eager_loss, eager_state, eager_eval), (jit_loss, jit_state, jit_eval) = results["eager"], results["jit"]
     np.testing.assert_allclose(jit_loss, eager_loss, rtol=1e-5)
+    np.testing.assert_allclose(float(jit_eval["loss_sum"]), float(eager_eval["loss_sum"]), rtol=1e-5)
+    assert float(jit_eval["correct"]) == float(eager_eval["correct"])
     assert max_abs_diff(eager_state.params, jit_state.params) < 1e-4
     if eager_state.batch_stats:  # BatchNorm's running statistics follow the same path both ways
         assert max_abs_diff(eager_state.batch_stats, jit_state.batch_stats) < 1e-4

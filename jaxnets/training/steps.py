@@ -41,9 +41,9 @@ def _batch_metrics(logits: jax.Array, labels: jax.Array, per_example: jax.Array,
     weight = mask.astype(jnp.float32)
     metrics = {"loss_sum": jnp.sum(per_example * weight), "count": jnp.sum(weight)}
     if classification:
-        metrics["correct"] = jnp.sum(correct(logits, labels) * weight)
+        metrics["correct"] = jnp.sum(correct(logits, labels).astype(weight.dtype) * weight)
         if logits.shape[-1] > 10:
-            metrics["correct_top5"] = jnp.sum(correct(logits, labels, 5) * weight)
+            metrics["correct_top5"] = jnp.sum(correct(logits, labels, 5).astype(weight.dtype) * weight)
     return metrics
 
 
