@@ -200,6 +200,7 @@ def test_python_dash_m_train_runs(tmp_path, compile_cache_env):
     assert "final test accuracy" in out.stdout
 
 
+@pytest.mark.slow
 def test_lenet_on_real_mnist_reaches_97_percent(shared_data, tmp_path, capsys):
     """The CLI on the 10,000 real MNIST images (80/20 split), 5 epochs."""
     code = cli.main(["--preset", "mnist-lenet", "--data-dir", str(shared_data / "mnist-t10k"), "--split", "test",
@@ -482,6 +483,7 @@ def test_the_interrupted_runs_are_the_uninterrupted_config():
     assert cli.config_from_args(cli.parser().parse_args(CLI_ARGS)) == mlp_config(epochs=2)
 
 
+@pytest.mark.slow  # one driver process trains 8 runs (about 30 s in all)
 @pytest.mark.parametrize("phase", KILL_PHASES)
 def test_kill_9_inside_each_phase_of_a_save_then_resume_ends_like_an_uninterrupted_run(phase, interrupted_runs,
                                                                                       uninterrupted):
@@ -734,6 +736,7 @@ def test_a_file_in_the_way_of_the_workdir_is_one_line_before_training(blocked, t
     assert len(err) == 1 and str(workdir) in err[0], err
 
 
+@pytest.mark.slow  # shares the driver of the kill -9 tests
 def test_disk_full_while_saving_is_one_line_and_the_run_resumes(interrupted_runs, uninterrupted):
     """Finding 11: ENOSPC injected where orbax writes epoch 2's arrays, in a real CLI process (so that anything
     orbax's writer threads print at exit is seen): one line, epoch 1 intact, --resume finishes the run."""

@@ -22,6 +22,7 @@ import torch_reference  # noqa: E402  (tests/torch_reference.py, needs torch)
 # table apart) gets the logits check of form (a) alone. The ImageNet-head VGGs (133-144M parameters, ~50 s
 # a form test on 2 cores) are checked once, at 224x224 in torchvision's own names (test_torchvision_layout_...).
 FORM_NAMES = ["mlp", "lenet", "lenet5", "lenet-cifar", "resnet18", "resnet50", "resnet18_imagenet", "vgg11_bn", "vgg16"]
+_BIG = {"resnet34", "resnet50", "resnet34_imagenet", "resnet50_imagenet", "vgg19", "vgg19_bn"}  # `slow`: over ~20M parameters
 LOGITS_ONLY = [n for n in models.available() if n not in FORM_NAMES and n != "resnet50_imagenet"  # at 224x224 below
                and not (n.startswith("vgg") and n.endswith("_imagenet"))]
 
@@ -111,12 +112,12 @@ def converted_reference(name: str, x: np.ndarray):
     return ours_net
 
 
-@pytest.mark.parametrize("name", LOGITS_ONLY)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _BIG else n for n in LOGITS_ONLY])
 def test_every_other_model_gives_pytorch_logits(name):
     converted_reference(name, sample_input(name))
 
 
-@pytest.mark.parametrize("name", FORM_NAMES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _BIG else n for n in FORM_NAMES])
 def test_every_checkpoint_form_gives_pytorch_logits(name, tmp_path, caplog):
     x = sample_input(name)
     ours_net = converted_reference(name, x)  # (a)
@@ -192,7 +193,8 @@ def test_cifar_resnet_takes_any_size_and_global_pool_keeps_parity():
 # --- torchvision's ImageNet layouts at 224x224 -------------------------------------------------
 
 # vgg16_imagenet stands for the eight ImageNet-head VGGs (BatchNorm is checked on vgg11_bn above).
-TORCHVISION = ["resnet18_imagenet", "resnet50_imagenet", pytest.param("vgg16_imagenet", marks=pytest.mark.slow)]
+TORCHVISION = ["resnet18_imagenet", pytest.param("resnet50_imagenet", marks=pytest.mark.slow),
+               pytest.param("vgg16_imagenet", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("name", TORCHVISION)

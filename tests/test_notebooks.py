@@ -44,6 +44,7 @@ def assert_is_a_drawn_figure(path: Path) -> None:
     assert float(image[..., :3].std()) > 0.01, f"{path} is blank"
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path, monkeypatch, shared_data_optional, compile_cache_env):

@@ -157,7 +157,7 @@ OPTIMIZER_CASES = {
      # layer4 after one step) grows ~6x per step. Run both sides in float64 so
      # the test sees semantics, not rounding. Batch 4 (BatchNorm still sees 64
      # values per channel at layer4) halves the cost of the 5 float64 steps.
-     ("resnet18", "sgd", True, 4)],
+     pytest.param("resnet18", "sgd", True, 4, marks=pytest.mark.slow)],
 )
 def test_trajectory_matches_pytorch(name, optimizer, float64, batch_size):
     """5 steps from the same weights on the same batches, BatchNorm in train mode on both sides."""
