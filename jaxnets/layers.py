@@ -172,6 +172,22 @@ class BatchNorm(nn.BatchNorm):
     momentum: float = 0.9
     epsilon: float = 1e-5
 
+    @nn.compact
+    def __call__(self, x, use_running_average=None, **kwargs):
+        # flax mixes bfloat16 inputs with float32 statistics: fine under JAX's standard promotion, refused under
+        # 'strict' (which the tests use to catch silent upcasts in our own code).
+        with jax.numpy_dtype_promotion("standard"):
+            return super().__call__(x, use_running_average, **kwargs)
+
+
+def logits_dtype(dtype) -> np.dtype:
+    """The dtype a model returns its logits in: float32 from any compute dtype, float64 kept.
+
+    NumPy's promotion rule, which holds under `jax_numpy_dtype_promotion='strict'`
+    (JAX's own refuses bfloat16 with float32 there).
+    """
+    return np.promote_types(dtype, np.float32)
+
 
 def divide_width(channels: int, divisor: int, model: str) -> int:
     """`channels // divisor`: the channel count of a narrowed variant (`width_divisor`) of a model.

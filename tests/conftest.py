@@ -1,4 +1,10 @@
-"""Shared fixtures. Rank promotion raises, so silent broadcasting bugs fail loudly."""
+"""Shared fixtures and JAX settings for the suite.
+
+Rank promotion raises and dtype promotion is strict (as equinox's tests do), so
+silent broadcasting and silent float64/int upcasts fail loudly. Compiled programs
+go to a session-wide persistent cache: the many runs of the same small model
+(fit, resume, the CLI) compile each program once, not once per test.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,15 @@ import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+# One throwaway compilation cache per session (never ~/.cache): identical programs compile once. Subprocesses
+# that should share it get `COMPILE_CACHE_ENV`; notebooks do not (05 shows what a first compile costs).
+COMPILE_CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="jaxnets-xla-cache-"),
+                     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.3",  # whole steps, not eager's single ops
+                     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+jax.config.update("jax_compilation_cache_dir", COMPILE_CACHE_ENV["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # Data caches go to a throwaway folder, never into ~/.cache or the shared data.
 os.environ.setdefault("JAXNETS_CACHE", tempfile.mkdtemp(prefix="jaxnets-cache-"))
 # The commands turn JAX's persistent compilation cache on; in tests (in-process and child processes alike) it stays
@@ -44,3 +59,9 @@ def shared_data() -> Path:
 def shared_data_optional() -> Path | None:
     """`../shared/data` when present (notebooks then use real CIFAR images), else None."""
     return SHARED_DATA if SHARED_DATA.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def compile_cache_env() -> dict[str, str]:
+    """Environment variables that point a child process at this session's compilation cache."""
+    return dict(COMPILE_CACHE_ENV)

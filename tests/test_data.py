@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import pickle
@@ -278,7 +279,7 @@ def test_bad_requests():
 
 @pytest.mark.parametrize(("name", "shape"), [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
 def test_tfds_path_under_mock_data(name, shape, tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # a dependency of jaxnets (no skip); imported here as jaxnets does: it is heavy
     with tfds.testing.mock_data(num_examples=12):
         ds = data.load(name, "train", source="tfds", data_dir=tmp_path)
     assert ds.images.shape == (12, *shape) and ds.images.dtype == np.uint8
@@ -330,9 +331,27 @@ def test_random_split_matches_pytorch_lengths():
 
 
 def test_train_val_split_is_disjoint():
-    train, val = data.train_val_split(data.load("digits"), 0.2, seed=0)
-    assert abs(len(val) / (len(train) + len(val)) - 0.2) < 0.01
-    assert val.split == "validation"
+    digits = data.load("digits")
+    n = len(digits)
+    # Give every example an identity the split cannot fake: its index, written into its pixels and its label.
+    ids = np.arange(n)
+    images = np.zeros((n, *digits.image_shape), np.uint8)
+    images[:, 0, 0, 0], images[:, 0, 1, 0] = ids // 256, ids % 256
+    tagged = dataclasses.replace(digits, images=images, labels=(ids % 10).astype(np.int32))
+    train, val = data.train_val_split(tagged, 0.2, seed=0)
+
+    def identities(part):
+        found = part.images[:, 0, 0, 0].astype(int) * 256 + part.images[:, 0, 1, 0]
+        np.testing.assert_array_equal(part.labels, found % 10)  # each label stayed with its image
+        return found
+
+    train_ids, val_ids = identities(train), identities(val)
+    assert len(np.intersect1d(train_ids, val_ids)) == 0, "an example is in both parts"
+    assert sorted(np.concatenate([train_ids, val_ids]).tolist()) == ids.tolist(), "every example is in one part"
+    assert abs(len(val) / n - 0.2) < 0.01
+    assert (train.split, val.split) == ("train", "validation")
+    again, _ = data.train_val_split(tagged, 0.2, seed=0)
+    np.testing.assert_array_equal(identities(again), train_ids)  # seeded
 
 
 # ------------------------------------------------------------------ loader
@@ -405,14 +424,6 @@ def test_preprocess_normalises_and_is_jittable(getkey):
     assert abs(float(eager.mean())) < 0.1 and abs(float(eager.std()) - 1) < 0.1
     half = data.Preprocess.for_dataset("cifar10", np.zeros((1, 2, 2, 3), np.uint8), normalize="half")
     assert half.mean == (0.5, 0.5, 0.5) and half.crop_padding == 0
-
-
-def test_loader_places_batches_with_a_sharding():
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    batch = next(iter(_loader(batch_size=len(jax.devices()) * 4, sharding=sharding)))
-    assert batch.image.sharding.is_equivalent_to(sharding, batch.image.ndim)
-    assert batch.label.sharding.is_equivalent_to(sharding, 1)
 
 
 def test_loader_rejects_bad_input():

@@ -57,7 +57,7 @@ class LeNet(nn.Module):
         for i, size in enumerate(self.hidden_sizes):
             x = nn.relu(layers.Dense(size, dtype=self.dtype, name=f"fc{i + 1}")(x))
         x = layers.Dense(self.num_classes, dtype=self.dtype, name=f"fc{len(self.hidden_sizes) + 1}")(x)
-        return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # float32 logits, float64 kept
+        return x.astype(layers.logits_dtype(self.dtype))  # float32 logits, float64 kept
 
 
 LeNetMNIST = functools.partial(

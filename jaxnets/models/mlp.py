@@ -57,4 +57,4 @@ class MLP(nn.Module):
         for i in range(self.num_layers):
             x = act(layers.Dense(self.hidden_size, dtype=self.dtype, name=f"hidden.{i}")(x))
         x = layers.Dense(self.output_dim, dtype=self.dtype, name="output")(x)
-        return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # float32 logits, float64 kept
+        return x.astype(layers.logits_dtype(self.dtype))  # float32 logits, float64 kept

@@ -144,7 +144,7 @@ class ResNet(nn.Module):
         # pytorch-cifar's avg_pool2d(4) over the final 4x4 map.
         x = jnp.mean(x, axis=(1, 2))
         x = layers.Dense(self.num_classes, dtype=self.dtype, name="fc" if torchvision else "linear")(x)
-        return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # float32 logits, float64 kept
+        return x.astype(layers.logits_dtype(self.dtype))  # float32 logits, float64 kept
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock, name_for_errors="resnet18")

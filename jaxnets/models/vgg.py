@@ -96,7 +96,7 @@ class VGG(nn.Module):
                 x = nn.relu(dense(4096, dtype=self.dtype, name=f"classifier.{i}")(x))
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
             x = dense(self.num_classes, dtype=self.dtype, name="classifier.6")(x)
-        return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # float32 logits, float64 kept
+        return x.astype(layers.logits_dtype(self.dtype))  # float32 logits, float64 kept
 
 
 def vgg(config: str, batch_norm: bool = False, imagenet: bool = False):

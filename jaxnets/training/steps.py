@@ -77,8 +77,9 @@ def _batch_metrics(logits: jax.Array, labels: jax.Array, per_example: jax.Array,
     weight = mask.astype(jnp.float32)
     metrics = {"loss_sum": jnp.sum(per_example * weight), "count": jnp.sum(weight)}
     if classification:
-        metrics["correct"] = jnp.sum(correct(logits, labels) * weight)
-        metrics["correct_top5"] = jnp.sum(correct(logits, labels, min(TOP_K, logits.shape[-1])) * weight)
+        metrics["correct"] = jnp.sum(correct(logits, labels).astype(weight.dtype) * weight)
+        metrics["correct_top5"] = jnp.sum(correct(logits, labels, min(TOP_K, logits.shape[-1])).astype(weight.dtype)
+                                          * weight)
     return metrics
 
 
@@ -176,7 +177,8 @@ def train_step(state: TrainState, batch: Batch, *, loss: str = "cross_entropy", 
                                                      (jnp.arange(accumulate), micro_batches))
         metrics = jax.tree.map(lambda m: jnp.sum(m, axis=0), stacked)
 
-    param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    with jax.numpy_dtype_promotion("standard"):  # optax is not strict-promotion clean (Adam's `decay**count`)
+        param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     if scale is not None:  # an overflowed step keeps the old BatchNorm statistics too (optax kept the rest)
         finite = precision.last_step_finite(opt_state)
         batch_stats = jax.tree.map(lambda new, old: jnp.where(finite, new, old), batch_stats, state.batch_stats)
