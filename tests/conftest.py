@@ -27,8 +27,8 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # Data caches go to a throwaway folder, never into ~/.cache or the shared data.
 os.environ.setdefault("JAXNETS_CACHE", tempfile.mkdtemp(prefix="jaxnets-cache-"))
-# The commands turn JAX's persistent compilation cache on; in tests (in-process and child processes alike) it stays
-# off, so that every test compiles as if alone. tests/test_compile_cache.py turns it on where it is tested.
+# The commands turn their own persistent compilation cache on (under the user's cache dir); in tests they leave
+# JAX's settings alone, so only the session cache above is used. tests/test_compile_cache.py tests theirs.
 os.environ.setdefault("JAXNETS_COMPILE_CACHE", "0")
 
 SHARED_DATA = Path(os.environ.get("JAXNETS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
