@@ -153,8 +153,12 @@ def test_readme_data_example_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("JAXNETS_DATA_MIRROR", raising=False)
     namespace: dict = {}
-    for snippet in snippets:
-        exec(compile(snippet, str(README), "exec"), namespace)  # noqa: S102 - our own README
+    try:
+        for snippet in snippets:
+            exec(compile(snippet, str(README), "exec"), namespace)  # noqa: S102 - our own README
+    finally:
+        if "stripes" in data.available():  # the catalog example registers a data set: leave the catalog as it was
+            data.catalog.unregister("stripes")
     assert len(namespace["train"]) == 240 and len(namespace["held_out"]) == 60
     assert namespace["train"].images.shape[1:] == (32, 32, 3)
     assert next(iter(namespace["loader"])).image.shape == (128, 32, 32, 3)

@@ -75,7 +75,7 @@ class Steps(NamedTuple):
 def _batch_metrics(logits: jax.Array, labels: jax.Array, per_example: jax.Array, mask: jax.Array,
                    classification: bool) -> Metrics:
     weight = mask.astype(jnp.float32)
-    metrics = {"loss_sum": jnp.sum(per_example * weight), "count": jnp.sum(weight)}
+    metrics = {"loss_sum": jnp.sum(per_example * weight.astype(per_example.dtype)), "count": jnp.sum(weight)}
     if classification:
         metrics["correct"] = jnp.sum(correct(logits, labels).astype(weight.dtype) * weight)
         metrics["correct_top5"] = jnp.sum(correct(logits, labels, min(TOP_K, logits.shape[-1])).astype(weight.dtype)
@@ -84,7 +84,8 @@ def _batch_metrics(logits: jax.Array, labels: jax.Array, per_example: jax.Array,
 
 
 def _learning_rate(learning_rate: float | optax.Schedule, count: jax.Array) -> jax.Array:
-    value = learning_rate(count) if callable(learning_rate) else learning_rate
+    with jax.numpy_dtype_promotion("standard"):  # optax's schedules mix Python floats and int32 counts
+        value = learning_rate(count) if callable(learning_rate) else learning_rate
     return jnp.asarray(value, jnp.float32)
 
 
@@ -153,7 +154,7 @@ def train_step(state: TrainState, batch: Batch, *, loss: str = "cross_entropy", 
             logits, updates = state.apply_fn(variables, micro.image, train=True, mutable=["batch_stats"],
                                              rngs={"dropout": key})
             per_example = loss_fn(logits, micro.label)
-            mean = jnp.sum(per_example * micro.mask.astype(jnp.float32)) / denominator
+            mean = jnp.sum(per_example * micro.mask.astype(per_example.dtype)) / denominator.astype(per_example.dtype)
             return (mean if scale is None else mean * scale), (logits, per_example, updates)
 
         (_, (logits, per_example, updates)), grads = jax.value_and_grad(objective, has_aux=True)(params)
