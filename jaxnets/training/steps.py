@@ -38,7 +38,7 @@ class Steps(NamedTuple):
 
 def _batch_metrics(logits: jax.Array, labels: jax.Array, per_example: jax.Array, mask: jax.Array,
                    classification: bool) -> Metrics:
-    weight = mask.astype(jnp.float32)
+    weight = mask.astype(per_example.dtype)  # float64 losses stay float64 (strict promotion)
     metrics = {"loss_sum": jnp.sum(per_example * weight), "count": jnp.sum(weight)}
     if classification:
         metrics["correct"] = jnp.sum(correct(logits, labels).astype(weight.dtype) * weight)
@@ -67,7 +67,8 @@ def make_train_step(loss: str = "cross_entropy", label_smoothing: float = 0.0):
             logits, updates = state.apply_fn(variables, batch.image, train=True, mutable=["batch_stats"],
                                              rngs={"dropout": dropout_key})
             per_example = loss_fn(logits, batch.label)
-            return jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1.0), (logits, per_example, updates)
+            w = weight.astype(per_example.dtype)  # float64 losses stay float64 (strict promotion)
+            return jnp.sum(per_example * w) / jnp.maximum(jnp.sum(w), 1.0), (logits, per_example, updates)
 
         (_, (logits, per_example, updates)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         with jax.numpy_dtype_promotion("standard"):  # optax is not strict-promotion clean (Adam's `decay**count`)
