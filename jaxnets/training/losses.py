@@ -61,7 +61,7 @@ def get_loss(name: str, label_smoothing: float = 0.0) -> Callable[[jax.Array, ja
 
 def correct(logits: jax.Array, labels: jax.Array, k: int = 1) -> jax.Array:
     """`[B]` bool: whether the label is among the top-`k` logits."""
-    if k == 1:
-        return jnp.argmax(logits, axis=-1) == labels
+    if k == 1:  # argmax gives int64 under x64: compare in the labels' dtype (strict promotion)
+        return jnp.argmax(logits, axis=-1).astype(labels.dtype) == labels
     _, top = jax.lax.top_k(logits, k)
-    return jnp.any(top == labels[:, None], axis=-1)
+    return jnp.any(top.astype(labels.dtype) == labels[:, None], axis=-1)
