@@ -51,12 +51,9 @@ def use_virtual_cpu_devices(count: int) -> None:
     jax.config.update("jax_num_cpu_devices", count)
 
 
-def host_variables(model, seed: int = 0):
-    """Seeded numpy weights of `model`'s shapes, He-style scale, BatchNorm at identity.
-
-    For throughput and placement checks, where the values do not matter: this
-    skips compiling the PRNG for every layer (slow on CPU for a ResNet).
-    """
+def _host_variables(model, seed: int):
+    """Seeded host-side weights of `model`'s shapes (throughput does not depend on the values; this skips
+    compiling the PRNG for every layer)."""
     import jax  # noqa: PLC0415
 
     from jaxnets import models  # noqa: PLC0415
@@ -99,7 +96,7 @@ def measure(model_name: str, devices: int, batch_size: int, steps: int, *, width
     model = models.create(model_name, **kwargs)
     tx = optimizers.create("sgd", 0.01, momentum=0.9)
     state = distributed.replicate(jax.device_get(TrainState.create(model, tx, seed=seed,
-                                                                   variables=host_variables(model, seed))), mesh)
+                                                                   variables=_host_variables(model, seed))), mesh)
     rng = np.random.default_rng(seed)
     host_batch = data.Batch(rng.normal(size=(batch_size, *INPUT_SHAPES[model_name])).astype(np.float32),
                             rng.integers(0, 10, batch_size).astype(np.int32), np.ones(batch_size, bool))
