@@ -102,7 +102,7 @@ def test_mnist_downloaded_verified_loaded_and_trained(shared_data, mirror, tmp_p
     monkeypatch.setenv(dl.MIRROR_ENV, url)  # the way a user (or the CLI) points at a mirror
     data_dir = tmp_path / "data"
     config = TrainConfig(model="mlp", dataset="mnist", split="test", data_dir=str(data_dir), epochs=1,
-                         batch_size=128, optimizer="adam", lr=1e-3)
+                         batch_size=64, optimizer="adam", lr=3e-3, schedule="constant")
     result = fit(config, log=lambda _: None, progress=False)
 
     raw = data_dir / "MNIST" / "raw"  # torchvision's layout
@@ -111,7 +111,7 @@ def test_mnist_downloaded_verified_loaded_and_trained(shared_data, mirror, tmp_p
     assert sorted(server.requests) == ["/mnist/t10k-images-idx3-ubyte.gz", "/mnist/t10k-labels-idx1-ubyte.gz"]
     assert not (raw / "train-images-idx3-ubyte.gz").exists(), "only the requested split is fetched"
     assert _leftovers(data_dir) == []
-    assert result.history[-1]["val_acc"] > 0.5  # one epoch of the small MLP on 8,000 real digits (chance: 0.1)
+    assert result.history[-1]["val_acc"] > 0.7  # one epoch of the 784-10-10-10 MLP on 8,000 real digits: 0.87 (chance 0.1)
     ds = data.load("mnist", "test", data_dir=data_dir)  # now on disk: no request
     assert len(server.requests) == 2
     assert np.bincount(ds.labels).tolist() == MNIST_TEST_HISTOGRAM
