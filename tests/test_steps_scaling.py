@@ -254,7 +254,7 @@ def test_bfloat16_and_float16_train_lenet_on_digits_within_a_point_of_float32():
     accuracy, history = {}, {}
     for dtype in ("float32", "bfloat16", "float16"):
         config = TrainConfig(model="lenet", dataset="digits", epochs=10, batch_size=32, optimizer="adam", lr=3e-3,
-                             schedule="cosine", dtype=dtype, mode="scan")
+                             schedule="cosine", dtype=dtype, mode="jit")
         result = fit(config, **QUIET)
         accuracy[dtype], history[dtype] = result.history[-1]["test_acc"], result.history
     assert accuracy["float32"] > 0.9, accuracy
