@@ -40,6 +40,7 @@ def quick_compiles(monkeypatch):
     jax.config.update("jax_disable_most_optimizations", previous)
 
 
+@pytest.mark.slow  # every mode, PyTorch's compile included (~25 s)
 def test_cli_runs_mlp_in_every_mode_and_its_report_adds_up(tmp_path, capsys, monkeypatch):
     """One CLI run over every mode (torch ones where installed): schema, derived fields, compile counts, ratios."""
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"

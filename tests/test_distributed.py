@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # three child processes with 2 and 4 virtual devices (~45 s)
+
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4
 # The one-process and two-process runs: the same command, the same global batch (4 devices in both).
