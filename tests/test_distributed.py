@@ -149,22 +149,11 @@ def _max_diff(a, b) -> float:
 
 
 def _host_variables(model, seed: int = 0):
-    """Seeded host-side weights (He-style scale; BatchNorm at identity): no PRNG to compile for every layer."""
-    import jax
+    """The devices benchmark's seeded host-side weights (He-style scale, BatchNorm at identity): no PRNG to compile
+    for every layer. Imported here, in the child process only."""
+    from jaxnets.bench.devices import host_variables
 
-    from jaxnets import models
-
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if "scale" in name or "var" in name:
-            return np.ones(leaf.shape, leaf.dtype)
-        if "bias" in name or "mean" in name:
-            return np.zeros(leaf.shape, leaf.dtype)
-        return (rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, jax.eval_shape(lambda: models.init(model, jax.random.key(seed))))
+    return host_variables(model, seed)
 
 
 def _resnet_checks(mesh_of) -> dict:

@@ -51,7 +51,7 @@ def use_virtual_cpu_devices(count: int) -> None:
     jax.config.update("jax_num_cpu_devices", count)
 
 
-def _host_variables(model, seed: int):
+def host_variables(model, seed: int = 0):
     """Seeded host-side weights of `model`'s shapes (throughput does not depend on the values; this skips
     compiling the PRNG for every layer)."""
     import jax  # noqa: PLC0415
@@ -96,7 +96,7 @@ def measure(model_name: str, devices: int, batch_size: int, steps: int, *, width
     model = models.create(model_name, **kwargs)
     tx = optimizers.create("sgd", 0.01, momentum=0.9)
     state = distributed.replicate(jax.device_get(TrainState.create(model, tx, seed=seed,
-                                                                   variables=_host_variables(model, seed))), mesh)
+                                                                   variables=host_variables(model, seed))), mesh)
     rng = np.random.default_rng(seed)
     host_batch = data.Batch(rng.normal(size=(batch_size, *INPUT_SHAPES[model_name])).astype(np.float32),
                             rng.integers(0, 10, batch_size).astype(np.int32), np.ones(batch_size, bool))
