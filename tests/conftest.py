@@ -15,8 +15,9 @@ from pathlib import Path
 import jax
 import pytest
 
-# Tests compile hundreds of programs and run each a few steps: LLVM's optimisation passes are most of each
-# compile (level 1 compiles the suite's ResNet/VGG variants 2-4x faster than the default and runs as fast here; level 0 runs float64 and bfloat16 steps 4x slower) and buy nothing here. Set before the
+# Tests compile hundreds of programs and run each for a few steps, so LLVM's optimisation passes are most of
+# their cost. Level 1 compiles the suite's ResNet/VGG variants 2-4x faster than XLA's default and runs as fast;
+# level 0 (what test_bench's `quick_compiles` uses) runs float64 and bfloat16 steps 4x slower. Set before the
 # backend starts (XLA reads XLA_FLAGS once); child processes inherit it. Benchmarks never run under it.
 TEST_XLA_FLAG = "--xla_backend_optimization_level=1"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):

@@ -148,23 +148,16 @@ def _max_diff(a, b) -> float:
                default=0.0)
 
 
-def _host_variables(model, seed: int = 0):
-    """The devices benchmark's seeded host-side weights (He-style scale, BatchNorm at identity): no PRNG to compile
-    for every layer. Imported here, in the child process only."""
-    from jaxnets.bench.devices import host_variables
-
-    return host_variables(model, seed)
-
-
 def _resnet_checks(mesh_of) -> dict:
     """Step by step: tiny ResNet-18 on 4 batches of digits, one device vs four (same global batches)."""
     import jax
 
     from jaxnets import data, models
+    from jaxnets.bench.devices import host_variables  # seeded host weights: no PRNG program per layer
     from jaxnets.training import TrainState, distributed, make_steps, optimizers
 
     model = models.create("resnet18", width_divisor=8, in_channels=1, num_classes=10)
-    variables = _host_variables(model)
+    variables = host_variables(model)
     # Float reordering in BatchNorm's backward grows step by step (a permuted batch on one device drifts the
     # same way); a small learning rate keeps 4 steps inside the tolerance.
     host = jax.device_get(TrainState.create(model, optimizers.create("sgd", 1e-3, momentum=0.9), variables=variables))
@@ -211,6 +204,7 @@ def _transfer_guard_checks(mesh_of) -> dict:
     import jax
 
     from jaxnets import data, models
+    from jaxnets.bench.devices import host_variables
     from jaxnets.training import TrainState, distributed, make_steps, optimizers
 
     model = models.create("lenet")
@@ -223,7 +217,7 @@ def _transfer_guard_checks(mesh_of) -> dict:
         batch = next(data.Loader(train.images, train.labels, 32, preprocess=preprocess, train=True,
                                  sharding=sharding).epoch(0))
         # a fresh state per mesh: the step donates its input, and a typed key stays a device array under device_get
-        host = jax.device_get(TrainState.create(model, optimizers.create("adam", 1e-3), variables=_host_variables(model)))
+        host = jax.device_get(TrainState.create(model, optimizers.create("adam", 1e-3), variables=host_variables(model)))
         state = distributed.replicate(host, mesh)
         try:
             with jax.transfer_guard("disallow"):  # the first call compiles too: still nothing may cross
