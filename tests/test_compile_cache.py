@@ -63,7 +63,7 @@ def test_second_run_of_the_command_hits_the_cache(tmp_path):
     assert _entries(tmp_path / "cache" / "xla") == written
 
 
-@pytest.mark.parametrize("how", ["--no-cache", "JAXNETS_COMPILE_CACHE=0"])
+@pytest.mark.parametrize("how", ["--no-cache", pytest.param("JAXNETS_COMPILE_CACHE=0", marks=pytest.mark.slow)])
 def test_switched_off_writes_nothing(tmp_path, how):
     out = _train(tmp_path / "cache", "--no-cache") if how == "--no-cache" else _train(tmp_path / "cache", setting="0")
     assert out["folder"] is None and out["hits"] == out["misses"] == 0 and out["code"] == 0

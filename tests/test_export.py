@@ -33,6 +33,8 @@ FAMILIES = {
     "vgg16": {"width_divisor": 8},
     "resnet18_imagenet": {"width_divisor": 8, "image_size": 64},
 }
+# The quick lane exports one model per family, block type and layout; the slow lane adds their twins.
+_SLOW_EXPORTS = {"lenet5", "lenet-cifar", "resnet50", "vgg16"}
 
 
 def _model(name: str, seed: int = 1, **kwargs):
@@ -70,7 +72,8 @@ def _images(shape, n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, *shape)).astype(np.float32)
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW_EXPORTS else n
+                                  for n in FAMILIES])
 def test_logits_equal_apply_at_every_batch_size(tmp_path, name):
     kwargs = FAMILIES[name]
     model, variables = _model(name, **kwargs)

@@ -112,7 +112,7 @@ def test_save_and_load_whole_model(tmp_path, getkey):
     assert loaded_model == model
     assert_same_params(loaded, variables)
     x = jax.random.normal(getkey(), (2, 32, 32, 3))
-    np.testing.assert_array_equal(loaded_model.apply(loaded, x), model.apply(variables, x))
+    np.testing.assert_array_equal(jax.jit(loaded_model.apply)(loaded, x), jax.jit(model.apply)(variables, x))
     with pytest.raises(FileExistsError, match="already exists"):
         save_model(path, "resnet18", variables, num_classes=7, width_divisor=8)
 
@@ -192,6 +192,7 @@ def test_cli_wrong_model_for_data(tmp_path, capsys):
     assert "resnet18 expects images of shape (32, 32, 3), but digits has (28, 28, 1)" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a fresh process (~9 s); the quick lane runs the same `main` in-process just above
 def test_python_dash_m_train_runs(tmp_path, compile_cache_env):
     out = subprocess.run([sys.executable, "-m", "train", "--model", "mlp", "--epochs", "1", "--workdir",
                           str(tmp_path), "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=300,

@@ -23,6 +23,9 @@ import torch_reference  # noqa: E402  (tests/torch_reference.py, needs torch)
 # a form test on 2 cores) are checked once, at 224x224 in torchvision's own names (test_torchvision_layout_...).
 FORM_NAMES = ["mlp", "lenet", "lenet5", "lenet-cifar", "resnet18", "resnet50", "resnet18_imagenet", "vgg11_bn", "vgg16"]
 _BIG = {"resnet34", "resnet50", "resnet34_imagenet", "resnet50_imagenet", "vgg19", "vgg19_bn"}  # `slow`: over ~20M parameters
+# The quick lane tries the forms on one model per family; plain VGG-16 and the torchvision ResNet (its names are
+# also checked at 224x224 below) join in the slow lane.
+_SLOW_FORMS = _BIG | {"vgg16", "resnet18_imagenet"}
 LOGITS_ONLY = [n for n in models.available() if n not in FORM_NAMES and n != "resnet50_imagenet"  # at 224x224 below
                and not (n.startswith("vgg") and n.endswith("_imagenet"))]
 
@@ -117,7 +120,8 @@ def test_every_other_model_gives_pytorch_logits(name):
     converted_reference(name, sample_input(name))
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _BIG else n for n in FORM_NAMES])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW_FORMS else n
+                                  for n in FORM_NAMES])
 def test_every_checkpoint_form_gives_pytorch_logits(name, tmp_path, caplog):
     x = sample_input(name)
     ours_net = converted_reference(name, x)  # (a)
@@ -302,7 +306,9 @@ def test_unreadable_or_missing_file(tmp_path):
 
 # --- initialisation as PyTorch does it -----------------------------------------------------------
 
-INIT_NAMES = ["mlp", "lenet", "lenet-cifar", "resnet18", "vgg11_bn", "resnet18_imagenet",
+# The quick lane checks PyTorch's default rule; torchvision's kaiming fan-out and N(0, 0.01) are the slow lane's.
+INIT_NAMES = ["mlp", "lenet", "lenet-cifar", "resnet18", "vgg11_bn",
+              pytest.param("resnet18_imagenet", marks=pytest.mark.slow),
               pytest.param("vgg11_imagenet", marks=pytest.mark.slow)]
 
 
@@ -320,7 +326,7 @@ def _torch_rule(name: str, module: str, kernel_ndim: int, torch_net) -> str:
 @pytest.mark.parametrize("name", INIT_NAMES)
 def test_init_follows_pytorch(name, getkey):
     model = models.create(name)
-    variables = model.init(getkey(), sample_input(name, batch=1))  # eager: no compile for a one-off
+    variables = models.init(model, getkey())  # jitted once per model configuration, shared with other tests
     torch_net = torch_models.create(name)
     checked = 0
     for module, leaves in _layers(variables):

@@ -51,6 +51,11 @@ SHAPE_NAMES = [n for n in EXPECTED_PARAMS if n not in _SAME_AS_VGG11_IMAGENET]
 # twins run the same modules from a longer config table, so their shapes are traced (no compile, ~10x cheaper).
 COMPILED_NAMES = ["mlp", "lenet", "lenet5", "lenet-cifar", "resnet18", "resnet50", "vgg11", "vgg11_bn",
                   "resnet18_imagenet", "vgg11_imagenet", "vgg11_bn_imagenet"]
+# The quick lane compiles one model per family and traces the rest; the slow lane (CI) compiles them all.
+QUICK_COMPILED = {"mlp", "lenet", "resnet18", "vgg11_bn"}
+SHAPE_CASES = [pytest.param(name, False, id=f"{name}-traced") for name in SHAPE_NAMES if name not in QUICK_COMPILED]
+SHAPE_CASES += [pytest.param(name, True, id=name, marks=() if name in QUICK_COMPILED else pytest.mark.slow)
+                for name in COMPILED_NAMES]
 
 
 def tiny(name: str, **kwargs):
@@ -86,13 +91,12 @@ def test_vgg16_imagenet_head_parameter_count():
     assert models.count_params(shapes) == 134_301_514
 
 
-@pytest.mark.parametrize("name", SHAPE_NAMES)
-def test_shapes_in_eval_and_train_mode(name, getkey):
+@pytest.mark.parametrize(("name", "compiled"), SHAPE_CASES)
+def test_shapes_in_eval_and_train_mode(name, compiled, getkey):
     """jit == eager is asserted once, on whole train and eval steps, in test_training.py."""
     model = tiny(name)
     shape = (64, 64, 3) if name.endswith("_imagenet") else model.input_shape
     x = jax.random.normal(getkey(), (3, *shape))
-    compiled = name in COMPILED_NAMES
     variables = (jax.jit(model.init) if compiled else functools.partial(jax.eval_shape, model.init))(getkey(), x[:1])
     apply = jitted_apply(model) if compiled else traced_apply(model)
     logits = apply(variables, x)

@@ -55,24 +55,29 @@ class _BatchNormNet(nn.Module):
         return x.astype(jnp.float32)
 
 
+@functools.partial(jax.jit, static_argnums=0)  # one compile per dtype (Modules hash by their fields), not eager ops
+def _bn_init(model: nn.Module) -> dict:
+    return model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+
+
 def _bn_state(dtype=jnp.float32, tx=None) -> TrainState:
     model = _BatchNormNet(dtype)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    variables = _bn_init(model)
     return TrainState.create(model, tx or optimizers.sgd(0.1), variables=variables)
 
 
 # ---------------------------------------------------------------- steps you can see
 
-def test_module_level_steps_jit_equals_eager():
+def test_module_level_steps_bind_with_partial_and_jit_by_the_caller():
+    """The flax-examples pattern. eager == jit for these same functions is asserted in test_training.py."""
     state = TrainState.create(_tiny_mlp(), optimizers.sgd(0.05, momentum=0.9), seed=0)
     step = functools.partial(train_step, loss="cross_entropy", learning_rate=0.05)
     data_ = batches((784,), 2, 16)
-    eager, jitted, jit_step = state, state, jax.jit(step)
+    jitted, jit_step = state, jax.jit(step)
     for batch in data_:
-        eager, eager_metrics = step(eager, batch)
         jitted, jit_metrics = jit_step(jitted, batch)
-    assert max_abs_diff(eager.params, jitted.params) < 1e-6
-    np.testing.assert_allclose(eager_metrics["loss_sum"], jit_metrics["loss_sum"], rtol=1e-6)
+    assert max_abs_diff(state.params, jitted.params) > 1e-4, "two steps must move the weights"
+    assert float(jit_metrics["count"]) == 16 and np.isfinite(float(jit_metrics["loss_sum"]))
     assert float(jit_metrics["lr"]) == pytest.approx(0.05)
     assert int(jitted.step) == 2
     metrics = jax.jit(functools.partial(eval_step, loss="cross_entropy"))(jitted, data_[0])
@@ -107,7 +112,7 @@ def test_the_learning_rate_metric_lands_in_the_history_and_scan_matches_jit():
 
 # ---------------------------------------------------------------- scan: one program per epoch
 
-@pytest.mark.parametrize("name", ["lenet", "dropout"])
+@pytest.mark.parametrize("name", [pytest.param("lenet", marks=pytest.mark.slow), "dropout"])  # quick: the MLP
 def test_scan_gives_what_jit_gives_over_two_augmented_epochs(name):
     """Same data order, crops, flips and dropout keys.
 
@@ -154,7 +159,7 @@ def test_scan_dropout_keys_matter():
 
 # ---------------------------------------------------------------- gradient accumulation
 
-@pytest.mark.parametrize("name", ["mlp", "lenet"])
+@pytest.mark.parametrize("name", ["mlp", pytest.param("lenet", marks=pytest.mark.slow)])  # quick lane: the MLP
 def test_accumulating_four_micro_batches_equals_the_four_times_larger_batch(name):
     model = _tiny_mlp() if name == "mlp" else models.create("lenet")
     shape = model.input_shape if name == "mlp" else (28, 28, 1)
@@ -206,7 +211,7 @@ def test_bfloat16_computes_low_but_keeps_float32_weights_statistics_and_logits()
         new, metrics = jax.jit(train_step)(state, batch)
         for tree in (new.params, new.batch_stats, new.opt_state):
             assert {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)} <= float32
-        assert new.apply_fn(new.variables, batch.image).dtype == jnp.float32
+        assert jax.jit(new.apply_fn)(new.variables, batch.image).dtype == jnp.float32
         assert metrics["loss_sum"].dtype == jnp.float32
         jaxpr = str(jax.make_jaxpr(lambda v, x: new.apply_fn(v, x))(new.variables, batch.image))  # noqa: B023
         assert "bf16" in jaxpr  # the convolutions really run in bfloat16

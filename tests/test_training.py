@@ -16,8 +16,9 @@ from jaxnets.training import TrainState, losses, make_steps, make_train_step, op
 # The one place eager == jit is asserted for whole train steps (forward, BatchNorm updates, backward, optimizer).
 # ResNet-18 and VGG-11-BN as tiny variants (`width_divisor=8`): the same blocks, code paths and layer names.
 @pytest.mark.parametrize(("name", "kwargs", "batch_size", "n_steps"), [
-    ("mlp", {}, 16, 5), ("lenet", {}, 16, 5),
-    # Eager compiles every op of these once (~35 s and ~15 s): the slow lane.
+    ("mlp", {}, 16, 5),
+    # Eager compiles every op of the convnets once (~10 s, ~35 s and ~15 s): the slow lane (CI runs it).
+    pytest.param("lenet", {}, 16, 5, marks=pytest.mark.slow),
     pytest.param("resnet18", {"width_divisor": 8}, 8, 3, marks=pytest.mark.slow),
     pytest.param("vgg11_bn", {"width_divisor": 8}, 8, 3, marks=pytest.mark.slow)])
 def test_eager_and_jit_give_the_same_numbers(name, kwargs, batch_size, n_steps):

@@ -15,6 +15,9 @@ rngs={'dropout': key})`.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -73,10 +76,22 @@ def init(model: nn.Module, key: jax.Array, batch_size: int = 1) -> dict:
     """`model.init` on an example input; returns `{'params': ..., ['batch_stats': ...]}`.
 
     Runs under `jax.jit` so that initialising a large model is one compiled
-    program rather than thousands of eager ops.
+    program rather than thousands of eager ops. The jitted init is kept per
+    model configuration (flax Modules compare and hash by their fields), so
+    initialising an equal model again (a resumed run, a new seed, a notebook
+    cell run twice) neither traces nor compiles again.
     """
-    x = example_input(model, batch_size)
-    return backend.jit(lambda k: model.init(k, x, train=False))(key)
+    try:
+        hash(model)
+    except TypeError:  # a field holds an unhashable value (a list): nothing to key a cache on
+        return _jitted_init.__wrapped__(model, batch_size, ())(key)
+    return _jitted_init(model, batch_size, tuple(sorted(backend.compiler_options().items())))(key)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_init(model: nn.Module, batch_size: int, options: tuple) -> Callable[[jax.Array], dict]:
+    """One `backend.jit` of `model.init` per (model, batch size, compiler options); `options` only keys the cache."""
+    return backend.jit(lambda key: model.init(key, example_input(model, batch_size), train=False))
 
 
 def count_params(variables: dict) -> int:
