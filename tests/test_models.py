@@ -217,3 +217,15 @@ def test_width_divisor_narrows_every_layer_and_keeps_the_layer_names(name):
     assert traced_apply(tiny_model)(tiny, models.example_input(tiny_model, 2)).shape == (2, 10)
     with pytest.raises(ValueError, match="width_divisor must be an integer"):
         models.init(models.create(name, width_divisor=0), jax.random.key(0))
+
+
+def test_init_reuses_its_compiled_program_for_an_equal_model():
+    first = models.init(models.create("lenet"), jax.random.key(0))
+    hits = models._jitted_init.cache_info().hits
+    again = models.init(models.create("lenet"), jax.random.key(0))  # an equal, separately built model
+    other_seed = models.init(models.create("lenet"), jax.random.key(1))
+    assert models._jitted_init.cache_info().hits == hits + 2
+    assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again))) == 0
+    assert not np.allclose(jax.tree.leaves(first)[0], jax.tree.leaves(other_seed)[0])
+    wider = models.init(models.create("lenet", num_classes=3), jax.random.key(0))  # another config: its own program
+    assert wider["params"]["fc3"]["kernel"].shape[-1] == 3
