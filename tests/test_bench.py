@@ -170,3 +170,29 @@ def test_machine_facts():
     assert facts["cpu"] == host.cpu_model() and facts["cores"] == os.cpu_count() and facts["jax"] == jax.__version__
     assert ("torch" in facts) == bench.torch_available()
     assert PEAK_GFLOPS(128, repeats=1) > 0
+
+
+def test_one_cli_run_covers_several_batch_sizes_and_both_train_and_inference(tmp_path):
+    out_json = tmp_path / "bench.json"
+    assert cli.main(["--models", "mlp", "--modes", "jit", "--batch-size", "4,8", "--what", "train,infer",
+                     "--steps", str(STEPS), "--json", str(out_json)]) == 0
+    report = json.loads(out_json.read_text())
+    assert [(r["what"], r["batch_size"]) for r in report["rows"]] == [
+        ("train", 4), ("train", 8), ("infer", 4), ("infer", 8)]
+    assert all(r["images_per_s"] > 0 for r in report["rows"])
+    assert {(r["what"], r["batch_size"]) for r in report["ratios"]} == {
+        ("train", 4), ("train", 8), ("infer", 4), ("infer", 8)}
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--batch-size", "0"], "batch sizes must be positive"), (["--batch-size", "32,x"], "expected batch sizes"),
+    (["--what", "train,pipeline"], "pipeline runs on its own"), (["--what", "predict"], "invalid choice")])
+def test_bad_batch_sizes_and_whats_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_pipeline_takes_one_batch_size(capsys):
+    assert cli.main(["--what", "pipeline", "--batch-size", "32,128"]) == 2
+    assert "takes one --batch-size" in capsys.readouterr().err

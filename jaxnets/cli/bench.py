@@ -9,17 +9,42 @@ import sys
 from jaxnets import backend, bench, models
 
 
+def _batch_sizes(text: str) -> list[int]:
+    """'128' or '32,128' -> [32, 128]; argparse turns the ValueError into a usage error naming the flag."""
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected batch sizes like 128 or 32,128, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def _whats(text: str) -> list[str]:
+    """'train', 'infer', 'train,infer' or 'pipeline' (which runs alone)."""
+    whats = [w for w in text.split(",") if w]
+    choices = (*bench.WHAT, "pipeline")
+    bad = [w for w in whats if w not in choices]
+    if bad or not whats:
+        raise argparse.ArgumentTypeError(f"invalid choice {text!r}: comma-separated {', '.join(choices)}")
+    if "pipeline" in whats and len(whats) > 1:
+        raise argparse.ArgumentTypeError("pipeline runs on its own (not with train or infer)")
+    return whats
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxnets-bench", description="Eager vs jit (vs PyTorch), measured in one run.")
     p.add_argument("--models", default="mlp,lenet,resnet18,vgg16", help="comma-separated model names")
     p.add_argument("--modes", default=",".join(bench.MODES), help="comma-separated: " + ", ".join(bench.MODES))
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=_batch_sizes, default=[128],
+                   help="images per step; comma-separated for several in one run, e.g. 32,128 (default 128)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--steps", type=int, default=None, help="timed steps per case")
     group.add_argument("--min-time", type=float, default=None, help="seconds of timed steps per case (default 2)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--what", choices=("train", "infer", "pipeline"), default="train",
-                   help="train step, inference, or the input pipeline vs the ResNet-18 step")
+    p.add_argument("--what", type=_whats, default=["train"],
+                   help="train step, inference (comma-separated for both: train,infer), or the input pipeline "
+                        "vs the ResNet-18 step (pipeline)")
     p.add_argument("--data-dir", default=None, help="CIFAR-10 files for --what pipeline (default: synthetic)")
     p.add_argument("--numerics", action="store_true", help="also report eager vs jit loss/params after 3 steps")
     p.add_argument("--vary-batch", action="store_true", help="show recompilation on new batch shapes")
@@ -47,19 +72,25 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"jaxnets-bench: error: unknown mode(s) {bad}; choose from {', '.join(bench.MODES)}", file=sys.stderr)
         return 2
+    if args.what == ["pipeline"] and len(args.batch_size) > 1:
+        print("jaxnets-bench: error: --what pipeline takes one --batch-size", file=sys.stderr)
+        return 2
     report: dict = {"machine": bench.machine(), "peak_gflops": bench.peak_gflops(), "command": " ".join(sys.argv)}
     print(f"machine: {report['machine']}  peak {report['peak_gflops']:.1f} GFLOP/s (jitted 2048^2 matmul)")
-    if args.what == "pipeline":
+    if args.what == ["pipeline"]:
         from jaxnets.bench import pipeline  # noqa: PLC0415
 
-        result = pipeline.run(args.data_dir, args.batch_size)
+        (batch_size,) = args.batch_size
+        result = pipeline.run(args.data_dir, batch_size)
         report["pipeline"] = result
-        print(f"input pipeline ({result['dataset']}, batch {args.batch_size}, crop+flip+normalize): "
+        print(f"input pipeline ({result['dataset']}, batch {batch_size}, crop+flip+normalize): "
               f"{result['pipeline']['images_per_s']:,.0f} img/s; ResNet-18 jit train step: "
               f"{result['resnet18_jit_train']['images_per_s']:,.1f} img/s; ratio {result['ratio']:,.0f}x")
     else:
-        rows = bench.run(names, modes, args.batch_size, steps=args.steps,
-                         min_time=args.min_time if args.steps is None else None, dtype=args.dtype, what=args.what)
+        rows = [row for what in args.what for batch_size in args.batch_size
+                for row in bench.run(names, modes, batch_size, steps=args.steps,
+                                     min_time=args.min_time if args.steps is None else None, dtype=args.dtype,
+                                     what=what)]
         report["rows"], report["ratios"] = rows, bench.ratios(rows)
         print()
         bench.print_table(rows)
