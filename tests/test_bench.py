@@ -196,3 +196,22 @@ def test_bad_batch_sizes_and_whats_are_usage_errors(argv, message, capsys):
 def test_pipeline_takes_one_batch_size(capsys):
     assert cli.main(["--what", "pipeline", "--batch-size", "32,128"]) == 2
     assert "takes one --batch-size" in capsys.readouterr().err
+
+
+def test_conv_layers_reads_each_models_convolutions_from_the_model_and_counts_them():
+    from jaxnets.bench import conv_layers  # noqa: PLC0415
+
+    specs = conv_layers.model_convolutions("resnet18", 4)
+    resnet = {spec[0]: spec[-1] for spec in specs}
+    # stem, 4 + 4 + 4 + 4 block convolutions (one stride-2 3x3 from stage 2 on), three 1x1 stride-2 shortcuts
+    assert sum(resnet.values()) == 20 and resnet["3x3 3->64 @32"] == 1 and resnet["3x3 64->64 @32"] == 4
+    assert resnet["3x3 s2 64->128 @32"] == resnet["1x1 s2 64->128 @32"] == resnet["1x1 s2 256->512 @8"] == 1
+    assert resnet["3x3 512->512 @4"] == 3
+    # the fixed list (the default run) has the same shapes
+    assert {spec[1:8] for spec in conv_layers.LAYERS if "resnet18" in spec[8]} == {spec[1:8] for spec in specs}
+
+    rows = conv_layers.run(batch_size=2, rounds=1, log=None, layer_specs=conv_layers.model_convolutions("lenet", 2))
+    assert [r["count"] for r in rows] == [1, 1]
+    totals = conv_layers.totals_per_step(rows)
+    assert totals["jaxnets"] == pytest.approx(sum(r["jaxnets_ms"] for r in rows))
+    assert "| **all convolutions** |" in conv_layers.table(rows)

@@ -1,6 +1,14 @@
 """Layer by layer: every distinct convolution of LeNet, ResNet-18 and VGG-16, JAX vs PyTorch, one run.
 
     python -m jaxnets.bench.conv_layers --batch-size 128 --json conv-layers.json
+    python -m jaxnets.bench.conv_layers --model resnet18 --batch-size 128   # one model's, weighted by count
+
+With `--model`, the layers are read from the model itself (the convolutions
+in the jaxpr of its forward pass, grouped by shape and counted) and the
+table adds each layer's share of one training step (time x count) and the
+sum over all convolutions, to set beside the whole step's time from
+`jaxnets-bench`: what is left over is everything else (BatchNorm, ReLU,
+pooling, the optimizer).
 
 For each distinct convolution shape of the CIFAR ResNet-18 and VGG-16 it
 times the training work of that layer — forward, input gradient (not for
@@ -43,6 +51,8 @@ LAYERS = (
     ("3x3 s2 256->512 @8", 8, 8, 256, 512, 3, 2, 1, "resnet18"),
     ("3x3 512->512 @4", 4, 4, 512, 512, 3, 1, 1, "resnet18, vgg16"),
     ("3x3 512->512 @2", 2, 2, 512, 512, 3, 1, 1, "vgg16"),
+    ("1x1 s2 128->256 @16", 16, 16, 128, 256, 1, 2, 0, "resnet18"),
+    ("1x1 s2 256->512 @8", 8, 8, 256, 512, 1, 2, 0, "resnet18"),
 )
 DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -58,6 +68,58 @@ def im2col_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.A
                                          channels), (1, stride, stride, 1))
         for i in range(kh) for j in range(kw)], axis=-1)
     return patches @ kernel.reshape(kh * kw * channels, out)
+
+
+def _sub_jaxprs(eqn) -> list:
+    """The jaxprs nested in an equation's parameters (jit, custom_vjp, scan, cond bodies)."""
+    out = []
+    for value in eqn.params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, jax.extend.core.ClosedJaxpr):
+                out.append(item.jaxpr)
+            elif isinstance(item, jax.extend.core.Jaxpr):
+                out.append(item)
+    return out
+
+
+def model_convolutions(name: str, batch_size: int = 128) -> list[tuple]:
+    """The distinct convolutions of `name`'s forward pass, as `LAYERS` rows with a count appended.
+
+    Read from the jaxpr of `model.apply` in train mode (what a training step
+    runs), so the shapes and counts are the model's own. Returns
+    `(name, H, W, C, O, kernel, stride, padding, model, count)` tuples in
+    order of first appearance. Convolutions that jaxnets' CPU path writes as
+    a matmul (maps smaller than the kernel) are not convolutions in the
+    jaxpr and are not listed.
+    """
+    from jaxnets import models  # noqa: PLC0415
+
+    model = models.create(name)
+    variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
+    x = jax.ShapeDtypeStruct((batch_size, *model.input_shape), jnp.float32)
+    closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
+                                                      rngs={"dropout": jax.random.key(0)}))(variables, x)
+    counts: dict[tuple, int] = {}
+
+    def walk(jaxpr) -> None:
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+                spec = eqn.params["dimension_numbers"]
+                n, c, h, w = (lhs[i] for i in spec.lhs_spec)
+                o, i_, kh, kw = (rhs[i] for i in spec.rhs_spec)
+                (pad, _), _ = eqn.params["padding"]
+                key = (h, w, c, o, kh, eqn.params["window_strides"][0], pad)
+                counts[key] = counts.get(key, 0) + 1
+            for sub in _sub_jaxprs(eqn):
+                walk(sub)
+
+    walk(closed.jaxpr)
+    rows = []
+    for (h, w, c, o, k, stride, pad), count in counts.items():
+        label = f"{k}x{k}{f' s{stride}' if stride > 1 else ''} {c}->{o} @{h}"
+        rows.append((label, h, w, c, o, k, stride, pad, name, count))
+    return rows
 
 
 def _jax_layer(conv: Callable, x, w, stem: bool) -> Callable[[], None]:
@@ -85,11 +147,16 @@ def _torch_layer(x_np, w_np, stride: int, pad: int, stem: bool) -> Callable[[], 
     return step
 
 
-def run(batch_size: int = 128, rounds: int = 5, log=print) -> list[dict]:
-    """Time every layer of `LAYERS` in each variant; returns one dict per layer (milliseconds)."""
+def run(batch_size: int = 128, rounds: int = 5, log=print, layer_specs=LAYERS) -> list[dict]:
+    """Time every layer of `layer_specs` (default `LAYERS`) in each variant; one dict per layer (milliseconds).
+
+    `layer_specs` rows may carry a count as a tenth field (`model_convolutions`);
+    the dicts then have `count` and `<variant>_ms_per_step` (time x count).
+    """
     have_torch = host.torch_available()
     rows = []
-    for name, height, width, channels, out, k, stride, pad, where in LAYERS:
+    for spec in layer_specs:
+        name, height, width, channels, out, k, stride, pad, where = spec[:9]
         rng = np.random.default_rng(0)
         x_np = rng.normal(size=(batch_size, height, width, channels)).astype(np.float32)
         w_np = (rng.normal(size=(k, k, channels, out)) / np.sqrt(k * k * channels)).astype(np.float32)
@@ -115,6 +182,9 @@ def run(batch_size: int = 128, rounds: int = 5, log=print) -> list[dict]:
         if have_torch:
             row["jaxnets_over_torch"] = best["torch"] / best["jaxnets"]  # > 1: jaxnets faster
         row["im2col_speedup"] = best["jaxnets"] / best["im2col"]  # > 1: im2col would win
+        if len(spec) > 9:
+            row["count"] = spec[9]
+            row.update({f"{v}_ms_per_step": 1e3 * s * spec[9] for v, s in best.items()})
         rows.append(row)
         if log:
             log(" | ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
@@ -122,24 +192,45 @@ def run(batch_size: int = 128, rounds: int = 5, log=print) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown: one line per layer."""
+    """Markdown: one line per layer; with counts, each layer's time per step and a total line."""
     torch_col = "torch_ms" in rows[0]
+    counted = "count" in rows[0]
     header = ["layer", "in", "jaxnets (ms)", "im2col (ms)"] + (["torch (ms)", "torch / jaxnets"] if torch_col else [])
     cells = [[r["layer"], r["models"], f"{r['jaxnets_ms']:.1f}", f"{r['im2col_ms']:.1f}"]
              + ([f"{r['torch_ms']:.1f}", f"{r['jaxnets_over_torch']:.2f}x"] if torch_col else []) for r in rows]
-    return report.markdown_table(header, cells, "llrr" + ("rr" if torch_col else ""))
+    align = "llrr" + ("rr" if torch_col else "")
+    if counted:
+        header += ["count", "jaxnets per step (ms)"] + (["torch per step (ms)"] if torch_col else [])
+        for cell, r in zip(cells, rows):
+            cell += [str(r["count"]), f"{r['jaxnets_ms_per_step']:.0f}"] + (
+                [f"{r['torch_ms_per_step']:.0f}"] if torch_col else [])
+        totals = totals_per_step(rows)
+        cells.append(["**all convolutions**", "", "", "", *(["", ""] if torch_col else []),
+                      str(sum(r["count"] for r in rows)), f"**{totals['jaxnets']:.0f}**",
+                      *([f"**{totals['torch']:.0f}**"] if torch_col else [])])
+        align += "rr" + ("r" if torch_col else "")
+    return report.markdown_table(header, cells, align)
+
+
+def totals_per_step(rows: list[dict]) -> dict[str, float]:
+    """Milliseconds per training step spent in all the counted convolutions, per variant."""
+    variants = [k[: -len("_ms_per_step")] for k in rows[0] if k.endswith("_ms_per_step")]
+    return {v: sum(r[f"{v}_ms_per_step"] for r in rows) for v in variants}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jaxnets.bench.conv_layers", description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--model", default=None, help="only this model's convolutions, counted (e.g. resnet18)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    rows = run(args.batch_size, args.rounds)
+    specs = LAYERS if args.model is None else model_convolutions(args.model, args.batch_size)
+    rows = run(args.batch_size, args.rounds, layer_specs=specs)
     print(table(rows))
     if args.json:
-        report.write_json(args.json, {"machine": host.machine(), "backend": backend.describe(), "rows": rows})
+        report.write_json(args.json, {"machine": host.machine(), "backend": backend.describe(), "model": args.model,
+                                      "rows": rows})
     return 0
 
 
