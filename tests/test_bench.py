@@ -215,3 +215,20 @@ def test_conv_layers_reads_each_models_convolutions_from_the_model_and_counts_th
     totals = conv_layers.totals_per_step(rows)
     assert totals["jaxnets"] == pytest.approx(sum(r["jaxnets_ms"] for r in rows))
     assert "| **all convolutions** |" in conv_layers.table(rows)
+
+
+@pytest.mark.skipif(not bench.torch_available(), reason="needs PyTorch (the torch extra)")
+def test_same_start_trains_both_frameworks_from_the_same_weights_on_the_same_batches():
+    from jaxnets.bench import same_start  # noqa: PLC0415
+
+    data_batches = same_start.batches("digits", None, steps=3, batch_size=32)
+    assert len(data_batches) == 3 and data_batches[0][0].shape == (32, 28, 28, 1)
+    assert abs(float(data_batches[0][0].mean())) < 0.5  # normalised with the catalog's statistics
+    result = same_start.run("lenet", data_batches, lr=0.05)
+    assert len(result["jaxnets"]) == len(result["torch"]) == 3
+    assert result["jaxnets"][0] == pytest.approx(result["torch"][0], rel=1e-5)  # same weights, same batch
+    assert result["jaxnets"][2] == pytest.approx(result["torch"][2], rel=1e-3)  # and the same updates
+    assert result["jaxnets"][2] != result["jaxnets"][0]
+    assert "| 3 |" in same_start.table(result)
+    with pytest.raises(ValueError, match="need 64000 images"):
+        same_start.batches("digits", None, steps=500, batch_size=128)
