@@ -40,16 +40,23 @@ torchvision_conv_init = initializers.variance_scaling(2.0, "fan_out", "normal")
 torchvision_linear_init = initializers.normal(0.01)
 
 
+# Thin 3x3 convolutions (few input and output channels: MNIST LeNet's 1->6 and 6->16) run faster as im2col
+# (9 shifted slices + one matmul) than as XLA:CPU's Eigen convolution; wider ones (the 3->64 stem) do not.
+IM2COL_MAX_PATCH = 64  # in_channels * 9
+IM2COL_MAX_OUT = 16
+
+
 def conv_algorithm(platform: str, input_shape: Sequence[int], kernel_shape: Sequence[int],
                    strides: Sequence[int], padding, lhs_dilation, rhs_dilation, groups: int) -> str:
-    """Which lowering `conv_general_dilated` uses: `'dense'` (one matmul) or `'lax'`.
+    """Which lowering `conv_general_dilated` uses: `'dense'` (one matmul), `'im2col'` or `'lax'`.
 
-    `'dense'` only on the CPU with jaxnets' CPU path on (`jaxnets.backend`),
-    for a plain 2-D NHWC convolution whose kernel window is larger than its
-    input map (`kh * kw > H * W`: VGG's 3x3 convs on 2x2 maps). XLA swaps the
-    operands of exactly those convolutions and runs them far off its fast
-    paths; as a matmul they run at matmul speed. Everything else, and every
-    convolution on GPU/TPU, is `lax.conv_general_dilated`.
+    Only on the CPU with jaxnets' CPU path on (`jaxnets.backend`), for a plain
+    2-D NHWC convolution: `'dense'` when its kernel window is larger than its
+    input map (`kh * kw > H * W`: VGG's 3x3 convs on 2x2 maps; XLA swaps the
+    operands of exactly those and runs them far off its fast paths, as a
+    matmul they run at matmul speed); `'im2col'` for thin 3x3 convolutions
+    (`in * 9 <= IM2COL_MAX_PATCH` and `out <= IM2COL_MAX_OUT`: LeNet's).
+    Everything else, and every convolution on GPU/TPU, is `lax.conv_general_dilated`.
     """
     if not backend.fast_cpu_path(platform) or len(input_shape) != 4 or groups != 1:
         return "lax"
@@ -58,8 +65,31 @@ def conv_algorithm(platform: str, input_shape: Sequence[int], kernel_shape: Sequ
     if isinstance(padding, str):
         return "lax"
     height, width = input_shape[1], input_shape[2]
-    kh, kw = kernel_shape[0], kernel_shape[1]
-    return "dense" if kh * kw > height * width else "lax"
+    kh, kw, channels, out = kernel_shape
+    if kh * kw > height * width:
+        return "dense"
+    if (kh, kw) == (3, 3) and channels * kh * kw <= IM2COL_MAX_PATCH and out <= IM2COL_MAX_OUT:
+        return "im2col"
+    return "lax"
+
+
+def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding) -> jax.Array:
+    """A 2-D convolution as kh*kw shifted (strided) slices + one matmul. `[N,H,W,C] x [kh,kw,C,O] -> [N,Ho,Wo,O]`.
+
+    `padding` is `((top, bottom), (left, right))`. Gradients flow through the
+    slices and the matmul (autodiff), so forward, input and weight gradients
+    are all slices and matmuls too.
+    """
+    kh, kw, channels, out = kernel.shape
+    (sh, sw), ((pt, pb), (pl, pr)) = strides, padding
+    padded = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    out_h = (x.shape[1] + pt + pb - kh) // sh + 1
+    out_w = (x.shape[2] + pl + pr - kw) // sw + 1
+    patches = jnp.concatenate([
+        lax.slice(padded, (0, i, j, 0), (x.shape[0], i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, channels),
+                  (1, sh, sw, 1))
+        for i in range(kh) for j in range(kw)], axis=-1)
+    return patches @ kernel.reshape(kh * kw * channels, out)
 
 
 def _dense_conv_indices(in_hw, kernel_hw, strides, padding) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
@@ -106,9 +136,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """
     nhwc = dimension_numbers is not None and tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2) and tuple(
         dimension_numbers.rhs_spec) == (3, 2, 0, 1)
-    if nhwc and not kwargs and conv_algorithm(jax.default_backend(), lhs.shape, rhs.shape, window_strides, padding,
-                                              lhs_dilation, rhs_dilation, feature_group_count) == "dense":
+    algorithm = conv_algorithm(jax.default_backend(), lhs.shape, rhs.shape, window_strides, padding, lhs_dilation,
+                               rhs_dilation, feature_group_count) if nhwc and not kwargs else "lax"
+    if algorithm == "dense":
         return dense_conv(lhs, rhs, window_strides, tuple(tuple(p) for p in padding))
+    if algorithm == "im2col":
+        return im2col_conv(lhs, rhs, window_strides, tuple(tuple(p) for p in padding))
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                     feature_group_count=feature_group_count, precision=precision, **kwargs)

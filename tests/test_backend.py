@@ -28,6 +28,10 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 CONV_SHAPES = {
     "lenet 1-channel stem k3 p1": (4, 28, 28, 1, 6, 3, 1, 1),
     "lenet5 3-channel stem k5 p0": (3, 32, 32, 3, 6, 5, 1, 0),
+    "lenet 1-channel 3x3 (im2col)": (3, 28, 28, 1, 6, 3, 1, 1),
+    "lenet 6->16 3x3 batch 1 (im2col)": (1, 14, 14, 6, 16, 3, 1, 1),
+    "thin 3x3 stride 2 (im2col)": (2, 9, 9, 4, 8, 3, 2, 1),
+    "3x3 with 64 outputs (lax)": (2, 8, 8, 3, 64, 3, 1, 1),
     "resnet/vgg 3-channel stem k3 p1": (2, 32, 32, 3, 16, 3, 1, 1),
     "resnet stride-2 3x3": (3, 16, 16, 8, 16, 3, 2, 1),
     "resnet 1x1 stride-2 shortcut": (3, 16, 16, 8, 16, 1, 2, 0),
@@ -81,8 +85,8 @@ def test_algorithm_choice(name, shape):
     batch, height, width, channels, out, kernel, stride, pad = shape
     args = ((batch, height, width, channels), (kernel, kernel, channels, out), (stride, stride),
             ((pad, pad), (pad, pad)), None, None, 1)
-    want = "dense" if "(dense)" in name else "lax"
-    if "(dense)" in name or "(lax)" in name:
+    want = next((a for a in ("dense", "im2col", "lax") if f"({a})" in name), None)
+    if want is not None:
         assert layers.conv_algorithm("cpu", *args) == want
     # GPU and TPU always keep lax (cuDNN / the TPU compiler decide there)
     assert layers.conv_algorithm("gpu", *args) == "lax"

@@ -13,11 +13,12 @@ pooling, the optimizer).
 For each distinct convolution shape of the CIFAR ResNet-18 and VGG-16 it
 times the training work of that layer — forward, input gradient (not for
 the stem, whose input is data) and weight gradient — as one jitted JAX
-program through `jaxnets.layers` (what the models run), the same with an
-im2col lowering (9 shifted slices + one matmul; a candidate for the stem and
-the stride-2 convolutions), and PyTorch's `conv2d` forward + backward. Times
-are the minimum over rounds with the variants alternated, so a noisy
-neighbour hurts every variant alike.
+program through `jaxnets.layers` (what the models run: `layers.conv_algorithm`
+picks the lowering), the same as XLA's own convolution (`lax`), as im2col
+(`layers.im2col_conv`: kh*kw shifted slices + one matmul), and PyTorch's
+`conv2d` forward + backward. Times
+are the minimum over rounds with the variants alternated (each timed call
+right after an untimed one), so a noisy neighbour hurts every variant alike.
 """
 
 from __future__ import annotations
@@ -58,16 +59,8 @@ DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 def im2col_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
-    """Convolution as kh*kw shifted (strided) slices + one matmul. `[N,H,W,C] x [kh,kw,C,O] -> [N,Ho,Wo,O]`."""
-    kh, kw, channels, out = kernel.shape
-    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    out_h = (x.shape[1] + 2 * pad - kh) // stride + 1
-    out_w = (x.shape[2] + 2 * pad - kw) // stride + 1
-    patches = jnp.concatenate([
-        lax.slice(padded, (0, i, j, 0), (x.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1,
-                                         channels), (1, stride, stride, 1))
-        for i in range(kh) for j in range(kw)], axis=-1)
-    return patches @ kernel.reshape(kh * kw * channels, out)
+    """`layers.im2col_conv` with one stride and one padding for both axes (what this table varies)."""
+    return layers.im2col_conv(x, kernel, (stride, stride), ((pad, pad), (pad, pad)))
 
 
 def _sub_jaxprs(eqn) -> list:
@@ -86,19 +79,20 @@ def model_convolutions(name: str, batch_size: int = 128) -> list[tuple]:
     """The distinct convolutions of `name`'s forward pass, as `LAYERS` rows with a count appended.
 
     Read from the jaxpr of `model.apply` in train mode (what a training step
-    runs), so the shapes and counts are the model's own. Returns
+    runs), traced with jaxnets' CPU lowerings switched off so that every
+    convolution shows as one (im2col and small-map matmuls included), so the
+    shapes and counts are the model's own. Returns
     `(name, H, W, C, O, kernel, stride, padding, model, count)` tuples in
-    order of first appearance. Convolutions that jaxnets' CPU path writes as
-    a matmul (maps smaller than the kernel) are not convolutions in the
-    jaxpr and are not listed.
+    order of first appearance.
     """
     from jaxnets import models  # noqa: PLC0415
 
     model = models.create(name)
     variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
     x = jax.ShapeDtypeStruct((batch_size, *model.input_shape), jnp.float32)
-    closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
-                                                      rngs={"dropout": jax.random.key(0)}))(variables, x)
+    with backend.portable():  # `layers.conv_algorithm` picks `lax` for every convolution here
+        closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
+                                                          rngs={"dropout": jax.random.key(0)}))(variables, x)
     counts: dict[tuple, int] = {}
 
     def walk(jaxpr) -> None:
@@ -167,6 +161,8 @@ def run(batch_size: int = 128, rounds: int = 5, log=print, layer_specs=LAYERS) -
         variants = {
             "jaxnets": _jax_layer(lambda x, w: layers.conv_general_dilated(
                 x, w, (stride, stride), padding, dimension_numbers=dims), x, w, stem),
+            "lax": _jax_layer(lambda x, w: lax.conv_general_dilated(
+                x, w, (stride, stride), padding, dimension_numbers=dims), x, w, stem),
             "im2col": _jax_layer(lambda x, w: im2col_conv(x, w, stride, pad), x, w, stem),
         }
         if have_torch:
@@ -174,6 +170,9 @@ def run(batch_size: int = 128, rounds: int = 5, log=print, layer_specs=LAYERS) -
         best = {v: float("inf") for v in variants}
         for _ in range(rounds):
             for variant, step in variants.items():
+                # One untimed call first: PyTorch's OpenMP threads keep spinning for a while after its step and
+                # would slow whichever JAX variant came next (up to 1.8x on LeNet's few-millisecond layers).
+                step()
                 start = time.perf_counter()
                 step()
                 best[variant] = min(best[variant], time.perf_counter() - start)
@@ -181,7 +180,7 @@ def run(batch_size: int = 128, rounds: int = 5, log=print, layer_specs=LAYERS) -
                **{f"{v}_ms": 1e3 * s for v, s in best.items()}}
         if have_torch:
             row["jaxnets_over_torch"] = best["torch"] / best["jaxnets"]  # > 1: jaxnets faster
-        row["im2col_speedup"] = best["jaxnets"] / best["im2col"]  # > 1: im2col would win
+        row["im2col_speedup"] = best["lax"] / best["im2col"]  # > 1: im2col beats XLA's convolution
         if len(spec) > 9:
             row["count"] = spec[9]
             row.update({f"{v}_ms_per_step": 1e3 * s * spec[9] for v, s in best.items()})
@@ -195,17 +194,18 @@ def table(rows: list[dict]) -> str:
     """Markdown: one line per layer; with counts, each layer's time per step and a total line."""
     torch_col = "torch_ms" in rows[0]
     counted = "count" in rows[0]
-    header = ["layer", "in", "jaxnets (ms)", "im2col (ms)"] + (["torch (ms)", "torch / jaxnets"] if torch_col else [])
-    cells = [[r["layer"], r["models"], f"{r['jaxnets_ms']:.1f}", f"{r['im2col_ms']:.1f}"]
+    header = ["layer", "in", "jaxnets (ms)", "lax (ms)", "im2col (ms)"] + (
+        ["torch (ms)", "torch / jaxnets"] if torch_col else [])
+    cells = [[r["layer"], r["models"], f"{r['jaxnets_ms']:.1f}", f"{r['lax_ms']:.1f}", f"{r['im2col_ms']:.1f}"]
              + ([f"{r['torch_ms']:.1f}", f"{r['jaxnets_over_torch']:.2f}x"] if torch_col else []) for r in rows]
-    align = "llrr" + ("rr" if torch_col else "")
+    align = "llrrr" + ("rr" if torch_col else "")
     if counted:
         header += ["count", "jaxnets per step (ms)"] + (["torch per step (ms)"] if torch_col else [])
         for cell, r in zip(cells, rows):
             cell += [str(r["count"]), f"{r['jaxnets_ms_per_step']:.0f}"] + (
                 [f"{r['torch_ms_per_step']:.0f}"] if torch_col else [])
         totals = totals_per_step(rows)
-        cells.append(["**all convolutions**", "", "", "", *(["", ""] if torch_col else []),
+        cells.append(["**all convolutions**", "", "", "", "", *(["", ""] if torch_col else []),
                       str(sum(r["count"] for r in rows)), f"**{totals['jaxnets']:.0f}**",
                       *([f"**{totals['torch']:.0f}**"] if torch_col else [])])
         align += "rr" + ("r" if torch_col else "")
