@@ -321,3 +321,16 @@ def test_already_present_files_are_not_fetched_again(shared_data, mirror, tmp_pa
     assert server.requests == ["/mnist/t10k-images-idx3-ubyte.gz"]
     with gzip.open(raw / "t10k-images-idx3-ubyte.gz") as f:
         assert f.read(4) == b"\x00\x00\x08\x03"
+
+
+def test_the_cli_mirror_flag_reaches_the_downloader(tmp_path, monkeypatch, capsys):
+    from jaxnets.cli import train as cli  # noqa: PLC0415
+
+    with socket.socket() as s:  # a port nobody listens on: the download fails at once, naming the URL it tried
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.delenv(dl.MIRROR_ENV, raising=False)
+    assert cli.main(["--dataset", "cifar10", "--model", "lenet5", "--data-dir", str(tmp_path / "data"), "--mirror",
+                     dead, "--workdir", str(tmp_path / "run"), "--no-progress"]) == 1
+    assert f"{dead}/cifar10/cifar-10-python.tar.gz" in capsys.readouterr().err

@@ -180,3 +180,18 @@ def test_real_cifar10_image_folder(shared_data, tmp_path):
     assert len(list(tmp_path.glob(".jaxnets-cifar10-folder-train-*.npz"))) == 1
     again = data.load("cifar10", "train", data_dir=tmp_path)
     np.testing.assert_array_equal(again.labels, ds.labels)
+
+
+def test_cli_resizes_an_odd_sized_folder_with_image_size(pets, tmp_path, capsys):
+    from jaxnets.cli import train as cli  # noqa: PLC0415
+
+    _save(pets / "ant" / "wide.png", _pixels(4, size=(8, 12)))
+    base = ["--dataset", "folder", "--data-dir", str(pets), "--model", "mlp", "--epochs", "1", "--batch-size", "2",
+            "--val-fraction", "0", "--no-progress", "--no-tensorboard"]
+    assert cli.main([*base, "--workdir", str(tmp_path / "a")]) == 1
+    assert "ant/wide.png: 8x12 pixels" in capsys.readouterr().err  # one line naming the file, before training
+    assert cli.main([*base, "--image-size", "6", "--workdir", str(tmp_path / "b")]) == 0
+    assert "epoch   1/1" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main([*base, "--image-size", "0"])
+    assert "image_size must be >= 1" in capsys.readouterr().err

@@ -607,7 +607,8 @@ def test_resume_refuses_other_training_data(one_epoch_run):
 
 
 def test_every_config_field_is_either_checked_on_resume_or_known_not_to_change_training():
-    may_change = {"epochs", "eval_batch_size", "mode", "accumulate", "distributed", "keep", "source", "data_dir"}
+    may_change = {"epochs", "eval_batch_size", "mode", "accumulate", "distributed", "keep", "source", "data_dir",
+                  "mirror"}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert fields == set(fit_module.RESUME_MUST_MATCH) | may_change
 

@@ -16,7 +16,7 @@ from jaxnets.training import CheckpointError, NonFiniteLoss, TrainConfig, distri
 from jaxnets.training.fit import check_field
 from jaxnets.training.presets import PRESETS, preset
 
-_TYPES = {"int": int, "float": float, "bool": bool}
+_TYPES = {"int": int, "float": float, "bool": bool, "int | None": int}
 
 
 def _field_type(field: dataclasses.Field) -> type:

@@ -40,7 +40,7 @@ from jaxnets.training.steps import MODES, Steps, evaluate, make_steps, merge, re
 # global batch: the same numbers), and source / data_dir (the training data itself is compared, by fingerprint).
 RESUME_MUST_MATCH = ("model", "model_kwargs", "dataset", "split", "val_fraction", "seed", "batch_size", "augment",
                      "normalize", "loss", "label_smoothing", "optimizer", "lr", "momentum", "nesterov",
-                     "weight_decay", "schedule", "warmup_epochs", "dtype")
+                     "weight_decay", "schedule", "warmup_epochs", "dtype", "image_size")
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -86,6 +86,10 @@ class TrainConfig:
     dataset: str = option("digits", "data set ('digits' is embedded: no download)", choices=lambda: data.available())
     source: str = option("auto", "where data comes from", choices=lambda: data.SOURCES)
     data_dir: str | None = option(None, "folder with the data files (or tfds data_dir)")
+    image_size: int | None = option(None, "image folders: resize every image to SIZE x SIZE (default: every image "
+                                    "must already have one size)")
+    mirror: str | None = option(None, "base URL to download the published files from, <mirror>/<dataset>/<file> "
+                                "(default: $JAXNETS_DATA_MIRROR, else the publishers' own)")
     split: str = option("train", "split to train on; the held-out part is cut from it", choices=lambda: data.SPLITS)
     epochs: int = option(15, "epochs to train")
     batch_size: int = option(64, "training batch size")
@@ -122,7 +126,8 @@ class TrainConfig:
           ValueError: naming the field, e.g. "weight_decay must be >= 0 (got -5.0)".
         """
         for name in _RANGES:
-            check_field(name, getattr(self, name))
+            if not (name in _OPTIONAL and getattr(self, name) is None):
+                check_field(name, getattr(self, name))
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES} (got {self.mode!r})")
         if self.dtype not in precision.DTYPES:
@@ -151,8 +156,9 @@ _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "eval_batch_size": (1, None, False, False), "keep": (1, None, False, False), "accumulate": (1, None, False, False),
     "lr": (0.0, None, True, False), "momentum": (0.0, 1.0, False, True), "weight_decay": (0.0, None, False, False),
     "warmup_epochs": (0.0, None, False, False), "label_smoothing": (0.0, 1.0, False, True),
-    "val_fraction": (0.0, 1.0, False, True),
+    "val_fraction": (0.0, 1.0, False, True), "image_size": (1, None, False, False),
 }
+_OPTIONAL = {"image_size"}  # None means "not set"; a set value must be in range
 
 
 def check_field(name: str, value: Any) -> None:
@@ -198,7 +204,8 @@ def load_splits(config: TrainConfig, log: Callable[[str], None] = print) -> Spli
 
     The test split is used only for reporting, never for model selection.
     """
-    full = data.load(config.dataset, config.split, source=config.source, data_dir=config.data_dir)
+    full = data.load(config.dataset, config.split, source=config.source, data_dir=config.data_dir,
+                     mirror=config.mirror, image_size=config.image_size)
     if config.val_fraction > 0:
         train, val = data.train_val_split(full, config.val_fraction, seed=config.seed)
     else:
@@ -206,7 +213,8 @@ def load_splits(config: TrainConfig, log: Callable[[str], None] = print) -> Spli
     test = None
     if config.split != "test":
         try:
-            test = data.load(config.dataset, "test", source=config.source, data_dir=config.data_dir)
+            test = data.load(config.dataset, "test", source=config.source, data_dir=config.data_dir,
+                             mirror=config.mirror, image_size=config.image_size)
         except data.DataNotFound:
             log(f"note: no test split of {config.dataset} found; reporting held-out accuracy only")
     return Splits(train, val, test)
