@@ -26,7 +26,9 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 # One throwaway compilation cache per session (never ~/.cache): identical programs compile once. Subprocesses
 # that should share it get `COMPILE_CACHE_ENV`; notebooks do not (05 shows what a first compile costs).
-COMPILE_CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="jaxnets-xla-cache-"),
+# pytest-xdist's workers inherit the controller's environment, so both workers share the one folder.
+os.environ.setdefault("JAXNETS_TEST_XLA_CACHE", tempfile.mkdtemp(prefix="jaxnets-xla-cache-"))
+COMPILE_CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": os.environ["JAXNETS_TEST_XLA_CACHE"],
                      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.05",  # small programs too, not eager's single ops
                      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 jax.config.update("jax_compilation_cache_dir", COMPILE_CACHE_ENV["JAX_COMPILATION_CACHE_DIR"])

@@ -198,6 +198,7 @@ def test_pipeline_takes_one_batch_size(capsys):
     assert "takes one --batch-size" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a benchmark tool's bookkeeping (times real layers): CI runs it, the quick lane does not
 def test_conv_layers_reads_each_models_convolutions_from_the_model_and_counts_them():
     from jaxnets.bench import conv_layers  # noqa: PLC0415
 
@@ -217,6 +218,7 @@ def test_conv_layers_reads_each_models_convolutions_from_the_model_and_counts_th
     assert "| **all convolutions** |" in conv_layers.table(rows)
 
 
+@pytest.mark.slow  # trains LeNet in both frameworks: CI runs it, the quick lane does not
 @pytest.mark.skipif(not bench.torch_available(), reason="needs PyTorch (the torch extra)")
 def test_same_start_trains_both_frameworks_from_the_same_weights_on_the_same_batches():
     from jaxnets.bench import same_start  # noqa: PLC0415

@@ -34,7 +34,7 @@ FAMILIES = {
     "resnet18_imagenet": {"width_divisor": 8, "image_size": 64},
 }
 # The quick lane exports one model per family, block type and layout; the slow lane adds their twins.
-_SLOW_EXPORTS = {"lenet5", "lenet-cifar", "resnet50", "vgg16"}
+_SLOW_EXPORTS = {"lenet5", "lenet-cifar", "resnet50", "vgg16", "resnet18_imagenet"}  # quick: one per family
 
 
 def _model(name: str, seed: int = 1, **kwargs):

@@ -115,7 +115,9 @@ def converted_reference(name: str, x: np.ndarray):
     return ours_net
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _BIG else n for n in LOGITS_ONLY])
+# The quick lane leaves out vgg13_bn too: vgg11_bn's form test runs the same BatchNorm VGG code.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _BIG | {"vgg13_bn"} else n
+                                  for n in LOGITS_ONLY])
 def test_every_other_model_gives_pytorch_logits(name):
     converted_reference(name, sample_input(name))
 
@@ -183,6 +185,7 @@ def test_numpy_state_dict_and_kwargs():
     np.testing.assert_allclose(models.create("lenet5", num_classes=7).apply(variables, x), torch_logits(net, x), atol=1e-4)
 
 
+@pytest.mark.slow  # full size; the quick lane has the tiny twin at 48x48 (test_catalog)
 def test_cifar_resnet_takes_any_size_and_global_pool_keeps_parity():
     # pytorch-cifar's avg_pool2d(4) is the global pool at 32x32 (checked in
     # the form test above); the global pool also runs 64x64 and 40x48 inputs.

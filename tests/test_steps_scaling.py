@@ -211,7 +211,7 @@ def test_bfloat16_computes_low_but_keeps_float32_weights_statistics_and_logits()
         new, metrics = jax.jit(train_step)(state, batch)
         for tree in (new.params, new.batch_stats, new.opt_state):
             assert {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)} <= float32
-        assert jax.jit(new.apply_fn)(new.variables, batch.image).dtype == jnp.float32
+        assert jax.eval_shape(new.apply_fn, new.variables, batch.image).dtype == jnp.float32
         assert metrics["loss_sum"].dtype == jnp.float32
         jaxpr = str(jax.make_jaxpr(lambda v, x: new.apply_fn(v, x))(new.variables, batch.image))  # noqa: B023
         assert "bf16" in jaxpr  # the convolutions really run in bfloat16

@@ -51,3 +51,26 @@ def test_no_tensorboard_and_resume_purges_later_epochs(tmp_path):
     fit(dataclasses.replace(config, epochs=3), workdir=run, resume=True, log=lambda _: None)
     scalars = _scalars(run / "tensorboard")
     assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3]  # one point per epoch, none twice
+
+
+def test_the_writer_loads_without_pytorch_and_pytorch_still_loads_after(tmp_path):
+    """tensorboardX's own `import torch` (1-2 s per run) is skipped; the user's later `import torch` works."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    torch_installed = __import__("importlib.util").util.find_spec("torch") is not None
+    code = (
+        "import sys\n"
+        "from jaxnets.training.tensorboard import TensorBoard\n"
+        f"board = TensorBoard({str(tmp_path)!r}, {{'model': 'mlp'}})\n"
+        "board.write_epoch({'epoch': 1, 'train_loss': 0.5})\n"
+        "board.close()\n"
+        "assert 'torch' not in sys.modules, 'tensorboardX pulled in torch'\n"
+        f"if {torch_installed}:\n"
+        "    import torch\n"
+        "    assert torch.ones(2).sum().item() == 2.0\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+    assert _scalars(tmp_path) == {"train/loss": [(1, 0.5)]}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 # history key -> TensorBoard tag
@@ -30,6 +31,27 @@ SCALARS = {
 }
 
 
+def summary_writer_class() -> type:
+    """tensorboardX's `SummaryWriter`, imported without PyTorch.
+
+    tensorboardX's writer module tries `import torch` at import time only to accept
+    torch tensors as values; jaxnets logs Python floats and text. Where torch is
+    installed (the `torch` extra) that import cost every `fit` 1-2 s. So, unless
+    torch is already loaded, `import torch` is made to fail (tensorboardX's own
+    fallback) for that one import, and is possible again afterwards.
+    """
+    if "torch" in sys.modules or "tensorboardX.writer" in sys.modules:
+        from tensorboardX import SummaryWriter  # noqa: PLC0415 - only when logging
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment] # `import torch` raises ImportError
+    try:
+        from tensorboardX import SummaryWriter  # noqa: PLC0415 - only when logging
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class TensorBoard:
     """Per-epoch scalars and the config of one run, under `logdir`.
 
@@ -40,7 +62,7 @@ class TensorBoard:
     """
 
     def __init__(self, logdir: str | Path, config: dict, start_epoch: int = 0):
-        from tensorboardX import SummaryWriter  # noqa: PLC0415 - only when logging
+        SummaryWriter = summary_writer_class()  # noqa: N806 - a class
 
         self.logdir = Path(logdir)
         purge = {"purge_step": start_epoch + 1} if start_epoch else {}
