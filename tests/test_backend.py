@@ -144,11 +144,21 @@ def test_plan_xla_flags(flags, setting, knows, started, changed):
         assert new.startswith(flags) and new.endswith(backend.YNN_FLAG)
 
 
-def _run_python(code: str, **env) -> dict:
+def _start_python(code: str, **env) -> subprocess.Popen:
     environment = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", backend.ENV_VAR)}
     environment.update(env)
-    out = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return subprocess.Popen([sys.executable, "-c", code], env=environment, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _result(process: subprocess.Popen) -> dict:
+    out, err = process.communicate()
+    assert process.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _run_python(code: str, **env) -> dict:
+    return _result(_start_python(code, **env))
 
 
 _YNN_PROBE = """
@@ -165,12 +175,15 @@ print(json.dumps({{"ynn_calls": hlo.count("__ynn"), "flags": os.environ.get("XLA
 
 def test_import_keeps_convolutions_out_of_ynnpack():
     """The weight-gradient conv of a ResNet stage compiles without YNNPACK once jaxnets is imported."""
-    plain = _run_python(_YNN_PROBE.format(imports="", make="step = jax.jit(jax.grad(loss))"))
-    ours = _run_python(_YNN_PROBE.format(imports="import jaxnets", make="step = jax.jit(jax.grad(loss))"))
-    user = _run_python(_YNN_PROBE.format(imports="import jaxnets", make="step = jax.jit(jax.grad(loss))"),
-                       XLA_FLAGS="--xla_cpu_use_thunk_runtime=true")
-    off = _run_python(_YNN_PROBE.format(imports="import jaxnets", make="step = jax.jit(jax.grad(loss))"),
-                      JAXNETS_CPU_CONV="xla")
+    make = "step = jax.jit(jax.grad(loss))"
+    started = [  # four fresh processes, started together: each is mostly Python imports
+        _start_python(_YNN_PROBE.format(imports="", make=make)),
+        _start_python(_YNN_PROBE.format(imports="import jaxnets", make=make)),
+        _start_python(_YNN_PROBE.format(imports="import jaxnets", make=make),
+                      XLA_FLAGS="--xla_cpu_use_thunk_runtime=true"),
+        _start_python(_YNN_PROBE.format(imports="import jaxnets", make=make), JAXNETS_CPU_CONV="xla"),
+    ]
+    plain, ours, user, off = (_result(p) for p in started)
     assert ours["ynn_calls"] == 0 and backend.YNN_FLAG in ours["flags"]
     assert user["ynn_calls"] == 0 and user["flags"].startswith("--xla_cpu_use_thunk_runtime=true ")
     assert off["flags"] == "" and off["ynn_calls"] == plain["ynn_calls"]
