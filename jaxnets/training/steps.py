@@ -353,8 +353,14 @@ def summarize(totals: Metrics) -> dict[str, float]:
 def evaluate(steps: Steps, state: TrainState, loader) -> dict[str, float]:
     """Mean loss/accuracy (and top-5 for classification) over every example of an evaluation `Loader`."""
     totals = None
+    in_lockstep = jax.process_count() > 1
     for batch in loader:
         totals = merge(totals, steps.eval(state, batch))
+        if in_lockstep:
+            # Eval steps do not depend on each other, so XLA:CPU may run two of them at once, and each holds a
+            # cross-process all-reduce of its sums: two processes that start them in different orders wait on
+            # each other for ever (seen in tests/test_distributed). One batch at a time keeps the order.
+            jax.block_until_ready(totals)
     if totals is None:
         raise ValueError("evaluation loader yielded no batches")
     return summarize(totals)
