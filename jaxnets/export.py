@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnets import backend
+from jaxnets.paths import expand_path
 
 FORMAT = "jaxnets-export/1"
 SIDECAR_SUFFIX = ".json"
@@ -63,13 +64,13 @@ class ExportError(RuntimeError):
 
 def sidecar_path(path: str | Path) -> Path:
     """`<path>.json`: the sidecar of the artifact at `path`."""
-    path = Path(path)
+    path = expand_path(path)
     return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
 def stablehlo_path(path: str | Path) -> Path:
     """`<path>.mlir`: the StableHLO text beside the artifact at `path`."""
-    path = Path(path)
+    path = expand_path(path)
     return path.with_name(path.name + STABLEHLO_SUFFIX)
 
 
@@ -172,7 +173,7 @@ def save(path: str | Path, name: str, variables: dict, *, model_kwargs: dict | N
     from jaxnets import models  # noqa: PLC0415  (only saving needs model code)
     from jaxnets.training import checkpoint  # noqa: PLC0415
 
-    path = Path(path).absolute()
+    path = expand_path(path).absolute()
     platforms = _check_platforms(platforms)
     model_kwargs = dict(model_kwargs or {})
     files = [path, sidecar_path(path)] + ([stablehlo_path(path)] if write_stablehlo else [])
@@ -291,7 +292,7 @@ def load(path: str | Path) -> ExportedModel:
       ExportError: the sidecar is missing or malformed, or the artifact is
         corrupt (its SHA-256 differs from the sidecar's) or unreadable.
     """
-    path = Path(path).absolute()
+    path = expand_path(path).absolute()
     if not path.is_file():
         raise FileNotFoundError(f"no exported model at {path}")
     info = read_info(path)

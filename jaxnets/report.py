@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxnets.paths import expand_path
+
 # ----------------------------------------------------------------- files
 
 
@@ -30,7 +32,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     If the block raises (or the process is killed), `path` keeps its old
     content and the '.tmp' file is left for the next write to replace.
     """
-    path = Path(path)
+    path = expand_path(path)
     tmp = path.with_name(path.name + ".tmp")
     yield tmp
     os.replace(tmp, path)
@@ -80,7 +82,7 @@ def _pyplot():
 def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
     """Save a matplotlib figure as PNG atomically, then close it. Returns `path` as a `Path`."""
     plt = _pyplot()
-    path = Path(path)
+    path = expand_path(path)
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=dpi, format="png")

@@ -52,6 +52,7 @@ def _entries(folder: Path) -> set[str]:
     return {p.name for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
 
 
+@pytest.mark.slow  # two fresh processes: mostly Python and JAX start-up
 def test_second_run_of_the_command_hits_the_cache(tmp_path):
     first = _train(tmp_path / "cache")
     assert first["on_import"] is None  # importing jaxnets never turns the cache on

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jaxnets import data
+from jaxnets.data import pipeline
 
 MNIST_TEST_HISTOGRAM = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # the published t10k counts
 
@@ -424,6 +425,52 @@ def test_preprocess_normalises_and_is_jittable(getkey):
     assert abs(float(eager.mean())) < 0.1 and abs(float(eager.std()) - 1) < 0.1
     half = data.Preprocess.for_dataset("cifar10", np.zeros((1, 2, 2, 3), np.uint8), normalize="half")
     assert half.mean == (0.5, 0.5, 0.5) and half.crop_padding == 0
+
+
+def _batches(loader, epochs=(0, 1)):
+    return [jax.device_get(batch) for epoch in epochs for batch in loader.epoch(epoch)]
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train-augmented", "eval-padded"])
+def test_batches_cut_on_the_device_equal_batches_cut_on_the_host(train):
+    """`resident=True` (the accelerator default) gives the host path's batches bit for bit: order, crops, flips, mask."""
+    images = np.random.default_rng(0).integers(0, 256, (70, 8, 8, 3), dtype=np.uint8)
+    labels = np.random.default_rng(1).integers(0, 10, 70)
+    cfg = data.Preprocess((0.5,) * 3, (0.25,) * 3, crop_padding=2, flip=True)
+    host, device = (data.Loader(images, labels, 16, preprocess=cfg, train=train, seed=3, resident=resident)
+                    for resident in (False, True))
+    assert (host.resident, device.resident) == (False, True)
+    assert len(host) == len(device) == (4 if train else 5)
+    for a, b in zip(_batches(host), _batches(device), strict=True):
+        for field in data.Batch._fields:
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+    for a, b in zip(host.epoch_arrays(1), device.epoch_arrays(1), strict=True):  # a scanned epoch's arrays
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_data_set_stays_on_accelerators_and_is_gathered_on_the_cpu():
+    small, large = 150_000_000, data.RESIDENT_MAX_BYTES + 1
+
+    class OtherProcesses:  # a sharding whose devices are partly another process's
+        is_fully_addressable = False
+
+    assert data.keeps_data_on_device("gpu", small, None) and data.keeps_data_on_device("tpu", small, None)
+    assert not data.keeps_data_on_device("cpu", small, None)
+    assert not data.keeps_data_on_device("gpu", large, None)
+    assert not data.keeps_data_on_device("gpu", small, OtherProcesses())
+    with pytest.raises(ValueError, match="every device of the sharding in this process"):
+        pipeline.replicated(OtherProcesses())  # where resident=True would put the data set
+    assert not _loader().resident  # the CPU default: numpy gathers, as before
+
+
+def test_a_resident_loader_places_batches_with_its_sharding():
+    mesh = jax.make_mesh((1,), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    loader = _loader(sharding=sharding, resident=True)
+    batch = next(iter(loader))
+    assert batch.image.sharding.is_equivalent_to(sharding, batch.image.ndim)
+    np.testing.assert_array_equal(np.concatenate([np.asarray(b.label) for b in loader]),
+                                  np.concatenate([np.asarray(b.label) for b in _loader()]))
 
 
 def test_loader_rejects_bad_input():

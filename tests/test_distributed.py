@@ -121,6 +121,13 @@ def test_indivisible_batch_is_a_clear_error(runs):
         assert "30" in message and "4 devices" in message and "28 or 32" in message, message
 
 
+def test_batches_cut_on_four_devices_equal_host_batches(runs):
+    """A Loader holding the data on all 4 devices (the accelerator default) cuts the host path's sharded batches."""
+    resident = runs["results"]["resident"]
+    assert resident["batches"] == 8 and resident["labels_equal"] and resident["same_placement"], resident
+    assert resident["max_image_diff"] == 0.0, resident
+
+
 def test_train_step_makes_no_host_transfers(runs):
     guard = runs["results"]["transfer_guard"]
     assert guard["one_device"] == "ok" and guard["four_devices"] == "ok", guard
@@ -200,6 +207,24 @@ def _indivisible_checks(mesh_of) -> dict:
     return out
 
 
+def _resident_checks(mesh_of) -> dict:
+    from jaxnets import data
+    from jaxnets.training import distributed
+
+    train = data.load("digits", "train")
+    preprocess = data.Preprocess.for_dataset("digits", train.images, augment=True)
+    host, device = (data.Loader(train.images[:256], train.labels[:256], 32, preprocess=preprocess, train=True,
+                                sharding=distributed.batch_sharding(mesh_of(4)), resident=resident)
+                    for resident in (False, True))
+    diffs, labels_equal, same_placement = [], True, True
+    for a, b in zip(host.epoch(1), device.epoch(1), strict=True):
+        same_placement &= b.image.sharding.is_equivalent_to(a.image.sharding, a.image.ndim)
+        labels_equal &= bool(np.array_equal(np.asarray(a.label), np.asarray(b.label)))
+        diffs.append(float(np.max(np.abs(np.asarray(a.image) - np.asarray(b.image)))))
+    return {"batches": len(diffs), "max_image_diff": max(diffs), "labels_equal": labels_equal,
+            "same_placement": bool(same_placement)}
+
+
 def _transfer_guard_checks(mesh_of) -> dict:
     import jax
 
@@ -251,8 +276,8 @@ def _checks(out_path: str, tmp: str) -> None:
         return distributed.data_parallel_mesh(jax.devices()[:n])
 
     results, cpu_seconds = {}, {}
-    for name, check in (("indivisible", _indivisible_checks), ("transfer_guard", _transfer_guard_checks),
-                        ("resnet", _resnet_checks)):
+    for name, check in (("indivisible", _indivisible_checks), ("resident", _resident_checks),
+                        ("transfer_guard", _transfer_guard_checks), ("resnet", _resnet_checks)):
         start = time.process_time()
         results[name] = check(mesh_of)
         cpu_seconds[name] = time.process_time() - start

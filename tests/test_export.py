@@ -102,6 +102,7 @@ print("ok", run.info["model"])
 """
 
 
+@pytest.mark.slow  # a fresh process: mostly Python and JAX start-up
 def test_artifact_runs_in_a_fresh_process_without_model_code(tmp_path):
     model, variables = _model("lenet5")
     path = export.save(tmp_path / "lenet5.jaxexport", "lenet5", variables)

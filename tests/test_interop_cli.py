@@ -56,6 +56,7 @@ def test_errors_are_one_line_and_nothing_is_written(tmp_path, capsys):
     assert "no checkpoint file" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a fresh process: mostly Python and JAX start-up
 def test_entry_point_runs_as_a_module(tmp_path):
     result = subprocess.run([sys.executable, "-m", "jaxnets.cli.convert", "--help"], capture_output=True, text=True,
                             check=True)

@@ -53,6 +53,7 @@ def test_no_tensorboard_and_resume_purges_later_epochs(tmp_path):
     assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3]  # one point per epoch, none twice
 
 
+@pytest.mark.slow  # fresh processes: mostly Python and JAX start-up
 def test_the_writer_loads_without_pytorch_and_pytorch_still_loads_after(tmp_path):
     """tensorboardX's own `import torch` (1-2 s per run) is skipped; the user's later `import torch` works."""
     import subprocess  # noqa: PLC0415

@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
               "rows": compare([m for m in args.models.split(",") if m], args.batch_size, args.width_divisor)}
     print_table(report["rows"])
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        from jaxnets.report import write_json  # noqa: PLC0415
+
+        write_json(args.json, report)
         print(f"json: {args.json}")
     return 0
 

@@ -14,7 +14,6 @@ splitting a step, not a speed-up, and says so in its `kind` column.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -23,6 +22,8 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+
+from jaxnets.report import write_json
 
 MODELS = ("lenet", "resnet18")
 # The batch shape each model trains on (NHWC): LeNet on MNIST, ResNet-18 on CIFAR-10.
@@ -159,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         info = {"machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                 "jax": jax.__version__, "backend": jax.default_backend()}
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "rows": rows}, f, indent=2)
+        write_json(args.json, {"machine": info, "rows": rows})
         print(f"wrote {args.json}")
     return 0
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from jaxnets import backend, bench, models
+from jaxnets.report import write_json
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         (batch_size,) = args.batch_size
         result = pipeline.run(args.data_dir, batch_size)
         report["pipeline"] = result
-        print(f"input pipeline ({result['dataset']}, batch {batch_size}, crop+flip+normalize): "
-              f"{result['pipeline']['images_per_s']:,.0f} img/s; ResNet-18 jit train step: "
+        print(f"input pipeline ({result['dataset']}, batch {batch_size}, crop+flip+normalize, {result['device']}): "
+              f"{result['pipeline']['images_per_s']:,.0f} img/s (batches cut on the "
+              f"{'device' if result['pipeline']['resident'] else 'host'}; host {result['host']['images_per_s']:,.0f}, "
+              f"device {result['resident']['images_per_s']:,.0f}); ResNet-18 jit train step: "
               f"{result['resnet18_jit_train']['images_per_s']:,.1f} img/s; ratio {result['ratio']:,.0f}x")
     else:
         rows = [row for what in args.what for batch_size in args.batch_size
@@ -108,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vary-batch {r['mode']:>5} batch {r['batch_size']:>3} {'new' if r['new_shape'] else 'seen':>4}: "
                   f"{r['compilations']:>3} compilations ({r['compile_s']:.2f}s compiling), {r['seconds']:.3f}s")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2, default=str)
+        write_json(args.json, report, default=str)
         print(f"json: {args.json}")
     return 0
 

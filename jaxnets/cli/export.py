@@ -17,6 +17,7 @@ import types
 from pathlib import Path
 
 from jaxnets import data, export
+from jaxnets.paths import expand_path
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxnets.training.checkpoint import decode_kwargs  # noqa: PLC0415
 
     args = parser().parse_args(argv)
-    source = Path(args.source)
+    source = expand_path(args.source)
     try:
         platforms = tuple(p for p in args.platforms.split(",") if p)
         if _is_run_folder(source):

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 from jaxnets import backend, data
+from jaxnets.paths import expand_path
 from jaxnets.training import CheckpointError, NonFiniteLoss, TrainConfig, distributed, fit
 from jaxnets.training.fit import check_field
 from jaxnets.training.presets import PRESETS, preset
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         field = str(err).split()[0]
         p.error(f"argument --{field.replace('_', '-')}: {err}")
-    workdir = Path(args.workdir or f"runs/{config.model}-{config.dataset}")
+    workdir = expand_path(args.workdir or f"runs/{config.model}-{config.dataset}")
     if config.distributed:  # before anything starts JAX's backend
         distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     elif any(v is not None for v in (args.coordinator_address, args.num_processes, args.process_id)):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxnets.data.errors import check_labels
+from jaxnets.paths import expand_path
 
 _LOG = logging.getLogger(__name__)
 
@@ -93,9 +94,4 @@ def user_cache_dir() -> Path:
     return expand_path(os.environ.get("JAXNETS_CACHE", Path.home() / ".cache" / "jaxnets"))
 
 
-def expand_path(path: str | os.PathLike) -> Path:
-    """`path` with `~` and `$VARS` expanded, as a shell would (every path jaxnets.data accepts goes through it)."""
-    return Path(os.path.expandvars(os.path.expanduser(os.fspath(path))))
-
-
-__all__ = ["expand_path", "locations", "read_cache", "user_cache_dir", "write_cache"]
+__all__ = ["locations", "read_cache", "user_cache_dir", "write_cache"]

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from jaxnets.data import cache, files
 from jaxnets.data.errors import CorruptDataFile, DataNotFound
-from jaxnets.data.cache import expand_path
+from jaxnets.paths import expand_path
 
 MIRROR_ENV = "JAXNETS_DATA_MIRROR"
 

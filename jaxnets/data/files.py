@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxnets.data import cache, catalog
-from jaxnets.data.cache import expand_path
+from jaxnets.paths import expand_path
 from jaxnets.data.catalog import CIFAR10_CLASSES, FASHION_MNIST_CLASSES  # noqa: F401 - re-exported
 from jaxnets.data.errors import CorruptDataFile, DataNotFound, UnsafePickle, check_labels
 

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxnets.data import cache as npz_cache
-from jaxnets.data.cache import expand_path
+from jaxnets.paths import expand_path
 from jaxnets.data.errors import CorruptDataFile, DataError, DataNotFound
 
 SPLIT_FOLDERS = ("train", "test")

@@ -1,14 +1,19 @@
 """Batches on the device: seeded shuffling, jitted augmentation, prefetch.
 
-The host only gathers uint8 indices; conversion to float, random crop, flip
-and normalisation run as one jitted function on the accelerator, with PRNG
-keys derived from (seed, epoch, step), so a resumed run sees the same
-batches and the same augmentations as an uninterrupted one.
+Conversion to float, random crop, flip and normalisation run as one jitted
+function on the device, with PRNG keys derived from (seed, epoch, step), so a
+resumed run sees the same batches and the same augmentations as an
+uninterrupted one. Where the batch is cut depends on `resident`: on an
+accelerator the whole uint8 data set is copied to the device once and each
+batch is gathered there (only the epoch's index table crosses per epoch); on
+the CPU, where host and device memory are the same, numpy gathers the rows.
+Both give the same batches, bit for bit.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import dataclasses
 from collections.abc import Iterator
 from typing import ClassVar, NamedTuple
@@ -139,6 +144,39 @@ def process_rows(sharding: jax.sharding.Sharding, batch_size: int) -> slice:
 
 
 
+# The largest data set a Loader keeps on an accelerator by default (all 50,000 CIFAR-10 images are 154 MB).
+RESIDENT_MAX_BYTES = 2 << 30
+
+
+def keeps_data_on_device(platform: str, nbytes: int, sharding: jax.sharding.Sharding | None) -> bool:
+    """Whether a `Loader` keeps its whole data set on the device when `resident=None` (the default).
+
+    Yes on accelerators (`platform` not `'cpu'`) for data sets up to
+    `RESIDENT_MAX_BYTES` whose devices all belong to this process; no on the
+    CPU, where the host already holds the data and numpy gathers as fast.
+    """
+    return platform != "cpu" and nbytes <= RESIDENT_MAX_BYTES and (sharding is None or sharding.is_fully_addressable)
+
+
+def replicated(sharding: jax.sharding.Sharding | None) -> jax.sharding.Sharding | None:
+    """Where a resident data set lives: a full copy on every device of `sharding` (`None`: the default device).
+
+    Raises:
+      ValueError: `sharding` spans other processes' devices (each process then
+        loads only its own rows; `resident=True` is not for that case).
+    """
+    if sharding is None:
+        return None
+    if not sharding.is_fully_addressable:
+        raise ValueError("resident=True needs every device of the sharding in this process; with several "
+                         "processes leave resident=None (each process then loads its own rows)")
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    if len(sharding.device_set) == 1:
+        return sharding
+    raise ValueError(f"resident=True takes a NamedSharding or a one-device sharding; got {type(sharding).__name__}")
+
+
 def prepare(key, epoch, step, images, labels, mask, config: Preprocess, train: bool) -> Batch:
     """uint8 batch -> `Batch`, augmented with the key `fold_in(fold_in(key, epoch), step)`.
 
@@ -151,6 +189,41 @@ def prepare(key, epoch, step, images, labels, mask, config: Preprocess, train: b
 
 
 _prepare = backend.jit(prepare, static_argnames=("config", "train"))
+
+
+def cut_and_prepare(key, epoch, step, images, labels, index, mask, config: Preprocess, train: bool) -> Batch:
+    """Batch `step` of an epoch cut from a data set held on the device, then `prepare`d.
+
+    Args:
+      images: uint8 `[N, H, W, C]`, the whole data set (on the device).
+      labels: int32 `[N]`.
+      index: int32 `[S, B]`, the epoch's example indices (`Loader.indices`).
+      mask: bool `[S, B]`.
+    """
+    rows = index[step]
+    return prepare(key, epoch, step, images[rows], labels[rows], mask[step], config, train)
+
+
+def cut_epoch(images, labels, index):
+    """A whole epoch `(images [S, B, ...], labels [S, B])` cut from a data set held on the device by `index [S, B]`."""
+    return images[index], labels[index]
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_cuts(sharding: jax.sharding.Sharding | None):
+    """`(cut_and_prepare, cut_epoch)` jitted to leave their results with `sharding` (batch axis first)."""
+    if sharding is None:  # where the data set is
+        return (backend.jit(cut_and_prepare, static_argnames=("config", "train")), backend.jit(cut_epoch))
+    per_epoch = epoch_sharding(sharding)
+    return (backend.jit(cut_and_prepare, static_argnames=("config", "train"), out_shardings=sharding),
+            backend.jit(cut_epoch, out_shardings=per_epoch))
+
+
+def epoch_sharding(sharding: jax.sharding.Sharding | None) -> jax.sharding.Sharding | None:
+    """A batch sharding `[B, ...]` -> the same for a whole epoch `[S, B, ...]` (steps not sharded)."""
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(None, *sharding.spec))
+    return sharding  # one device (or none): the same for any shape
 
 
 class Loader:
@@ -175,14 +248,20 @@ class Loader:
         rows of every global batch (`process_rows`), from the same seeded
         order, and `jax.make_array_from_process_local_data` joins them.
       prefetch: batches dispatched ahead of the one being consumed.
+      resident: copy the whole data set to the device(s) once and cut every
+        batch there (`True`), gather rows on the host and send each batch
+        (`False`), or decide by `keeps_data_on_device` (`None`: resident on
+        accelerators, host gathers on the CPU). The batches are the same.
 
     Raises:
       ValueError: bad arrays or sizes, or `batch_size` does not split evenly
-        under `sharding` (the message names the nearest valid sizes).
+        under `sharding` (the message names the nearest valid sizes), or
+        `resident=True` with a sharding over other processes' devices.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, *, preprocess: Preprocess,
-                 train: bool, seed: int = 0, sharding: jax.sharding.Sharding | None = None, prefetch: int = 2):
+                 train: bool, seed: int = 0, sharding: jax.sharding.Sharding | None = None, prefetch: int = 2,
+                 resident: bool | None = None):
         images, labels = np.asarray(images), np.asarray(labels)
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 [N, H, W, C]; got {images.dtype} {images.shape}")
@@ -199,6 +278,15 @@ class Loader:
         self.batch_size, self.preprocess, self.train = batch_size, preprocess, train
         self.seed, self.sharding, self.prefetch = seed, sharding, max(1, prefetch)
         self._key = jax.random.key(seed)
+        if resident is None:
+            resident = keeps_data_on_device(jax.default_backend(), images.nbytes, sharding)
+        # The data set's one copy on the device(s): (images, labels), or None when batches are cut on the host.
+        self._on_device = jax.device_put((self.images, self.labels), replicated(sharding)) if resident else None
+
+    @property
+    def resident(self) -> bool:
+        """Whether the data set lives on the device and batches are cut there."""
+        return self._on_device is not None
 
     def __len__(self) -> int:
         n = len(self.images)
@@ -232,6 +320,21 @@ class Loader:
             step_index = index[step, rows]
             yield step, self.images[step_index], self.labels[step_index], mask[step, rows]
 
+    def epoch_arrays(self, epoch: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The whole epoch at once, on the device: uint8 images `[S, B, H, W, C]`, labels `[S, B]`, mask `[S, B]`.
+
+        What `epoch(epoch)` yields before preprocessing, stacked (for a scanned
+        epoch, `jaxnets.training.steps.scan_epoch`); cut on the device when the
+        data set lives there.
+        """
+        index, mask = self.indices(epoch)
+        sharding = epoch_sharding(self.sharding)
+        if not self.resident:
+            return jax.device_put((self.images[index], self.labels[index], mask), sharding)
+        _, cut_epoch_ = _jitted_cuts(self.sharding)
+        images, labels = cut_epoch_(*self._on_device, jax.device_put(index.astype(np.int32), replicated(self.sharding)))
+        return images, labels, jax.device_put(mask, sharding)
+
     def _place(self, arrays: tuple) -> tuple:
         """Host rows -> device arrays of the whole global batch (this process's rows on its devices)."""
         if self.sharding is None or self.sharding.is_fully_addressable:
@@ -239,13 +342,25 @@ class Loader:
         return tuple(jax.make_array_from_process_local_data(self.sharding, x, (self.batch_size, *x.shape[1:]))
                      for x in arrays)
 
+    def _dispatch(self, epoch: int) -> Iterator[Batch]:
+        """Each batch of the epoch, dispatched (asynchronously: each call enqueues work and returns at once)."""
+        if self.resident:
+            images, labels = self._on_device
+            index, mask = self.indices(epoch)
+            index, mask = jax.device_put((index.astype(np.int32), mask), replicated(self.sharding))
+            cut_and_prepare_, _ = _jitted_cuts(self.sharding)
+            for step in range(len(self)):
+                yield cut_and_prepare_(self._key, epoch, step, images, labels, index, mask, self.preprocess, self.train)
+            return
+        for step, images, labels, mask in self._host_batches(epoch):
+            images, labels, mask = self._place((images, labels, mask))
+            yield _prepare(self._key, epoch, step, images, labels, mask, self.preprocess, self.train)
+
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         """The batches of epoch `epoch` (deterministic in seed and epoch)."""
         queue: collections.deque[Batch] = collections.deque()
-        for step, images, labels, mask in self._host_batches(epoch):
-            images, labels, mask = self._place((images, labels, mask))
-            # Dispatch is asynchronous: this enqueues work and returns at once.
-            queue.append(_prepare(self._key, epoch, step, images, labels, mask, self.preprocess, self.train))
+        for batch in self._dispatch(epoch):
+            queue.append(batch)
             if len(queue) > self.prefetch:
                 yield queue.popleft()
         while queue:

@@ -53,6 +53,7 @@ import jax
 import numpy as np
 
 from jaxnets import models
+from jaxnets.paths import expand_path
 
 _PARAM_TO_TORCH = {"kernel": "weight", "bias": "bias", "scale": "weight"}
 _STAT_TO_TORCH = {"mean": "running_mean", "var": "running_var"}
@@ -330,7 +331,7 @@ def _is_tensor(value: Any) -> bool:
 def _unwrap(source: Any, where: str = "checkpoint") -> dict[str, Any]:
     """A flat {key: tensor} from a state_dict, an nn.Module, a container or a path."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
+        path = expand_path(source)
         return _unwrap(_load_file(path), where=str(path))
     if not isinstance(source, Mapping) and callable(getattr(source, "state_dict", None)):  # an nn.Module
         return _unwrap(source.state_dict(), where=type(source).__name__)

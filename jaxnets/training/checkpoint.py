@@ -43,6 +43,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxnets import models
+from jaxnets.paths import expand_path
 from jaxnets.report import atomic_write_text
 
 MODEL_FORMAT = "jaxnets-model/1"
@@ -163,7 +164,7 @@ class RunLock:
     """
 
     def __init__(self, workdir: str | Path):
-        self.workdir = Path(workdir).absolute()
+        self.workdir = expand_path(workdir).absolute()
         self.lock_path = self.workdir / ".lock"
         self.holder_path = self.workdir / ".lock-holder.json"
         self._lock = filelock.FileLock(self.lock_path, timeout=0)
@@ -259,7 +260,7 @@ class Checkpoints:
     """
 
     def __init__(self, workdir: str | Path, keep: int = 3):
-        self.workdir = Path(workdir).absolute()  # orbax requires absolute paths
+        self.workdir = expand_path(workdir).absolute()  # orbax requires absolute paths
         options = dict(create=True, enable_async_checkpointing=False)
         self._last = ocp.CheckpointManager(self.workdir / "checkpoints",
                                            options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options))
@@ -453,7 +454,7 @@ def save_model(path: str | Path, name: str, variables: dict, overwrite: bool = F
         model folder written by `save_model`.
       ValueError: the variables do not fit `models.create(name, **create_kwargs)`.
     """
-    path = Path(path).absolute()
+    path = expand_path(path).absolute()
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{path} already exists; choose another path or pass overwrite=True")
@@ -489,7 +490,7 @@ def load_model(path: str | Path):
       CheckpointError: not a jaxnets model folder, its `model.json` is malformed
         (any wrong type or value), or its variables are corrupt.
     """
-    path = Path(path).absolute()
+    path = expand_path(path).absolute()
     try:
         info = json.loads((path / "model.json").read_text())
         if not isinstance(info, dict) or info.get("format") != MODEL_FORMAT:

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxnets import data, models
+from jaxnets.paths import expand_path
 # Module-level names on purpose: the kill -9 tests replace fit's `_write_json` / `plot_history` to die mid-write.
 from jaxnets.report import json_safe as _json_safe
 from jaxnets.report import plot_history
@@ -411,6 +412,7 @@ def fit(
         (that epoch is not saved; the last good checkpoint stays).
     """
     config.check()
+    workdir = None if workdir is None else expand_path(workdir)
     if config.distributed:
         distributed.initialize()  # no-op when the CLI already did it with its flags
     mesh = distributed.data_parallel_mesh() if mesh is None else mesh
@@ -424,7 +426,7 @@ def fit(
     # The lock guards against a second *run*; the processes of one run share the folder (process 0 holds it).
     lock = RunLock(workdir).acquire() if distributed.is_main_process() else None
     try:
-        return _fit(config, Path(workdir), lock, resume, splits, progress, log, tensorboard, mesh)
+        return _fit(config, workdir, lock, resume, splits, progress, log, tensorboard, mesh)
     finally:
         if lock is not None:
             lock.release()

@@ -238,22 +238,15 @@ def scan_epoch(state: TrainState, images: jax.Array, labels: jax.Array, mask: ja
     return jax.lax.scan(body, state, (jnp.arange(images.shape[0]), images, labels, mask))
 
 
-def _epoch_sharding(sharding: jax.sharding.Sharding | None) -> jax.sharding.Sharding | None:
-    """A batch sharding `[B, ...]` -> the same for an epoch `[S, B, ...]` (steps not sharded)."""
-    if isinstance(sharding, jax.sharding.NamedSharding):
-        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(None, *sharding.spec))
-    return None
-
-
 def epoch_arrays(loader, epoch: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The uint8 images `[S, B, H, W, C]`, labels `[S, B]` and mask `[S, B]` of a Loader's epoch, on the device.
 
-    Gathered on the host in the Loader's order for that epoch. The whole
-    epoch sits in device memory as uint8: 47 MB for MNIST, 150 MB for
-    CIFAR-10; a data set much larger than device memory needs the 'jit' mode.
+    `Loader.epoch_arrays`: in the Loader's order for that epoch, cut where
+    its batches are cut. The whole epoch sits in device memory as uint8: 47 MB
+    for MNIST, 150 MB for CIFAR-10; a data set much larger than device memory
+    needs the 'jit' mode.
     """
-    index, mask = loader.indices(epoch)
-    return jax.device_put((loader.images[index], loader.labels[index], mask), _epoch_sharding(loader.sharding))
+    return loader.epoch_arrays(epoch)
 
 
 def _loop_epoch(train: Callable, state: TrainState, loader, epoch: int) -> tuple[TrainState, Metrics]:
