@@ -152,8 +152,11 @@ def keeps_data_on_device(platform: str, nbytes: int, sharding: jax.sharding.Shar
     """Whether a `Loader` keeps its whole data set on the device when `resident=None` (the default).
 
     Yes on accelerators (`platform` not `'cpu'`) for data sets up to
-    `RESIDENT_MAX_BYTES` whose devices all belong to this process; no on the
-    CPU, where the host already holds the data and numpy gathers as fast.
+    `RESIDENT_MAX_BYTES` whose devices all belong to this process. No on the
+    CPU: host and device share one memory, so a resident copy only doubles
+    it; the loader is thousands of times faster than the steps it feeds there
+    either way (BENCHMARKS.md, input pipeline), and `resident=True` is there
+    for whoever wants it.
     """
     return platform != "cpu" and nbytes <= RESIDENT_MAX_BYTES and (sharding is None or sharding.is_fully_addressable)
 
