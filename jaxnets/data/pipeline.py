@@ -6,15 +6,15 @@ resumed run sees the same batches and the same augmentations as an
 uninterrupted one. Where the batch is cut depends on `resident`: on an
 accelerator the whole uint8 data set is copied to the device once and each
 batch is gathered there (only the epoch's index table crosses per epoch); on
-the CPU, where host and device memory are the same, numpy gathers the rows.
+the CPU, where host and device share one memory, numpy gathers the rows.
 Both give the same batches, bit for bit.
 """
 
 from __future__ import annotations
 
 import collections
-import functools
 import dataclasses
+import functools
 from collections.abc import Iterator
 from typing import ClassVar, NamedTuple
 
