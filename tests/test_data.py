@@ -433,7 +433,8 @@ def _batches(loader, epochs=(0, 1)):
 
 @pytest.mark.parametrize("train", [True, False], ids=["train-augmented", "eval-padded"])
 def test_batches_cut_on_the_device_equal_batches_cut_on_the_host(train):
-    """`resident=True` (the accelerator default) gives the host path's batches bit for bit: order, crops, flips, mask."""
+    """`resident=True` (the accelerator default) gives the host path's batches bit for bit: order, crops, flips,
+    mask, and a scanned epoch's arrays."""
     images = np.random.default_rng(0).integers(0, 256, (70, 8, 8, 3), dtype=np.uint8)
     labels = np.random.default_rng(1).integers(0, 10, 70)
     cfg = data.Preprocess((0.5,) * 3, (0.25,) * 3, crop_padding=2, flip=True)
