@@ -60,7 +60,7 @@ def runs(tmp_path_factory):
     out = {}
     try:
         for name, proc in procs.items():
-            stdout, stderr = proc.communicate(timeout=900)
+            stdout, stderr = proc.communicate(timeout=300)  # ~1-2 min normally; a hang fails in 5, not 15
             out[name] = {"rc": proc.returncode, "stdout": stdout, "stderr": stderr}
     finally:
         for proc in procs.values():
@@ -138,8 +138,10 @@ def test_two_processes_equal_one_process(runs):
     """Two processes x 2 devices (`--distributed` on 127.0.0.1) vs one process x 4 devices."""
     assert "epoch   1/1" in runs["process0"]["stdout"]
     assert "split over 4 devices (cpu), 2 processes" in runs["process0"]["stdout"]
-    # Only process 0 prints (Gloo, the CPU collectives library, logs its connections from C++ in both).
-    assert [line for line in runs["process1"]["stdout"].splitlines() if not line.startswith("[Gloo]")] == []
+    # Only process 0 prints. (Gloo, the CPU collectives library, logs its connections from C++ threads in both
+    # processes, and those lines can interleave mid-word, so the check looks for what jaxnets prints instead.)
+    for said in ("jaxnets-train:", "data parallel", "epoch   1/1", "final test accuracy", "history:"):
+        assert said in runs["process0"]["stdout"] and said not in runs["process1"]["stdout"], said
     two = runs["tmp"] / "two-processes"
     assert (two / "history.json").is_file() and (two / "curves.png").is_file()
     _compare_runs(runs["tmp"] / "four-devices", two)

@@ -224,6 +224,11 @@ class RunLock:
         self.release()
 
 
+# The name `probe_writable` gives its short-lived file; another process of the same run may be probing at the moment
+# a folder is listed, so listings of "is anything saved here" leave these files out.
+WRITE_PROBE_PREFIX = ".write-probe-"
+
+
 def probe_writable(folder: Path) -> None:
     """Create `folder` and write (then remove) a small file in it, so an unusable workdir fails before training.
 
@@ -232,7 +237,7 @@ def probe_writable(folder: Path) -> None:
     """
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=WRITE_PROBE_PREFIX):
             pass
     except OSError as err:
         raise WorkdirNotWritable(f"cannot write to {folder}: {_first_line(err)}. "

@@ -30,7 +30,7 @@ from jaxnets.report import plot_history
 from jaxnets.report import write_json as _write_json
 from jaxnets.training import distributed, optimizers, precision
 from jaxnets.training.checkpoint import (CheckpointError, Checkpoints, RunLock, WorkdirNotWritable, decode_kwargs,
-                                         encode_kwargs, probe_writable)
+                                         WRITE_PROBE_PREFIX, encode_kwargs, probe_writable)
 from jaxnets.training.state import TrainState
 from jaxnets.training.tensorboard import TensorBoard
 from jaxnets.training.steps import MODES, Steps, evaluate, make_steps, merge, reduce_steps, summarize
@@ -445,7 +445,8 @@ def _open_workdir(workdir: Path, lock: RunLock, resume: bool, keep: int, log) ->
     if held:
         log(f"note: took over {workdir} from pid {held.get('pid')} on {held.get('host')}, whose run ended without "
             "releasing it")
-    existing = [p for sub in ("checkpoints", "best") if (workdir / sub).is_dir() for p in (workdir / sub).iterdir()]
+    existing = [p for sub in ("checkpoints", "best") if (workdir / sub).is_dir() for p in (workdir / sub).iterdir()
+                if not p.name.startswith(WRITE_PROBE_PREFIX)]  # the other processes of this run may be probing now
     if existing and not resume:
         raise FileExistsError(f"{workdir} already holds checkpoints; pass resume=True (--resume) to continue "
                               "that run, or choose another workdir")
