@@ -91,6 +91,41 @@ def test_cifar_python_format(tmp_path):
     assert ds.class_names[1] == "automobile"
 
 
+def _cifar100_records(n, seed):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    return images, rng.integers(0, 20, n).astype(np.uint8), rng.integers(0, 100, n).astype(np.int32)
+
+
+@pytest.mark.parametrize("kind", ["binary", "python"])
+def test_cifar100_both_formats_both_splits(tmp_path, kind):
+    """CIFAR-100 keeps the fine label, reads its 100 names from the meta file, and keeps the splits apart."""
+    names = tuple(f"class{i}" for i in range(100))
+    written = {}
+    for split, n, seed in (("train", 12, 1), ("test", 5, 2)):
+        images, coarse, fine = written[split] = _cifar100_records(n, seed)
+        flat = images.transpose(0, 3, 1, 2).reshape(n, -1)
+        if kind == "binary":
+            folder = tmp_path / "cifar-100-binary"
+            folder.mkdir(exist_ok=True)
+            (folder / f"{split}.bin").write_bytes(np.concatenate([coarse[:, None], fine[:, None].astype(np.uint8),
+                                                                   flat], axis=1).tobytes())
+            (folder / "fine_label_names.txt").write_text("\n".join(names) + "\n")
+        else:
+            folder = tmp_path / "cifar-100-python"
+            folder.mkdir(exist_ok=True)
+            with open(folder / split, "wb") as f:
+                pickle.dump({b"data": flat, b"fine_labels": fine.tolist(), b"coarse_labels": coarse.tolist()}, f,
+                            protocol=2)
+            with open(folder / "meta", "wb") as f:
+                pickle.dump({b"fine_label_names": [n.encode() for n in names]}, f, protocol=2)
+    for split, (images, _, fine) in written.items():
+        ds = data.load("cifar100", split, source="files", data_dir=tmp_path)
+        np.testing.assert_array_equal(ds.images, images)
+        np.testing.assert_array_equal(ds.labels, fine)
+        assert ds.class_names == names
+
+
 class _Exploit:
     def __init__(self, target):
         self.target = target

@@ -129,13 +129,21 @@ def _read_lines(path: Path) -> tuple[str, ...]:
     return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
 
 
-def _cifar_binary_files(name: str, split: str, data_dir: Path) -> tuple[list[Path], Path]:
-    if name == "cifar10":
-        folder = data_dir / "cifar-10-batches-bin"
-        files = sorted(folder.glob("data_batch_*.bin")) if split == "train" else [folder / "test_batch.bin"]
-        return [f for f in files if f.is_file()], folder / "batches.meta.txt"
-    folder = data_dir / "cifar-100-binary"
-    return [f for f in [folder / f"{split}.bin"] if f.is_file()], folder / "fine_label_names.txt"
+# (folder, train files (a glob), test file, class-names file) of each CIFAR format, as the archives unpack
+_CIFAR_LAYOUTS = {
+    ("cifar10", "cifar-binary"): ("cifar-10-batches-bin", "data_batch_*.bin", "test_batch.bin", "batches.meta.txt"),
+    ("cifar100", "cifar-binary"): ("cifar-100-binary", "train.bin", "test.bin", "fine_label_names.txt"),
+    ("cifar10", "cifar-python"): ("cifar-10-batches-py", "data_batch_[0-9]*", "test_batch", "batches.meta"),
+    ("cifar100", "cifar-python"): ("cifar-100-python", "train", "test", "meta"),
+}
+
+
+def _cifar_files(name: str, kind: str, split: str, data_dir: Path) -> tuple[list[Path], Path]:
+    """The existing data files of CIFAR `name`/`split` in format `kind` under `data_dir`, and its meta path."""
+    folder_name, train_glob, test_file, meta = _CIFAR_LAYOUTS[name, kind]
+    folder = data_dir / folder_name
+    files = sorted(folder.glob(train_glob)) if split == "train" else [folder / test_file]
+    return [f for f in files if f.is_file()], folder / meta
 
 
 # --------------------------------------------------------------------- CIFAR python
@@ -192,15 +200,6 @@ def _get(batch: dict, key: str, path: Path):
         if k in batch:
             return batch[k]
     raise CorruptDataFile(f"{path}: CIFAR pickle has no {key!r} entry")
-
-
-def _cifar_python_files(name: str, split: str, data_dir: Path) -> tuple[list[Path], Path]:
-    if name == "cifar10":
-        folder = data_dir / "cifar-10-batches-py"
-        files = sorted(folder.glob("data_batch_[0-9]*")) if split == "train" else [folder / "test_batch"]
-        return [f for f in files if f.is_file()], folder / "batches.meta"
-    folder = data_dir / "cifar-100-python"
-    return [f for f in [folder / split] if f.is_file()], folder / "meta"
 
 
 def _load_cifar_python(entry: catalog.DatasetEntry, files: list[Path], meta: Path):
@@ -265,12 +264,11 @@ def locate(name: str, split: str, data_dir: Path) -> Located | None:
     if entry.files.format == "idx":
         found = _find_idx(entry.files, split, data_dir)
         return None if found is None else Located(entry, split, data_dir, "idx", list(found), None)
-    cifar = entry.files.format
-    paths, meta = _cifar_binary_files(cifar, split, data_dir)
-    if paths:
-        return Located(entry, split, data_dir, "cifar-binary", paths, meta)
-    paths, meta = _cifar_python_files(cifar, split, data_dir)
-    return Located(entry, split, data_dir, "cifar-python", paths, meta) if paths else None
+    for kind in ("cifar-binary", "cifar-python"):
+        paths, meta = _cifar_files(entry.files.format, kind, split, data_dir)
+        if paths:
+            return Located(entry, split, data_dir, kind, paths, meta)
+    return None
 
 
 def has_files(name: str, split: str, data_dir: Path | None) -> bool:
