@@ -198,6 +198,21 @@ def test_pipeline_takes_one_batch_size(capsys):
     assert "takes one --batch-size" in capsys.readouterr().err
 
 
+def test_pipeline_benchmark_report_times_both_placements_and_picks_the_loaders_default():
+    from jaxnets import data  # noqa: PLC0415
+    from jaxnets.bench import pipeline  # noqa: PLC0415
+
+    result = pipeline.run(batch_size=32, step_steps=2, model="lenet-cifar", num_examples=128)
+    assert result["dataset"] == "synthetic (128 images)" and result["model"] == "lenet-cifar"
+    assert result["host"]["resident"] is False and result["resident"]["resident"] is True
+    assert all(result[p]["batches"] == 2 * 128 // 32 for p in ("host", "resident"))  # two timed epochs
+    default = "resident" if data.keeps_data_on_device(jax.default_backend(), 128 * 32 * 32 * 3, None) else "host"
+    assert result["pipeline"] == result[default]
+    assert result["ratio"] == pytest.approx(result["pipeline"]["images_per_s"] / result["train"]["images_per_s"])
+    assert result["train"]["images_per_s"] == pytest.approx(32 / result["train"]["step_s"])
+    json.dumps(result)  # the CLI writes it as JSON
+
+
 @pytest.mark.slow  # a benchmark tool's bookkeeping (times real layers): CI runs it, the quick lane does not
 def test_conv_layers_reads_each_models_convolutions_from_the_model_and_counts_them():
     from jaxnets.bench import conv_layers  # noqa: PLC0415

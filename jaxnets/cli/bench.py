@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"input pipeline ({result['dataset']}, batch {batch_size}, crop+flip+normalize, {result['device']}): "
               f"{result['pipeline']['images_per_s']:,.0f} img/s (batches cut on the "
               f"{'device' if result['pipeline']['resident'] else 'host'}; host {result['host']['images_per_s']:,.0f}, "
-              f"device {result['resident']['images_per_s']:,.0f}); ResNet-18 jit train step: "
-              f"{result['resnet18_jit_train']['images_per_s']:,.1f} img/s; ratio {result['ratio']:,.0f}x")
+              f"device {result['resident']['images_per_s']:,.0f}); {result['model']} jit train step: "
+              f"{result['train']['images_per_s']:,.1f} img/s; ratio {result['ratio']:,.0f}x")
     else:
         rows = [row for what in args.what for batch_size in args.batch_size
                 for row in bench.run(names, modes, batch_size, steps=args.steps,
