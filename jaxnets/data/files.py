@@ -285,10 +285,8 @@ def expected_files(name: str, split: str) -> str:
         p = _IDX_PREFIX[split]
         return (f"{p}-images-idx3-ubyte.gz and {p}-labels-idx1-ubyte.gz (directly in the folder, or under "
                 f"{' or '.join(d for d in layout.folders if d)}/)")
-    if layout.format == "cifar10":
-        return ("cifar-10-batches-bin/ (data_batch_1..5.bin, test_batch.bin, from cifar-10-binary.tar.gz) or "
-                "cifar-10-batches-py/ (from cifar-10-python.tar.gz)")
-    return "cifar-100-binary/ (train.bin, test.bin) or cifar-100-python/ (train, test, meta)"
+    return " or ".join(f"{folder}/ ({train if split == 'train' else test}; class names from {meta} if present)"
+                       for (name, _), (folder, train, test, meta) in _CIFAR_LAYOUTS.items() if name == layout.format)
 
 
 def _cache_path(data_dir: Path, name: str, split: str, sources: list[Path]) -> list[Path]:
