@@ -19,6 +19,12 @@ from jaxnets.data import pipeline
 MNIST_TEST_HISTOGRAM = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # the published t10k counts
 
 
+@pytest.fixture
+def trimmed(monkeypatch):
+    """`$JAXNETS_DATA_STRICT=0`: the small stand-ins for the standard files below are trimmed on purpose."""
+    monkeypatch.setenv(data.files.STRICT_ENV, "0")
+
+
 # ------------------------------------------------------------------ real files
 
 def test_real_mnist_t10k(shared_data):
@@ -41,7 +47,10 @@ def test_real_mnist_in_torchvision_layout(shared_data, tmp_path):
 
 
 def test_real_cifar10_subset(shared_data):
-    ds = data.load("cifar10", "train", source="files", data_dir=shared_data / "cifar10-subset")
+    """The trimmed official layout (1,017 of each batch's 10,000) loads with strict=False, and only so."""
+    with pytest.raises(data.DataError, match=r"holds 5,085 examples .*published split has 50,000.*strict=False"):
+        data.load("cifar10", "train", source="files", data_dir=shared_data / "cifar10-subset")
+    ds = data.load("cifar10", "train", source="files", data_dir=shared_data / "cifar10-subset", strict=False)
     assert ds.images.shape == (5_085, 32, 32, 3) and ds.images.dtype == np.uint8
     assert np.bincount(ds.labels, minlength=10).tolist() == [517, 524, 490, 493, 537, 475, 503, 516, 529, 501]
     assert ds.class_names[0] == "airplane" and ds.class_names[9] == "truck"
@@ -49,16 +58,19 @@ def test_real_cifar10_subset(shared_data):
     np.testing.assert_allclose(ds.images.reshape(-1, 3).mean(0), [125.3, 123.0, 113.9], atol=4)
 
 
-def test_cache_is_used_and_survives_damage(shared_data, tmp_path):
+def test_cache_is_used_and_survives_damage(shared_data, tmp_path, monkeypatch):
+    """The cache goes beside writable data; a damaged one is rebuilt. (Caches are keyed on content, so a fresh
+    user cache dir keeps another test's cache of the same files from being found there first.)"""
+    monkeypatch.setenv("JAXNETS_CACHE", str(tmp_path / "user-cache"))
     folder = tmp_path / "cifar"
     shutil.copytree(shared_data / "cifar10-subset", folder)
     for sub in (folder, *folder.iterdir()):
         sub.chmod(0o755)  # copytree keeps the shared folder's read-only bits
-    first = data.load("cifar10", "train", data_dir=folder)
+    first = data.load("cifar10", "train", data_dir=folder, strict=False)
     caches = list(folder.glob(".jaxnets-cifar10-train-*.npz"))
     assert len(caches) == 1, "the cache goes beside writable data"
     caches[0].write_bytes(b"garbage")
-    again = data.load("cifar10", "train", data_dir=folder)
+    again = data.load("cifar10", "train", data_dir=folder, strict=False)
     np.testing.assert_array_equal(again.images, first.images)
 
 
@@ -80,6 +92,7 @@ def _write_cifar_py(folder, images, labels):
         pickle.dump({b"label_names": [n.encode() for n in data.files.CIFAR10_CLASSES]}, f, protocol=2)
 
 
+@pytest.mark.usefixtures("trimmed")
 def test_cifar_python_format(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
@@ -98,6 +111,7 @@ def _cifar100_records(n, seed):
 
 
 @pytest.mark.parametrize("kind", ["binary", "python"])
+@pytest.mark.usefixtures("trimmed")
 def test_cifar100_both_formats_both_splits(tmp_path, kind):
     """CIFAR-100 keeps the fine label, reads its 100 names from the meta file, and keeps the splits apart."""
     names = tuple(f"class{i}" for i in range(100))
@@ -134,6 +148,7 @@ class _Exploit:
         return (os.system, (f"touch {self.target}",))
 
 
+@pytest.mark.usefixtures("trimmed")
 def test_malicious_pickle_is_refused(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
@@ -172,6 +187,7 @@ def test_wrong_magic_names_the_file(tmp_path):
         data.load("mnist", "test", data_dir=tmp_path)
 
 
+@pytest.mark.usefixtures("trimmed")
 def test_truncated_cifar_binary_names_the_file(tmp_path):
     folder = tmp_path / "cifar-10-batches-bin"
     folder.mkdir()
@@ -198,6 +214,7 @@ def _write_mnist(folder, n=12, labels=None, images_shape=None, gz=True):
     return labels
 
 
+@pytest.mark.usefixtures("trimmed")
 def test_idx_labels_out_of_range_name_the_file(tmp_path):
     """Finding 6: label 200 for 10 classes used to load and silently drop out of the loss."""
     _write_mnist(tmp_path, labels=[3, 200, 1, 4] + [0] * 8)
@@ -206,6 +223,7 @@ def test_idx_labels_out_of_range_name_the_file(tmp_path):
         data.load("mnist", "test", data_dir=tmp_path)
 
 
+@pytest.mark.usefixtures("trimmed")
 def test_idx_image_and_label_counts_must_match(tmp_path):
     _write_mnist(tmp_path, n=12, labels=[1] * 11)
     with pytest.raises(data.CorruptDataFile, match=r"t10k-images-idx3-ubyte.gz holds 12 images but "
@@ -227,6 +245,7 @@ def test_idx_header_promising_absurd_sizes_is_corrupt_not_an_overflow(tmp_path):
         data.load("mnist", "test", data_dir=tmp_path)
 
 
+@pytest.mark.usefixtures("trimmed")
 def test_cifar_binary_labels_out_of_range_name_the_file(tmp_path):
     """Finding 6, CIFAR binary."""
     folder = tmp_path / "cifar-10-batches-bin"
@@ -248,6 +267,7 @@ def test_cifar_python_labels_out_of_range_name_the_file(tmp_path):
         data.load("cifar10", "train", source="files", data_dir=tmp_path)
 
 
+@pytest.mark.usefixtures("trimmed")
 def test_class_names_file_must_name_every_class(tmp_path):
     folder = tmp_path / "cifar-10-batches-bin"
     folder.mkdir()
@@ -257,6 +277,7 @@ def test_class_names_file_must_name_every_class(tmp_path):
         data.load("cifar10", "train", data_dir=tmp_path)
 
 
+@pytest.mark.usefixtures("trimmed")
 def test_corrupt_deflate_stream_is_corrupt_data_file_not_zlib_error(tmp_path):
     """Finding 9: a flipped byte in a .gz's deflate data used to raise an uncaught zlib.error."""
     _write_mnist(tmp_path)
@@ -269,6 +290,7 @@ def test_corrupt_deflate_stream_is_corrupt_data_file_not_zlib_error(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+@pytest.mark.usefixtures("trimmed")
 def test_damaged_cache_is_named_deleted_and_rebuilt(damage, tmp_path, caplog):
     """Finding 9: a damaged .npz cache used to fail every later load with zipfile.BadZipFile, never naming it."""
     labels = _write_mnist(tmp_path, n=64)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxnets.data import cache as npz_cache
 from jaxnets.data import catalog, files
 from jaxnets.paths import expand_path
 from jaxnets.data.catalog import DatasetEntry, FileLayout, register
@@ -85,7 +86,7 @@ class Dataset:
 
 def load(name: str, split: str = "train", *, source: str = "auto", data_dir: str | Path | None = None,
          download: bool = True, mirror: str | None = None, image_size: int | tuple[int, int] | None = None,
-         **options) -> Dataset:
+         strict: bool | None = None, cache: bool | None = None, **options) -> Dataset:
     """Load a whole split into memory.
 
     Args:
@@ -110,14 +111,24 @@ def load(name: str, split: str = "train", *, source: str = "auto", data_dir: str
         '': the published URLs.
       image_size: image folders only: resize every image to (height, width)
         (an int means square); None requires one size throughout.
+      strict: the standard files must be the published layout: every file
+        (CIFAR-10's five batches) and the published number of examples
+        (`DatasetEntry.files.examples`); False accepts data trimmed on purpose.
+        None: `$JAXNETS_DATA_STRICT` ('0' means False), else True.
+      cache: read / write the decoded split's .npz cache (keyed on the files'
+        contents). None: `$JAXNETS_DATA_CACHE` ('0' means False), else True.
 
     Returns:
       a `Dataset` with uint8 `[N, H, W, C]` images and int32 `[N]` labels.
 
     Raises:
-      DataError: unknown name, split or source; an image folder whose
-        classes do not fit `name`, with an empty class folder, or with
-        images of different sizes (without `image_size`).
+      DataError: unknown name, split or source; standard files that are not
+        the published layout (with `strict`; the message says how to opt
+        out), or a file named like a batch that is not a standard one; an
+        image folder whose classes do not fit `name`, whose split has a class
+        the training split lacks, with an empty class folder, a symlink loop
+        or dangling symlink, or images of different sizes (without
+        `image_size`).
       DataNotFound: not on disk and not obtainable; says what to put where.
       CorruptDataFile / UnsafePickle / ChecksumMismatch: a damaged or hostile
         file, or a download with the wrong checksum (named; nothing kept).
@@ -130,6 +141,7 @@ def load(name: str, split: str = "train", *, source: str = "auto", data_dir: str
     if options and not entry.takes_options:
         raise DataError(f"{name} takes no options; got {sorted(options)}")
     folder = expand_path(data_dir) if data_dir is not None else None  # resolved once, used by every reader below
+    strict, cache = files.strict_default(strict), npz_cache.enabled(cache)
     if entry.reader is not None:
         if image_size is not None:
             raise DataError(f"image_size applies to image folders only; {name} from {source!r} has one image size")
@@ -147,7 +159,7 @@ def load(name: str, split: str = "train", *, source: str = "auto", data_dir: str
         if folder is None:
             raise DataNotFound(f"{name} as an image folder needs data_dir: a folder laid out as <dir>/<class>/<image> "
                                "or <dir>/train/<class>/<image>")
-        images, labels, classes = load_folder(folder, split, image_size=image_size, name=name)
+        images, labels, classes = load_folder(folder, split, image_size=image_size, name=name, cache=cache)
         if not entry.folder_only:
             _check_folder_classes(entry, classes, folder)
     elif source == "files":
@@ -155,21 +167,21 @@ def load(name: str, split: str = "train", *, source: str = "auto", data_dir: str
             raise DataNotFound(f"source='files' needs data_dir: a folder holding {expected_files(name, split)}")
         if located is None:
             raise DataNotFound(f"{name} ({split}) not found in {folder}: expected {expected_files(name, split)}")
-        images, labels, classes = files.read(located)
+        images, labels, classes = files.read(located, use_cache=cache, strict=strict)
     elif source == "tfds":
         images, labels, classes = load_tfds(name, split, folder, download=download)
     else:
-        images, labels, classes = _load_auto(entry, split, folder, local, located, download, mirror)
+        images, labels, classes = _load_auto(entry, split, folder, local, located, download, mirror, strict, cache)
     return Dataset(images, labels.astype(np.int32), tuple(classes), name, split)
 
 
 def _load_auto(entry: DatasetEntry, split: str, data_dir: Path | None, local: Path, located: files.Located | None,
-               allow_download: bool, mirror: str | None):
+               allow_download: bool, mirror: str | None, strict: bool, cache: bool):
     """Files on disk (already `located` in `local`), else a prepared tfds data set, else the published files
     downloaded into `local`."""
     name = entry.name
     if located is not None:
-        return files.read(located)
+        return files.read(located, use_cache=cache, strict=strict)
     tfds_error: Exception | None = None
     if entry.tfds_name is not None:
         try:
@@ -182,7 +194,7 @@ def _load_auto(entry: DatasetEntry, split: str, data_dir: Path | None, local: Pa
             f"prepared for tensorflow-datasets; pass download=True to fetch the published files, or put them "
             f"there.") from tfds_error
     download_files(name, split, local, mirror=mirror)
-    return files.load_files(name, split, local)
+    return files.load_files(name, split, local, cache=cache, strict=strict)
 
 
 def _check_folder_classes(entry: DatasetEntry, classes: tuple[str, ...], data_dir: Path) -> None:

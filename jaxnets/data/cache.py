@@ -3,6 +3,10 @@
 A split decoded once is kept as `images`, `labels`, `classes` in an .npz
 file: beside the data when that folder is writable, else in
 `user_cache_dir()`. A damaged cache is deleted and rebuilt, never trusted.
+Every reader keys its cache file name on what the data files hold (their
+contents, not their modification times). `$JAXNETS_DATA_CACHE=0` (or
+`data.load(cache=False)`, `jaxnets-train --no-cache`) neither reads nor
+writes any of them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,14 @@ from jaxnets.data.errors import check_labels
 from jaxnets.paths import expand_path
 
 _LOG = logging.getLogger(__name__)
+CACHE_ENV = "JAXNETS_DATA_CACHE"  # '0': no .npz caches (what cache=None means)
+
+
+def enabled(cache: bool | None = None) -> bool:
+    """`cache`, or when None: False if `$JAXNETS_DATA_CACHE` is '0' / 'false' / 'no' / 'off', else True."""
+    if cache is not None:
+        return bool(cache)
+    return os.environ.get(CACHE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def locations(filename: str, data_dir: Path | None) -> list[Path]:
@@ -94,4 +106,4 @@ def user_cache_dir() -> Path:
     return expand_path(os.environ.get("JAXNETS_CACHE", Path.home() / ".cache" / "jaxnets"))
 
 
-__all__ = ["locations", "read_cache", "user_cache_dir", "write_cache"]
+__all__ = ["CACHE_ENV", "enabled", "locations", "read_cache", "user_cache_dir", "write_cache"]

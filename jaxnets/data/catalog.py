@@ -51,10 +51,13 @@ class FileLayout:
         'cifar10' or 'cifar100' (the binary or python batches).
       folders: sub-folders of the data folder searched, in order ('' is the
         folder itself); for the CIFAR formats the standard folder names are fixed.
+      examples: (train, test) examples of the published files, checked on
+        every read unless the caller opts out (`strict=False`); None: unchecked.
     """
 
     format: str
     folders: tuple[str, ...] = ("",)
+    examples: tuple[int, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,15 +127,18 @@ for _entry in (
     DatasetEntry("digits", (28, 28, 1), DIGIT_CLASSES, reader=load_digits,
                  description="scikit-learn's 1,797 real 8x8 digits framed as 28x28 (embedded, no download)"),
     DatasetEntry("mnist", (28, 28, 1), DIGIT_CLASSES, ((0.1307,), (0.3081,)),
-                 FileLayout("idx", ("", "MNIST/raw", "mnist")), "mnist", description="MNIST handwritten digits"),
+                 FileLayout("idx", ("", "MNIST/raw", "mnist"), (60_000, 10_000)), "mnist",
+                 description="MNIST handwritten digits"),
     DatasetEntry("fashion_mnist", (28, 28, 1), FASHION_MNIST_CLASSES, ((0.2860,), (0.3530,)),
-                 FileLayout("idx", ("", "FashionMNIST/raw", "fashion_mnist")), "fashion_mnist",
+                 FileLayout("idx", ("", "FashionMNIST/raw", "fashion_mnist"), (60_000, 10_000)), "fashion_mnist",
                  description="Fashion-MNIST"),
     DatasetEntry("cifar10", (32, 32, 3), CIFAR10_CLASSES,
-                 ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)), FileLayout("cifar10"), "cifar10",
+                 ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)), FileLayout("cifar10", examples=(50_000, 10_000)),
+                 "cifar10",
                  folder_names_must_match=True, description="CIFAR-10"),
     DatasetEntry("cifar100", (32, 32, 3), CIFAR100_CLASSES,
-                 ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)), FileLayout("cifar100"), "cifar100",
+                 ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)), FileLayout("cifar100", examples=(50_000, 10_000)),
+                 "cifar100",
                  description="CIFAR-100 (fine labels)"),
     DatasetEntry("synthetic", reader=load_synthetic, takes_options=True,
                  description="seeded class prototypes + noise, any shape (options: shape, num_examples, "

@@ -10,6 +10,18 @@ Formats (the files torchvision and tfds download):
   * CIFAR-10/100 python: `cifar-10-batches-py/`, `cifar-100-python/` pickles,
     read with a restricted unpickler that only builds numpy arrays and the
     plain containers CIFAR uses, so a hostile file cannot run code.
+
+Each split is read from its standard file names only (never a glob), and is
+checked against the published layout: every file present (`data_batch_1` to
+`_5` for CIFAR-10) and the published number of examples (the catalog's
+`FileLayout.examples`: 60,000 / 10,000 for MNIST-style IDX, 50,000 / 10,000
+for CIFAR-10 and -100). A missing file or another count is a `DataError`
+naming what is missing, unless the caller opts out with `strict=False`
+(`data.load(..., strict=False)`, `$JAXNETS_DATA_STRICT=0`,
+`jaxnets-train --no-strict-data`) for data trimmed on purpose. A file in
+the folder named like a batch but not a standard one (`data_batch_6.bin`,
+`data_batch_1 (copy).bin`) is an error either way: it would never be read.
+IDX images and labels are each found compressed (`.gz`) or not.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import dataclasses
 import gzip
 import hashlib
 import math
+import os
 import pickle
 import struct
 import zlib
@@ -28,9 +41,11 @@ import numpy as np
 from jaxnets.data import cache, catalog
 from jaxnets.paths import expand_path
 from jaxnets.data.catalog import CIFAR10_CLASSES, FASHION_MNIST_CLASSES  # noqa: F401 - re-exported
-from jaxnets.data.errors import CorruptDataFile, DataNotFound, UnsafePickle, check_labels
+from jaxnets.data.errors import CorruptDataFile, DataError, DataNotFound, UnsafePickle, check_labels
 
-_CACHE_VERSION = "v2"  # bump when what a cache may hold changes (v2: labels checked before caching)
+_CACHE_VERSION = "v3"  # bump when what a cache may hold changes (v2: labels checked; v3: keyed on content)
+STRICT_ENV = "JAXNETS_DATA_STRICT"  # '0': accept trimmed standard files (what strict=None means)
+_OPT_OUT = f"pass strict=False to data.load (jaxnets-train --no-strict-data, or set {STRICT_ENV}=0)"
 _IDX_IMAGE_SIZE = (28, 28)  # MNIST and Fashion-MNIST
 _MAX_EXAMPLES = 10_000_000  # a header promising more is not a data set of this kind
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
@@ -67,14 +82,15 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def _find_idx(layout: catalog.FileLayout, split: str, data_dir: Path) -> tuple[Path, Path] | None:
+    """The images and labels files of `split` in the first of `layout.folders` holding both, each uncompressed
+    (preferred: torchvision keeps both) or `.gz`."""
     prefix = _IDX_PREFIX[split]
     for sub in layout.folders:
         folder = data_dir / sub
-        for suffix in ("", ".gz"):
-            images = folder / f"{prefix}-images-idx3-ubyte{suffix}"
-            labels = folder / f"{prefix}-labels-idx1-ubyte{suffix}"
-            if images.is_file() and labels.is_file():
-                return images, labels
+        found = [next((p for p in (folder / base, folder / f"{base}.gz") if p.is_file()), None)
+                 for base in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")]
+        if all(found):
+            return found[0], found[1]
     return None
 
 
@@ -129,21 +145,50 @@ def _read_lines(path: Path) -> tuple[str, ...]:
     return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
 
 
-# (folder, train files (a glob), test file, class-names file) of each CIFAR format, as the archives unpack
+_CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+
+# (folder, {split: its files, in order}, class-names file) of each CIFAR format, as the archives unpack
 _CIFAR_LAYOUTS = {
-    ("cifar10", "cifar-binary"): ("cifar-10-batches-bin", "data_batch_*.bin", "test_batch.bin", "batches.meta.txt"),
-    ("cifar100", "cifar-binary"): ("cifar-100-binary", "train.bin", "test.bin", "fine_label_names.txt"),
-    ("cifar10", "cifar-python"): ("cifar-10-batches-py", "data_batch_[0-9]*", "test_batch", "batches.meta"),
-    ("cifar100", "cifar-python"): ("cifar-100-python", "train", "test", "meta"),
+    ("cifar10", "cifar-binary"): ("cifar-10-batches-bin", {"train": tuple(f"{f}.bin" for f in _CIFAR10_TRAIN),
+                                                           "test": ("test_batch.bin",)}, "batches.meta.txt"),
+    ("cifar100", "cifar-binary"): ("cifar-100-binary", {"train": ("train.bin",), "test": ("test.bin",)},
+                                   "fine_label_names.txt"),
+    ("cifar10", "cifar-python"): ("cifar-10-batches-py", {"train": _CIFAR10_TRAIN, "test": ("test_batch",)},
+                                  "batches.meta"),
+    ("cifar100", "cifar-python"): ("cifar-100-python", {"train": ("train",), "test": ("test",)}, "meta"),
 }
 
 
-def _cifar_files(name: str, kind: str, split: str, data_dir: Path) -> tuple[list[Path], Path]:
-    """The existing data files of CIFAR `name`/`split` in format `kind` under `data_dir`, and its meta path."""
-    folder_name, train_glob, test_file, meta = _CIFAR_LAYOUTS[name, kind]
+def _batch_stem(filename: str) -> str:
+    """'data_batch_1.bin' -> 'data_batch', 'test.bin' -> 'test': what a copy or an extra batch is named like."""
+    return filename.split(".")[0].rstrip("0123456789").rstrip("_")
+
+
+def _cifar_files(name: str, kind: str, split: str, data_dir: Path) -> tuple[list[Path], list[str], Path]:
+    """CIFAR `name`/`split` in format `kind` under `data_dir`: its standard files present, those missing, meta path.
+
+    Raises:
+      DataError: the folder holds a file named like one of the split's batches that is not a standard one
+        (`data_batch_6.bin`, `data_batch_1 (copy).bin`): it would never be read.
+    """
+    folder_name, splits, meta = _CIFAR_LAYOUTS[name, kind]
     folder = data_dir / folder_name
-    files = sorted(folder.glob(train_glob)) if split == "train" else [folder / test_file]
-    return [f for f in files if f.is_file()], folder / meta
+    standard = splits[split]
+    present = [folder / f for f in standard if (folder / f).is_file()]
+    if not present:
+        return [], list(standard), folder / meta
+    known = {f for files in splits.values() for f in files} | {meta}
+    stems = {_batch_stem(f) for f in standard}
+    try:
+        odd = sorted(e.name for e in os.scandir(folder) if not e.name.startswith(".") and e.name not in known
+                     and any(e.name.startswith(stem) for stem in stems))
+    except OSError:
+        odd = []
+    if odd:
+        raise DataError(f"{folder} holds {', '.join(repr(f) for f in odd)}, not among the standard {split} files "
+                        f"{', '.join(standard)} (the only ones read): move {'it' if len(odd) == 1 else 'them'} out "
+                        "of the folder")
+    return present, [f for f in standard if not (folder / f).is_file()], folder / meta
 
 
 # --------------------------------------------------------------------- CIFAR python
@@ -254,6 +299,7 @@ class Located:
     kind: str  # 'idx', 'cifar-binary' or 'cifar-python'
     paths: list[Path]  # the data files (IDX: images, labels)
     meta: Path | None  # the class-names file beside them (CIFAR), which may be absent
+    missing: tuple[str, ...] = ()  # standard files of the split that are not there (CIFAR-10's batches)
 
 
 def locate(name: str, split: str, data_dir: Path) -> Located | None:
@@ -265,9 +311,9 @@ def locate(name: str, split: str, data_dir: Path) -> Located | None:
         found = _find_idx(entry.files, split, data_dir)
         return None if found is None else Located(entry, split, data_dir, "idx", list(found), None)
     for kind in ("cifar-binary", "cifar-python"):
-        paths, meta = _cifar_files(entry.files.format, kind, split, data_dir)
+        paths, missing, meta = _cifar_files(entry.files.format, kind, split, data_dir)
         if paths:
-            return Located(entry, split, data_dir, kind, paths, meta)
+            return Located(entry, split, data_dir, kind, paths, meta, tuple(missing))
     return None
 
 
@@ -283,46 +329,93 @@ def expected_files(name: str, split: str) -> str:
         return "nothing: it has no standard files"
     if layout.format == "idx":
         p = _IDX_PREFIX[split]
-        return (f"{p}-images-idx3-ubyte.gz and {p}-labels-idx1-ubyte.gz (directly in the folder, or under "
+        return (f"{p}-images-idx3-ubyte.gz and {p}-labels-idx1-ubyte.gz (each may be uncompressed, without .gz; "
+                f"directly in the folder, or under "
                 f"{' or '.join(d for d in layout.folders if d)}/)")
-    return " or ".join(f"{folder}/ ({train if split == 'train' else test}; class names from {meta} if present)"
-                       for (name, _), (folder, train, test, meta) in _CIFAR_LAYOUTS.items() if name == layout.format)
+    return " or ".join(f"{folder}/ ({', '.join(splits[split])}; class names from {meta} if present)"
+                       for (name, _), (folder, splits, meta) in _CIFAR_LAYOUTS.items() if name == layout.format)
 
 
 def _cache_path(data_dir: Path, name: str, split: str, sources: list[Path]) -> list[Path]:
     """Candidate cache files: beside the data, then ~/.cache/jaxnets (read-only data dirs)."""
-    fingerprint = hashlib.sha1(
-        "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sources).encode()
-    ).hexdigest()[:12]
+    digest = hashlib.sha1()
+    for path in sources:  # the content, not the modification time: `rsync -t` / `tar x` keep a changed file's
+        with open(path, "rb") as f:
+            digest.update(f"{path.name}:".encode() + hashlib.file_digest(f, "blake2b").digest())
+    fingerprint = digest.hexdigest()[:12]
     filename = f".jaxnets-{name}-{split}-{fingerprint}-{_CACHE_VERSION}.npz"
     return cache.locations(filename, data_dir)
 
 
-def read(located: Located, use_cache: bool = True):
+def strict_default(strict: bool | None) -> bool:
+    """`strict`, or when None: False if `$JAXNETS_DATA_STRICT` is '0' / 'false' / 'no', else True."""
+    if strict is not None:
+        return bool(strict)
+    return os.environ.get(STRICT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def check_layout(located: Located, num_examples: int | None = None) -> None:
+    """Refuse a split that is not the published layout: a missing standard file, or another number of examples.
+
+    Args:
+      located: what `locate` found.
+      num_examples: examples read (None: check the files only).
+
+    Raises:
+      DataError: naming what is missing or how many examples there are against the published count, and how
+        to opt out (`strict=False`) for data trimmed on purpose.
+    """
+    entry, split = located.entry, located.split
+    where = located.paths[0].parent
+    if located.missing:
+        raise DataError(f"{entry.name} ({split}) in {where} lacks {', '.join(located.missing)} of the published "
+                        f"split's files (found only {', '.join(p.name for p in located.paths)}); fetch what is "
+                        f"missing, or if you removed it on purpose {_OPT_OUT}")
+    expected = None if entry.files.examples is None else dict(zip(("train", "test"), entry.files.examples))[split]
+    if num_examples is not None and expected is not None and num_examples != expected:
+        raise DataError(f"{entry.name} ({split}) in {where} holds {num_examples:,} examples "
+                        f"({', '.join(p.name for p in located.paths)}); the published split has {expected:,}: "
+                        f"a file is incomplete or not the published one. If you trimmed the data on purpose, "
+                        f"{_OPT_OUT}")
+
+
+def read(located: Located, use_cache: bool = True, strict: bool | None = None):
     """Decode the files `locate` found (through the .npz cache).
+
+    Args:
+      located: what `locate` found.
+      use_cache: read / write the .npz cache (keyed on the files' contents).
+      strict: refuse a split that is not the published layout (`check_layout`); None: `strict_default`.
 
     Returns:
       (images uint8 `[N, H, W, C]`, labels int32 `[N]`, class names).
 
     Raises:
+      DataError: with `strict`, a missing standard file or another number of examples (`check_layout`).
       CorruptDataFile / UnsafePickle: a file is damaged or hostile (named).
     """
+    strict = strict_default(strict)
+    if strict:
+        check_layout(located)
     entry, split = located.entry, located.split
     candidates = _cache_path(located.data_dir, entry.name, split, located.paths) if use_cache else []
     cached = cache.read_cache(candidates)
     if cached is not None:
-        return cached
-    if located.kind == "idx":
+        images, labels, classes = cached
+    elif located.kind == "idx":
         images, labels, classes = _load_idx(entry, located.paths)
     elif located.kind == "cifar-binary":
         images, labels, classes = _load_cifar_binary(entry, located.paths, located.meta)
     else:
         images, labels, classes = _load_cifar_python(entry, located.paths, located.meta)
-    cache.write_cache(candidates, images, labels, classes)
+    if strict:
+        check_layout(located, len(labels))
+    if cached is None:
+        cache.write_cache(candidates, images, labels, classes)
     return images, labels, classes
 
 
-def load_files(name: str, split: str, data_dir: Path, cache: bool = True):
+def load_files(name: str, split: str, data_dir: Path, cache: bool = True, strict: bool | None = None):
     """Load `name`/`split` from the standard files in `data_dir` (`locate`, then `read`).
 
     Returns:
@@ -330,14 +423,17 @@ def load_files(name: str, split: str, data_dir: Path, cache: bool = True):
 
     Raises:
       DataNotFound: the folder lacks the files (the message lists them).
+      DataError: with `strict` (None: `strict_default`), not the published layout (`check_layout`); or a
+        file named like a batch that is not a standard one.
       CorruptDataFile / UnsafePickle: a file is damaged or hostile (named).
     """
     data_dir = expand_path(data_dir)
     located = locate(name, split, data_dir)
     if located is None:
         raise DataNotFound(f"{name} ({split}) not found in {data_dir}: expected {expected_files(name, split)}")
-    return read(located, use_cache=cache)
+    return read(located, use_cache=cache, strict=strict)
 
 
-__all__ = ["CIFAR10_CLASSES", "Located", "check_labels", "expand_path", "expected_files", "has_files", "load_files",
-           "load_restricted_pickle", "locate", "read", "read_cifar_binary", "read_idx"]
+__all__ = ["CIFAR10_CLASSES", "Located", "STRICT_ENV", "check_labels", "check_layout", "expand_path", "expected_files",
+           "has_files", "load_files", "load_restricted_pickle", "locate", "read", "read_cifar_binary", "read_idx",
+           "strict_default"]
