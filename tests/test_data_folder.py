@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -196,3 +197,151 @@ def test_cli_resizes_an_odd_sized_folder_with_image_size(pets, tmp_path, capsys)
     with pytest.raises(SystemExit):
         cli.main([*base, "--image-size", "0"])
     assert "image_size must be >= 1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ one class index for every split
+
+def _split_tree(root: Path, split: str, classes: tuple[str, ...], per_class: int = 2) -> None:
+    for k, c in enumerate(classes):
+        for i in range(per_class):
+            _save(root / split / c / f"{i}.png", _pixels(10 * k + i))
+
+
+def test_a_test_split_with_fewer_classes_keeps_the_training_index_of_each_class(tmp_path):
+    """train/{ant,bee,cat} + test/{ant,cat}: test's cat is label 2 (train's cat), not 1 (train's bee)."""
+    _split_tree(tmp_path, "train", ("ant", "bee", "cat"))
+    _split_tree(tmp_path, "test", ("ant", "cat"))
+    train = data.load("folder", "train", data_dir=tmp_path)
+    test = data.load("folder", "test", data_dir=tmp_path)
+    assert train.class_names == test.class_names == ("ant", "bee", "cat")
+    assert test.labels.tolist() == [0, 0, 2, 2]
+    np.testing.assert_array_equal(test.images[2], _pixels(10))  # test/cat/0.png carries label 2
+    # The direct API agrees, and a cache written before cannot hand back the other indexing.
+    _, labels, classes = folder_lib.load_folder(tmp_path, "test", progress=False)
+    assert classes == ("ant", "bee", "cat") and labels.tolist() == [0, 0, 2, 2]
+
+
+def test_a_test_class_the_training_split_lacks_is_refused_naming_it(tmp_path, capsys):
+    """A class only the test split has cannot be predicted: a one-line error naming it, from Python and the CLI."""
+    _split_tree(tmp_path / "pets", "train", ("ant", "cat"))
+    _split_tree(tmp_path / "pets", "test", ("ant", "bee", "cat"))
+    with pytest.raises(data.DataError, match=r"test has class folder\(s\) \['bee'\] that the training split does "
+                                             r"not have \(its classes: \['ant', 'cat'\]\)"):
+        data.load("folder", "test", data_dir=tmp_path / "pets")
+    from jaxnets.cli import train as cli  # noqa: PLC0415
+
+    code = cli.main(["--dataset", "folder", "--data-dir", str(tmp_path / "pets"), "--model", "mlp", "--epochs", "1",
+                     "--batch-size", "2", "--no-progress", "--no-tensorboard", "--workdir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1 and "['bee'] that the training split does not have" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ pixel depth per Pillow mode
+
+def _gray(values) -> np.ndarray:
+    return np.asarray(values, np.uint8).reshape(1, -1)
+
+
+# mode -> (image in that mode, the uint8 pixels it must decode to: [1, W] gray or [1, W, 3] RGB)
+def _mode_cases():
+    rgb = np.array([[[0, 128, 255], [10, 20, 30]]], np.uint8)
+    palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    cmyk = Image.new("CMYK", (2, 1))
+    cmyk.putdata([(0, 0, 0, 0), (255, 0, 0, 0)])  # white; cyan ink only -> (0, 255, 255)
+    return {
+        "1": (Image.fromarray(np.array([[False, True]])), _gray([0, 255])),
+        "L": (Image.fromarray(_gray([0, 77, 255])), _gray([0, 77, 255])),
+        "LA": (Image.fromarray(np.array([[[0, 9], [200, 255]]], np.uint8), "LA"), _gray([0, 200])),
+        "P": (palette, np.asarray(palette.convert("RGB"))),
+        "RGB": (Image.fromarray(rgb), rgb),
+        "RGBA": (Image.fromarray(np.concatenate([rgb, np.full((1, 2, 1), 7, np.uint8)], -1)), rgb),  # alpha dropped
+        "CMYK": (cmyk, np.array([[[255, 255, 255], [0, 255, 255]]], np.uint8)),
+        # 16-bit: v * 255 / 65535, rounded: an 8-bit value v stored as v * 257 comes back exactly
+        "I;16": (Image.fromarray(np.array([[0, 257 * 77, 32768, 65535]], np.uint16)), _gray([0, 77, 128, 255])),
+        "I": (Image.fromarray(np.array([[0, 257 * 200, 65535]], np.int32)), _gray([0, 200, 255])),
+        "F": (Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32)), _gray([0, 128, 255])),
+    }
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F"])
+def test_every_pillow_mode_decodes_to_uint8_at_the_right_scale(mode, tmp_path):
+    """Written in `mode` (PNG, or TIFF where PNG cannot hold it), decoded to the uint8 values its scale gives:
+    16-bit is scaled (never clipped at 255), alpha dropped, palette and CMYK converted to RGB."""
+    image, expected = _mode_cases()[mode]
+    assert image.mode == mode
+    path = tmp_path / ("x.tif" if mode in ("CMYK", "I", "F") else "x.png")
+    image.save(path)
+    with Image.open(path) as reread:
+        assert reread.mode == mode  # the file really holds that mode
+    np.testing.assert_array_equal(folder_lib.decode_image(str(path)), expected)
+
+
+@pytest.mark.parametrize(("pixels", "match"), [
+    (np.array([[0, 70_000]], np.int32), r"32-bit integer pixels from 0 to 70000; only values in \[0, 65535\]"),
+    (np.array([[-1, 5]], np.int32), r"32-bit integer pixels from -1 to 5"),
+    (np.array([[0.0, 2.5]], np.float32), r"floating-point pixels from 0.0 to 2.5; float images are read as \[0, 1\]"),
+    (np.array([[0.0, np.nan]], np.float32), r"floating-point pixels .*outside it \(or NaN\)"),
+])
+def test_pixels_with_no_known_scale_are_refused_naming_the_file(pixels, match, tmp_path):
+    """32-bit integer pixels beyond 16 bits, or float pixels outside [0, 1], have no honest 8-bit scale."""
+    path = tmp_path / "deep.tif"
+    Image.fromarray(pixels).save(path)
+    with pytest.raises(data.DataError, match=match) as caught:
+        folder_lib.decode_image(str(path))
+    assert str(path) in str(caught.value) and not isinstance(caught.value, data.CorruptDataFile)
+
+
+def test_a_16_bit_png_folder_trains_on_scaled_pixels(tmp_path):
+    """A whole folder of 16-bit PNGs loads as its 8-bit content, not as saturated white."""
+    for c, value in (("dark", 257 * 20), ("light", 257 * 220)):
+        _save(tmp_path / c / "a.png", np.full((4, 4), value, np.uint16))
+    ds = data.load("folder", data_dir=tmp_path)
+    assert ds.images[ds.labels == 0].max() == 20 and ds.images[ds.labels == 1].min() == 220
+
+
+# ------------------------------------------------------------------ symlinks
+
+def test_a_symlink_loop_or_a_dangling_symlink_is_one_line_naming_it(pets, tmp_path, capsys):
+    """A link back to an ancestor folder and a link to nothing: `DataError` naming the link, and one CLI line."""
+    loop = pets / "ant" / "again"
+    loop.symlink_to(pets / "ant", target_is_directory=True)
+    with pytest.raises(data.DataError, match=r"ant/again is a symlink loop \(it leads back to .*ant\)"):
+        data.load("folder", data_dir=pets)
+    loop.unlink()
+    (pets / "zebra" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(data.DataError, match=r"zebra/gone.png is a dangling symlink \(to .*nowhere.png"):
+        data.load("folder", data_dir=pets)
+    from jaxnets.cli import train as cli  # noqa: PLC0415
+
+    code = cli.main(["--dataset", "folder", "--data-dir", str(pets), "--model", "mlp", "--epochs", "1",
+                     "--no-progress", "--no-tensorboard", "--workdir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.count("\n") == 0 and "dangling symlink" in err and len(err) < 300
+    (pets / "zebra" / "gone.png").unlink()
+    (pets / "zebra" / "linked.png").symlink_to(pets / "ant" / "c.png")  # a link to an image is an image
+    assert len(data.load("folder", data_dir=pets)) == 5
+
+
+# ------------------------------------------------------------------ the cache is keyed on content
+
+def test_a_file_changed_with_its_mtime_kept_is_decoded_again(pets, monkeypatch):
+    """rsync -t / tar x keep a changed file's size and mtime: the cache must not hand back the old pixels."""
+    first = data.load("folder", data_dir=pets)
+    path = pets / "ant" / "c.png"
+    stat = path.stat()
+    new = _pixels(2).copy()
+    new[0, 0] = 255 - new[0, 0]  # same size, other content
+    _save(path, new)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = data.load("folder", data_dir=pets)
+    assert not np.array_equal(again.images[0], first.images[0])
+    np.testing.assert_array_equal(again.images[0], new)
+
+
+def test_no_cache_neither_reads_nor_writes_a_cache(pets, tmp_path, monkeypatch):
+    """`cache=False` and `$JAXNETS_DATA_CACHE=0` decode every time and leave no .npz behind."""
+    monkeypatch.setenv("JAXNETS_CACHE", str(tmp_path / "user-cache"))
+    data.load("folder", data_dir=pets, cache=False)
+    monkeypatch.setenv("JAXNETS_DATA_CACHE", "0")
+    data.load("folder", data_dir=pets)
+    assert not list(pets.glob(".*.npz")) and not (tmp_path / "user-cache").exists()

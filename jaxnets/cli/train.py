@@ -7,7 +7,9 @@ prints a final test accuracy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
 import sys
 
 from jaxnets import backend, data
@@ -83,7 +85,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --workdir")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--no-cache", action="store_true", help="do not use or fill the compilation cache "
-                   "($JAXNETS_CACHE/xla; JAXNETS_COMPILE_CACHE=0 does the same)")
+                   "($JAXNETS_CACHE/xla; JAXNETS_COMPILE_CACHE=0 does the same) nor the decoded-data caches (.npz "
+                   "beside the data or in $JAXNETS_CACHE, keyed on the files' contents; JAXNETS_DATA_CACHE=0 does the "
+                   "same)")
+    p.add_argument("--no-strict-data", action="store_true",
+                   help="accept MNIST/CIFAR files trimmed on purpose (missing batches, fewer examples than the "
+                        "published 60,000/10,000 or 50,000/10,000), which are refused by default "
+                        "(JAXNETS_DATA_STRICT=0 does the same)")
     p.add_argument("--no-tensorboard", action="store_true",
                    help="do not write TensorBoard logs (default: WORKDIR/tensorboard; view with "
                         "`tensorboard --logdir WORKDIR`)")
@@ -97,6 +105,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig's defaults, then the preset, then explicit flags."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     return preset(getattr(args, "preset", None), **{k: v for k, v in vars(args).items() if k in fields})
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]):
+    """Set environment variables for the duration (how the data flags reach `data.load` inside `fit`)."""
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _silent(*args, **kwargs) -> None:
@@ -123,9 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     backend.compilation_cache_for_command(args.no_cache)
     say(f"jaxnets-train: {config.model} on {config.dataset} ({config.mode}), {config.epochs} epochs, "
         f"{config.optimizer} lr {config.lr}, batch {config.batch_size} -> {workdir}", flush=True)
+    data_env = {data.files.STRICT_ENV: "0"} if args.no_strict_data else {}
+    if args.no_cache:
+        data_env[data.cache.CACHE_ENV] = "0"
     try:
-        result = fit(config, workdir=workdir, resume=args.resume, progress=False if args.no_progress else None,
-                     tensorboard=not args.no_tensorboard)
+        with _environment(data_env):
+            result = fit(config, workdir=workdir, resume=args.resume, progress=False if args.no_progress else None,
+                         tensorboard=not args.no_tensorboard)
     except (data.DataError, CheckpointError, NonFiniteLoss, FileExistsError, ValueError, OSError) as err:
         print(f"jaxnets-train: error: {err}", file=sys.stderr)
         return 1
