@@ -6,6 +6,7 @@ import dataclasses
 import gzip
 import os
 import pickle
+import re
 import shutil
 
 import jax
@@ -536,3 +537,89 @@ def test_loader_rejects_bad_input():
         data.Loader(np.zeros((4, 2, 2)), np.zeros(4), 2, preprocess=data.Preprocess(), train=True)
     with pytest.raises(ValueError, match="smaller than one batch"):
         _loader(n=10, batch_size=16)
+
+
+# ------------------------------------------------------------------ the published layout, counted
+
+def _cifar10_batches(folder, names, records=3, kind="binary"):
+    """Small CIFAR-10 batches named `names` in `folder` (binary records, or python pickles)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in names:
+        labels = rng.integers(0, 10, records)
+        pixels = rng.integers(0, 256, (records, 3072), dtype=np.uint8)
+        if kind == "binary":
+            (folder / name).write_bytes(np.concatenate([labels[:, None].astype(np.uint8), pixels], 1).tobytes())
+        else:
+            with open(folder / name, "wb") as f:
+                pickle.dump({b"data": pixels, b"labels": labels.tolist()}, f, protocol=2)
+
+
+_KINDS = {"binary": ("cifar-10-batches-bin", ".bin"), "python": ("cifar-10-batches-py", "")}
+
+
+@pytest.mark.parametrize("kind", ["binary", "python"])
+def test_a_missing_cifar_batch_is_refused_naming_it_unless_trimmed_on_purpose(kind, tmp_path):
+    """Four of five batches used to train on 4/5 of the data without a word."""
+    sub, ext = _KINDS[kind]
+    _cifar10_batches(tmp_path / sub, [f"data_batch_{i}{ext}" for i in (1, 2, 4, 5)], kind=kind)
+    with pytest.raises(data.DataError, match=rf"cifar10 \(train\) in .*{sub} lacks data_batch_3{ext} of the "
+                                             r"published split's files.*strict=False.*--no-strict-data"):
+        data.load("cifar10", "train", data_dir=tmp_path)
+    assert len(data.load("cifar10", "train", data_dir=tmp_path, strict=False)) == 12
+
+
+@pytest.mark.parametrize("kind", ["binary", "python"])
+def test_short_cifar_batches_are_refused_with_the_published_count(kind, tmp_path, monkeypatch):
+    """All five files, but not 50,000 examples: refused (naming both counts) unless strict=False or the env says so."""
+    sub, ext = _KINDS[kind]
+    _cifar10_batches(tmp_path / sub, [f"data_batch_{i}{ext}" for i in range(1, 6)], kind=kind)
+    with pytest.raises(data.DataError, match=r"holds 15 examples .*the published split has 50,000"):
+        data.load("cifar10", "train", source="files", data_dir=tmp_path)
+    assert len(data.load("cifar10", "train", source="files", data_dir=tmp_path, strict=False)) == 15
+    with pytest.raises(data.DataError, match=r"holds 15 examples"):  # the cache that load wrote is no way round
+        data.load("cifar10", "train", source="files", data_dir=tmp_path)
+    monkeypatch.setenv(data.files.STRICT_ENV, "0")
+    assert len(data.load("cifar10", "train", source="files", data_dir=tmp_path)) == 15
+
+
+@pytest.mark.parametrize("extra", ["data_batch_6", "data_batch_1 (copy)"])
+@pytest.mark.parametrize("kind", ["binary", "python"])
+def test_an_extra_batch_file_is_refused_even_when_trimmed(kind, extra, tmp_path):
+    """A file named like a batch but not a standard one would be read by a glob (and could duplicate a batch)."""
+    sub, ext = _KINDS[kind]
+    _cifar10_batches(tmp_path / sub, [f"data_batch_{i}{ext}" for i in range(1, 6)] + [extra + ext], kind=kind)
+    for strict in (True, False):
+        with pytest.raises(data.DataError, match=rf"holds '{re.escape(extra + ext)}', not among the standard train "
+                                                 r"files .*move it out of the folder"):
+            data.load("cifar10", "train", data_dir=tmp_path, strict=strict)
+
+
+def test_idx_files_must_hold_the_published_count(tmp_path):
+    """MNIST-style IDX: 10,000 test images; 12 is refused unless trimmed on purpose."""
+    _write_mnist(tmp_path, n=12)
+    with pytest.raises(data.DataError, match=r"mnist \(test\) .*holds 12 examples .*published split has 10,000"):
+        data.load("mnist", "test", data_dir=tmp_path, download=False)
+    assert len(data.load("mnist", "test", data_dir=tmp_path, strict=False)) == 12
+
+
+def test_uncompressed_idx_images_beside_gzipped_labels_are_found(tmp_path, monkeypatch):
+    """Each IDX file may be .gz or not, independently; nothing is downloaded when both are there."""
+    labels = _write_mnist(tmp_path, n=12)
+    gz = tmp_path / "t10k-images-idx3-ubyte.gz"
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(gzip.decompress(gz.read_bytes()))
+    gz.unlink()
+    monkeypatch.setattr(data, "download_files", lambda *a, **k: pytest.fail("tried to download"))
+    ds = data.load("mnist", "test", data_dir=tmp_path, strict=False)
+    np.testing.assert_array_equal(ds.labels, labels)
+
+
+def test_the_files_cache_is_keyed_on_content(tmp_path):
+    """A label file rewritten with its size and mtime kept is read again, not served from the cache."""
+    _write_mnist(tmp_path, n=12, labels=[1] * 12, gz=False)
+    assert data.load("mnist", "test", data_dir=tmp_path, strict=False).labels.tolist() == [1] * 12
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    stat = path.stat()
+    path.write_bytes(_idx((12,), [2] * 12))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert data.load("mnist", "test", data_dir=tmp_path, strict=False).labels.tolist() == [2] * 12
