@@ -20,6 +20,7 @@ import shutil
 import socket
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -248,6 +249,7 @@ def test_cifar10_downloaded_verified_unpacked_loaded_and_trained(shared_data, mi
                                                                for s in ("train", "test")})
     monkeypatch.setitem(dl.REMOTES, "cifar10", remote)
     monkeypatch.setenv(dl.MIRROR_ENV, url)
+    monkeypatch.setenv(data.files.STRICT_ENV, "0")  # 120 records per batch stand in for the published 10,000
     data_dir = tmp_path / "data"
 
     train = data.load("cifar10", "train", data_dir=data_dir)
@@ -334,3 +336,138 @@ def test_the_cli_mirror_flag_reaches_the_downloader(tmp_path, monkeypatch, capsy
     assert cli.main(["--dataset", "cifar10", "--model", "lenet5", "--data-dir", str(tmp_path / "data"), "--mirror",
                      dead, "--workdir", str(tmp_path / "run"), "--no-progress"]) == 1
     assert f"{dead}/cifar10/cifar-10-python.tar.gz" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ bounded downloads
+
+class _SlowServer:
+    """A loopback TCP server (127.0.0.1 only) that misbehaves per `mode`, on threads that stop by themselves.
+
+    'silent': accepts and never answers; 'trickle': sends headers, then one byte every 0.2 s; 'slow': headers, then
+    4 KiB every 0.5 s (above the stall bound, below the total). Every connection ends after `life_s` seconds at most.
+    """
+
+    def __init__(self, mode: str, life_s: float = 20.0):
+        self.mode, self.life_s = mode, life_s
+        self.stop = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        deadline = time.monotonic() + self.life_s
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn, deadline), daemon=True).start()
+        self.sock.close()
+
+    def _answer(self, conn, deadline):
+        with conn:
+            try:
+                conn.recv(4096)
+                if self.mode != "silent":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
+                while not self.stop.is_set() and time.monotonic() < deadline:
+                    if self.mode == "trickle":
+                        conn.sendall(b"x")
+                    elif self.mode == "slow":
+                        conn.sendall(b"x" * 4096)
+                    self.stop.wait(0.2 if self.mode == "trickle" else 0.5)
+            except OSError:
+                pass  # the client hung up: what a bounded download does
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def slow_server(monkeypatch):
+    """`slow_server(mode)` starts a `_SlowServer`; all are stopped at the end of the test."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.delenv(dl.MIRROR_ENV, raising=False)
+    servers = []
+
+    def start(mode):
+        servers.append(_SlowServer(mode))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.mark.parametrize(("mode", "timeouts", "match"), [
+    ("silent", "5,1,10", r"accepted the connection but sent no answer within 1 s \(the stall bound"),
+    ("trickle", "5,1,10", r"stalled: \d+ bytes in the last \d s \(the stall bound is 1 KiB per 1 s; \d+ of "
+                          r"10,000,000 bytes arrived\)"),
+    ("slow", "5,2,3", r"not complete after 3 s \(the total bound; [\d,]+ of 10,000,000 bytes arrived\)"),
+])
+def test_a_server_that_never_answers_trickles_or_crawls_fails_within_its_bounds(
+        mode, timeouts, match, slow_server, tmp_path, monkeypatch):
+    """Each bound (stall before the answer, stall in the body, total) ends the download with a message saying
+    which bound and how far it got; a stall is not retried; the mistyped folder is not left behind."""
+    server = slow_server(mode)
+    monkeypatch.setenv(dl.TIMEOUTS_ENV, timeouts)
+    target = tmp_path / "typo" / "data"
+    with pytest.raises(data.DataNotFound, match=r"could not download t10k-images-idx3-ubyte.gz .*DownloadTimeout: .*"
+                                                + match):
+        data.load("mnist", "test", data_dir=target, mirror=server.url)
+    assert server.connections == 1  # not retried: each retry would cost another bound
+    assert not (tmp_path / "typo").exists()
+
+
+def test_timeouts_from_the_environment_are_checked():
+    """A malformed `$JAXNETS_DOWNLOAD_TIMEOUTS` is a clear error, not a default silently used."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(dl.TIMEOUTS_ENV, "10,0,100")
+        with pytest.raises(ValueError, match=r"JAXNETS_DOWNLOAD_TIMEOUTS='10,0,100': expected three positive"):
+            dl.Timeouts.from_env()
+        mp.setenv(dl.TIMEOUTS_ENV, "1,2,3")
+        assert dl.Timeouts.from_env() == dl.Timeouts(1.0, 2.0, 3.0)
+
+
+def test_partial_files_of_a_killed_download_are_removed_by_the_next_try(shared_data, mirror, tmp_path):
+    """`.part` files and unpack folders named after a dead process go; those of a live process stay."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    url, root, _ = mirror
+    _serve_mnist(root, shared_data)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    host = dl._host()
+    stale = [raw / f".t10k-images-idx3-ubyte.gz.{host}-{dead}.part", raw / f".jaxnets-unpack-{host}-{dead}-abc123"]
+    stale[0].write_bytes(b"half a file")
+    stale[1].mkdir()
+    live = raw / f".t10k-labels-idx1-ubyte.gz.{host}-{os.getppid()}.part"  # a live process's download: kept
+    live.write_bytes(b"in progress")
+    dl.download_files("mnist", "test", tmp_path, mirror=url, progress=False)
+    assert not any(p.exists() for p in stale) and live.exists()
+    assert (raw / "t10k-images-idx3-ubyte.gz").is_file()
+
+
+def test_a_mistyped_data_dir_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
+    """Offline (a dead mirror): the folders the download would have filled are removed again, from Python and CLI."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with pytest.raises(data.DataNotFound, match="could not download"):
+        data.load("mnist", "test", data_dir=tmp_path / "dtaa" / "mnist", mirror=dead)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    from jaxnets.cli import train as cli  # noqa: PLC0415
+
+    code = cli.main(["--dataset", "cifar10", "--data-dir", str(tmp_path / "dtaa"), "--mirror", dead,
+                     "--workdir", str(tmp_path / "run"), "--no-progress", "--no-tensorboard"])
+    assert code == 1 and "could not download" in capsys.readouterr().err
+    assert not (tmp_path / "dtaa").exists()

@@ -27,7 +27,18 @@ tfds itself downloads with) gives bounded timeouts and retries; around it this
 module adds only what the data path needs: a tqdm bar, the md5 check, and
 atomic placement (a file is written as a hidden `.part` file and renamed into
 place only once complete and verified, so a cut connection or a bad checksum
-never leaves a file the loaders would read). Archives are unpacked with the
+never leaves a file the loaders would read; one left by a killed process is
+removed by the next try, which recognises it by the dead pid in its name).
+
+Every download is bounded (`Timeouts`, or `$JAXNETS_DOWNLOAD_TIMEOUTS` as
+`connect,stall,total` seconds): `connect` to open the connection; `stall`
+for the server's answer and then for each 1 KiB of the file (so a server
+that accepts and never answers, or sends a byte every few seconds, fails
+after `stall` seconds, not never); `total` for the whole file, retries
+included. The progress bar says what it waits for, and a timeout says which
+bound it hit and how far the file got. Folders the download creates are
+removed again when it fails (a mistyped `data_dir` leaves nothing behind).
+Archives are unpacked with the
 standard library's `tarfile` under its `'data'` filter (no absolute paths,
 no `..`, no links out of the folder, no devices), into a temporary folder
 renamed into place at the end.
@@ -39,11 +50,12 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import socket
 import tarfile
 import tempfile
 import time
-import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tqdm.auto import tqdm
 
@@ -91,7 +103,46 @@ REMOTES: dict[str, Remote] = {
 }
 
 DOWNLOADABLE = tuple(REMOTES)
-_TIMEOUT_S = (10.0, 60.0)  # (connect, read between bytes)
+TIMEOUTS_ENV = "JAXNETS_DOWNLOAD_TIMEOUTS"
+_LOW_SPEED_BYTES = 1024  # less than this in `stall` seconds is a stalled transfer (curl's --speed-limit idea)
+
+
+class DownloadTimeout(OSError):
+    """A download hit one of its bounds (`Timeouts`); the message says which, and what it was waiting for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeouts:
+    """Bounds on one file's download, in seconds.
+
+    Attributes:
+      connect: to open the TCP connection.
+      stall: for the server's answer, and then for each 1 KiB of the body.
+      total: for the whole file, every attempt included.
+    """
+
+    connect: float = 10.0
+    stall: float = 30.0
+    total: float = 1800.0
+
+    @classmethod
+    def from_env(cls) -> "Timeouts":
+        """`$JAXNETS_DOWNLOAD_TIMEOUTS` ('connect,stall,total' seconds), else the defaults.
+
+        Raises:
+          ValueError: the variable is not three positive numbers.
+        """
+        text = os.environ.get(TIMEOUTS_ENV, "").strip()
+        if not text:
+            return cls()
+        try:
+            values = [float(v) for v in text.split(",")]
+            if len(values) != 3 or not all(0 < v < float("inf") for v in values):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{TIMEOUTS_ENV}={text!r}: expected three positive numbers of seconds, "
+                             "'connect,stall,total' (e.g. 10,30,1800)") from None
+        return cls(*values)
 
 
 def default_data_dir() -> Path:
@@ -143,19 +194,73 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, destination: Path, md5: str, *, retries: int = 2, progress: bool = True) -> Path:
+def _host() -> str:
+    return socket.gethostname().replace(".", "_").replace("-", "_")  # one dot-free, dash-free field of a file name
+
+
+def _owner_tag() -> str:
+    """`host-pid` of this process: what names its partial files, so a later try knows whether they are stale."""
+    return f"{_host()}-{os.getpid()}"
+
+
+def _is_stale(tag: str) -> bool:
+    """Whether the process that wrote a partial file named with `tag` (`host-pid`) is gone (this host only)."""
+    host, _, pid = tag.rpartition("-")
+    if host != _host() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Delete the partial downloads (`.<name>.<host>-<pid>.part`) and unpack folders (`.jaxnets-unpack-<host>-<pid>-*`)
+    that killed processes of this host left in `folder`; returns what was removed."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.startswith(".") and name.endswith(".part"):
+            tag = name[:-len(".part")].rsplit(".", 1)[-1]
+        elif name.startswith(".jaxnets-unpack-"):
+            tag = "-".join(name[len(".jaxnets-unpack-"):].split("-")[:-1])
+        else:
+            continue
+        if _is_stale(tag):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def fetch(url: str, destination: Path, md5: str, *, retries: int = 2, progress: bool = True,
+          timeouts: Timeouts | None = None) -> Path:
     """Download `url` to `destination` if its md5 is `md5`; keep nothing otherwise.
 
-    The bytes go to a hidden `.part` file beside `destination`, renamed into
-    place only when the transfer completed and the checksum matched. A
-    connection cut mid-file is retried `retries` times from scratch;
-    connection failures are retried by urllib3 with a short backoff.
+    The bytes go to a hidden `.<name>.<host>-<pid>.part` file beside
+    `destination`, renamed into place only when the transfer completed and
+    the checksum matched; partial files of killed processes are removed
+    first. A connection cut mid-file is retried `retries` times from
+    scratch; connection failures are retried by urllib3 with a short backoff;
+    a stall or the total bound is not retried.
+
+    Args:
+      timeouts: the bounds (`Timeouts`); None: `Timeouts.from_env()`.
 
     Returns:
       `destination`.
 
     Raises:
       ChecksumMismatch: the file arrived but its md5 differs (nothing kept).
+      DownloadTimeout: no connection, no answer, a stalled body or the total
+        time ran out (says which and how far the file got).
       OSError (requests.RequestException): the server could not be reached,
         answered with an error status, or kept cutting the transfer.
     """
@@ -163,9 +268,12 @@ def fetch(url: str, destination: Path, md5: str, *, retries: int = 2, progress: 
     from requests.adapters import HTTPAdapter  # noqa: PLC0415
     from urllib3.util.retry import Retry  # noqa: PLC0415
 
+    timeouts = timeouts or Timeouts.from_env()
+    deadline = time.monotonic() + timeouts.total
     destination.parent.mkdir(parents=True, exist_ok=True)
-    part = destination.parent / f".{destination.name}.{uuid.uuid4().hex[:8]}.part"
-    retry = Retry(total=retries, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
+    remove_stale_partials(destination.parent)
+    part = destination.parent / f".{destination.name}.{_owner_tag()}.part"
+    retry = Retry(total=retries, read=False, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
                   allowed_methods=("GET",), raise_on_status=True)
     try:
         with requests.Session() as session:
@@ -173,13 +281,14 @@ def fetch(url: str, destination: Path, md5: str, *, retries: int = 2, progress: 
             session.mount("https://", HTTPAdapter(max_retries=retry))
             for attempt in range(retries + 1):
                 try:
-                    digest = _stream(session, url, part, destination.name, progress)
+                    digest = _stream(session, url, part, destination.name, progress, timeouts, deadline)
                     break
-                except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as err:
+                except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
+                        requests.exceptions.Timeout, _urllib3_cut()) as err:
                     # A cut mid-body is not retried by urllib3 (the headers had arrived): start again.
                     part.unlink(missing_ok=True)
-                    if attempt == retries or not _cut_mid_body(err):
-                        raise
+                    if attempt == retries or not _cut_mid_body(err) or time.monotonic() >= deadline:
+                        raise _as_timeout(err, url, timeouts) from err
                     time.sleep(0.5 * (attempt + 1))
         if digest != md5:
             raise ChecksumMismatch(f"{url}: md5 {digest}, but the published file has md5 {md5}; the download was "
@@ -190,24 +299,82 @@ def fetch(url: str, destination: Path, md5: str, *, retries: int = 2, progress: 
         part.unlink(missing_ok=True)
 
 
+def _urllib3_cut() -> type[Exception]:
+    from urllib3.exceptions import ProtocolError  # noqa: PLC0415
+
+    return ProtocolError
+
+
 def _cut_mid_body(err: Exception) -> bool:
     import requests  # noqa: PLC0415
 
-    return isinstance(err, requests.exceptions.ChunkedEncodingError) or "IncompleteRead" in str(err) or \
-        "Read timed out" in str(err)
+    return isinstance(err, (requests.exceptions.ChunkedEncodingError, _urllib3_cut())) or "IncompleteRead" in str(err)
 
 
-def _stream(session, url: str, part: Path, label: str, progress: bool) -> str:
+def _as_timeout(err: Exception, url: str, timeouts: Timeouts) -> Exception:
+    """A connect or read timeout from requests as a `DownloadTimeout` saying what it waited for; other errors as is."""
+    import requests  # noqa: PLC0415
+
+    host = urlsplit(url).netloc
+    if isinstance(err, requests.exceptions.ConnectTimeout):
+        return DownloadTimeout(f"could not connect to {host} within {timeouts.connect:g} s (the connect bound; "
+                               f"{TIMEOUTS_ENV}=connect,stall,total changes it)")
+    if isinstance(err, requests.exceptions.ReadTimeout) or "Read timed out" in str(err):
+        return DownloadTimeout(f"{host} accepted the connection but sent no answer within {timeouts.stall:g} s "
+                               f"(the stall bound; {TIMEOUTS_ENV}=connect,stall,total changes it)")
+    if not isinstance(err, OSError):  # urllib3's ProtocolError (a cut read by read1): requests' kind, an OSError
+        return requests.exceptions.ChunkedEncodingError(err)
+    return err
+
+
+def _stream(session, url: str, part: Path, label: str, progress: bool, timeouts: Timeouts, deadline: float) -> str:
+    """GET `url` into `part` within the bounds; returns the md5 of the bytes."""
+    from urllib3.exceptions import ReadTimeoutError  # noqa: PLC0415
+
     digest = hashlib.md5()
-    with session.get(url, stream=True, timeout=_TIMEOUT_S) as response:
-        response.raise_for_status()
-        total = int(response.headers.get("Content-Length", 0)) or None
-        with open(part, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                                            desc=f"download {label}", disable=not progress, leave=False) as bar:
-            for block in response.iter_content(chunk_size=1 << 16):
-                out.write(block)
-                digest.update(block)
-                bar.update(len(block))
+    host = urlsplit(url).netloc
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise DownloadTimeout(f"{label}: the total bound of {timeouts.total:g} s ran out before a new attempt")
+    with tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024, desc=f"{label}: waiting for {host}",
+              disable=not progress, leave=False) as bar:
+        with session.get(url, stream=True, timeout=(timeouts.connect, min(timeouts.stall, remaining))) as response:
+            response.raise_for_status()
+            total = int(response.headers.get("Content-Length", 0)) or None
+            bar.reset(total=total)
+            bar.set_description(f"download {label}")
+            received, window_start, window_bytes = 0, time.monotonic(), 0
+            with open(part, "wb") as out:
+                while True:
+                    try:
+                        block = response.raw.read1(1 << 16, decode_content=True)  # what has arrived, >= 1 byte
+                    except ReadTimeoutError:
+                        raise DownloadTimeout(f"{url}: stalled: nothing arrived for {timeouts.stall:g} s (the stall "
+                                              f"bound; {received:,} bytes had arrived); {TIMEOUTS_ENV}="
+                                              "connect,stall,total changes it") from None
+                    if not block:
+                        break
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+                    received += len(block)
+                    window_bytes += len(block)
+                    now = time.monotonic()
+                    so_far = f"{received:,} of {total:,} bytes" if total else f"{received:,} bytes"
+                    if now >= deadline:
+                        raise DownloadTimeout(f"{url}: not complete after {timeouts.total:g} s (the total bound; "
+                                              f"{so_far} arrived); {TIMEOUTS_ENV}=connect,stall,total changes it")
+                    if now - window_start >= timeouts.stall:
+                        if window_bytes < _LOW_SPEED_BYTES:
+                            raise DownloadTimeout(
+                                f"{url}: stalled: {window_bytes} bytes in the last {now - window_start:.0f} s "
+                                f"(the stall bound is 1 KiB per {timeouts.stall:g} s; {so_far} arrived); "
+                                f"{TIMEOUTS_ENV}=connect,stall,total changes it")
+                        window_start, window_bytes = now, 0
+            if total is not None and received < total:
+                from urllib3.exceptions import ProtocolError  # noqa: PLC0415
+
+                raise ProtocolError(f"IncompleteRead({received} bytes read, {total - received} more expected)")
     return digest.hexdigest()
 
 
@@ -239,7 +406,7 @@ def safe_extract(archive: Path, destination: Path) -> None:
 
 
 def download_files(name: str, split: str, data_dir: str | os.PathLike | None = None, *, mirror: str | None = None,
-             progress: bool = True) -> Path:
+                   progress: bool = True, timeouts: Timeouts | None = None) -> Path:
     """Make sure `data_dir` holds `name`/`split` in the published format, fetching what is missing.
 
     Files already present with the right md5 are not fetched again. Archives
@@ -253,13 +420,16 @@ def download_files(name: str, split: str, data_dir: str | os.PathLike | None = N
         None: `$JAXNETS_DATA_MIRROR` when set, else the published URLs;
         '': the published URLs whatever the variable says.
       progress: show tqdm bars.
+      timeouts: bounds on each file (`Timeouts`); None: `Timeouts.from_env()`.
 
     Returns:
       the data directory, ready for `files.load_files(name, split, data_dir)`.
 
     Raises:
-      DataNotFound: no URL could deliver a file (e.g. offline); the message
-        says what to download and where to put it.
+      DataNotFound: no URL could deliver a file (e.g. offline, or every URL
+        timed out: `DownloadTimeout`'s message is included); the message says
+        what to download and where to put it. Folders this call created are
+        removed again (when empty).
       ChecksumMismatch: a file arrived with the wrong md5 (nothing kept).
       CorruptDataFile: an archive cannot be unpacked safely.
     """
@@ -269,30 +439,46 @@ def download_files(name: str, split: str, data_dir: str | os.PathLike | None = N
     if files.has_files(name, split, data_dir):
         return data_dir
     remote = REMOTES[name]
+    timeouts = timeouts or Timeouts.from_env()
     folder = target_folder(name, data_dir)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        _remove_empty(created)
         raise DataNotFound(f"{name} ({split}): cannot create {folder} ({err}); pass a writable data_dir") from err
-    for filename, md5 in remote.files[split]:
-        destination = folder / filename
-        if destination.is_file() and md5sum(destination) == md5:
-            continue
-        _fetch_first(name, split, filename, md5, destination, data_dir, mirror, progress)
-    if remote.extracts_to:
-        _unpack(folder / remote.files[split][0][0], folder, remote.extracts_to)
+    try:
+        for filename, md5 in remote.files[split]:
+            destination = folder / filename
+            if destination.is_file() and md5sum(destination) == md5:
+                continue
+            _fetch_first(name, split, filename, md5, destination, data_dir, mirror, progress, timeouts)
+        if remote.extracts_to:
+            _unpack(folder / remote.files[split][0][0], folder, remote.extracts_to)
+    except BaseException:
+        _remove_empty(created)
+        raise
     if not files.has_files(name, split, data_dir):
         raise CorruptDataFile(f"{name} ({split}): downloaded and verified, yet {data_dir} does not hold "
                               f"{files.expected_files(name, split)}; please report this")
     return data_dir
 
 
-def _fetch_first(name, split, filename, md5, destination, data_dir, mirror, progress) -> None:
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first) where empty: what a failed download created and left unused."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (or gone): neither it nor its parents are ours to remove
+
+
+def _fetch_first(name, split, filename, md5, destination, data_dir, mirror, progress, timeouts) -> None:
     errors = []
     mismatch = None
     for url in urls(name, filename, mirror):
         try:
-            fetch(url, destination, md5, progress=progress)
+            fetch(url, destination, md5, progress=progress, timeouts=timeouts)
             return
         except ChecksumMismatch as err:
             mismatch = err
@@ -313,7 +499,8 @@ def _describe(err: Exception) -> str:
 
 def _unpack(archive: Path, folder: Path, extracts_to: str) -> None:
     """Unpack into a temporary folder beside the result, then rename it into place."""
-    staging = Path(tempfile.mkdtemp(prefix=".jaxnets-unpack-", dir=folder))
+    remove_stale_partials(folder)
+    staging = Path(tempfile.mkdtemp(prefix=f".jaxnets-unpack-{_owner_tag()}-", dir=folder))
     try:
         safe_extract(archive, staging)
         unpacked = staging / extracts_to
@@ -327,5 +514,6 @@ def _unpack(archive: Path, folder: Path, extracts_to: str) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-__all__ = ["DOWNLOADABLE", "MIRROR_ENV", "REMOTES", "ChecksumMismatch", "Remote", "default_data_dir",
-           "download_files", "fetch", "instructions", "md5sum", "mirror_from_env", "safe_extract", "urls"]
+__all__ = ["DOWNLOADABLE", "MIRROR_ENV", "REMOTES", "TIMEOUTS_ENV", "ChecksumMismatch", "DownloadTimeout", "Remote",
+           "Timeouts", "default_data_dir", "download_files", "fetch", "instructions", "md5sum", "mirror_from_env",
+           "remove_stale_partials", "safe_extract", "urls"]
