@@ -111,7 +111,8 @@ def class_index(data_dir: str | os.PathLike, split: str = "train") -> tuple[str,
     return split_classes(split_root(data_dir, split))
 
 
-def list_images(root: Path, classes: tuple[str, ...] | None = None) -> tuple[list[str], np.ndarray, tuple[str, ...], str]:
+def list_images(root: Path, classes: tuple[str, ...] | None = None
+                ) -> tuple[list[str], np.ndarray, tuple[str, ...], str]:
     """The files of an image-folder split, in class then name order.
 
     Args:
