@@ -169,7 +169,7 @@ def load(name: str, split: str = "train", *, source: str = "auto", data_dir: str
             raise DataNotFound(f"{name} ({split}) not found in {folder}: expected {expected_files(name, split)}")
         images, labels, classes = files.read(located, use_cache=cache, strict=strict)
     elif source == "tfds":
-        images, labels, classes = load_tfds(name, split, folder, download=download)
+        images, labels, classes = load_tfds(name, split, folder, download=download, use_cache=cache)
     else:
         images, labels, classes = _load_auto(entry, split, folder, local, located, download, mirror, strict, cache)
     return Dataset(images, labels.astype(np.int32), tuple(classes), name, split)
@@ -185,7 +185,7 @@ def _load_auto(entry: DatasetEntry, split: str, data_dir: Path | None, local: Pa
     tfds_error: Exception | None = None
     if entry.tfds_name is not None:
         try:
-            return load_tfds(name, split, data_dir, download=False)
+            return load_tfds(name, split, data_dir, download=False, use_cache=cache)
         except DataNotFound as err:
             tfds_error = err
     if not allow_download:

@@ -11,7 +11,8 @@ from jaxnets.data import cache, catalog
 from jaxnets.data.errors import DataNotFound
 
 
-def load_tfds(name: str, split: str, data_dir: Path | None = None, download: bool = True):
+def load_tfds(name: str, split: str, data_dir: Path | None = None, download: bool = True,
+              use_cache: bool | None = None):
     """Read a whole split through `tfds.data_source` into memory (cached as .npz after the first read).
 
     Returns:
@@ -22,6 +23,7 @@ def load_tfds(name: str, split: str, data_dir: Path | None = None, download: boo
       split: 'train' or 'test'.
       data_dir: tfds's data_dir (already expanded; None: tfds's default).
       download: let tfds download and prepare.
+      use_cache: read / write the .npz cache; None: `cache.enabled()` (`$JAXNETS_DATA_CACHE`).
 
     Raises:
       DataNotFound: the data set has no tfds name, or is not prepared in `data_dir` and cannot be
@@ -46,7 +48,7 @@ def load_tfds(name: str, split: str, data_dir: Path | None = None, download: boo
     n = len(source)
     version = tfds.builder(tfds_name, data_dir=data_dir).info.version
     filename = f".jaxnets-tfds-{tfds_name}-{version}-{split}-{n}.npz"
-    candidates = cache.locations(filename, Path(data_dir) if data_dir else None)
+    candidates = cache.locations(filename, Path(data_dir) if data_dir else None) if cache.enabled(use_cache) else []
     cached = cache.read_cache(candidates)
     if cached is not None:
         return cached
