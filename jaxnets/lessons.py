@@ -6,6 +6,8 @@ the lessons can't silently drift.
 
 from __future__ import annotations
 
+import functools
+
 import time
 from typing import Any, NamedTuple
 
@@ -15,7 +17,7 @@ import numpy as np
 import optax
 
 from jaxnets import data, models
-from jaxnets.training import TrainState, make_steps, make_train_step, optimizers
+from jaxnets.training import TrainState, make_steps, optimizers, train_step
 
 
 def z_of(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -84,7 +86,7 @@ def fit_full_batch(model, x: np.ndarray, y: np.ndarray, *, loss: str, lr: float 
     tx = optax.adam(lr)
     state = TrainState.create(model, tx, seed=seed)
     batch = data.Batch(jnp.asarray(x), jnp.asarray(y), jnp.ones(len(x), bool))
-    step = make_train_step(loss)
+    step = functools.partial(train_step, loss=loss)
 
     def body(s, _):
         s, metrics = step(s, batch)

@@ -1,7 +1,8 @@
-"""jaxnets.backend + the CPU convolution path in jaxnets.layers (issue: convnets on CPU).
+"""jaxnets.backend + the CPU convolution lowerings in jaxnets.convolution.
 
 The CPU path must (1) equal `lax.conv_general_dilated` in forward and both
-gradients on every convolution shape the models produce, (2) be chosen only on
+gradients on every convolution shape the models produce, through the lowering
+that shape is labelled with (whatever backend or setting the suite runs on), (2) be chosen only on
 the CPU and only when not switched off, and (3) really keep convolutions out
 of YNNPACK in the compiled program.
 """
@@ -20,21 +21,22 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxnets import backend, layers, models
+from jaxnets import backend, convolution, layers, models
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
-# (batch, H, W, C, O, kernel, stride, padding): every kind of convolution the models produce.
+# (batch, H, W, C, O, kernel, stride, padding): every kind of convolution the models produce, each labelled with
+# the lowering jaxnets' CPU path gives it.
 CONV_SHAPES = {
-    "lenet 1-channel stem k3 p1": (4, 28, 28, 1, 6, 3, 1, 1),
-    "lenet5 3-channel stem k5 p0": (3, 32, 32, 3, 6, 5, 1, 0),
+    "lenet 1-channel stem k3 p1 (im2col)": (4, 28, 28, 1, 6, 3, 1, 1),
+    "lenet5 3-channel stem k5 p0 (lax)": (3, 32, 32, 3, 6, 5, 1, 0),
     "lenet 1-channel 3x3 (im2col)": (3, 28, 28, 1, 6, 3, 1, 1),
     "lenet 6->16 3x3 batch 1 (im2col)": (1, 14, 14, 6, 16, 3, 1, 1),
     "thin 3x3 stride 2 (im2col)": (2, 9, 9, 4, 8, 3, 2, 1),
     "3x3 with 64 outputs (lax)": (2, 8, 8, 3, 64, 3, 1, 1),
-    "resnet/vgg 3-channel stem k3 p1": (2, 32, 32, 3, 16, 3, 1, 1),
-    "resnet stride-2 3x3": (3, 16, 16, 8, 16, 3, 2, 1),
-    "resnet 1x1 stride-2 shortcut": (3, 16, 16, 8, 16, 1, 2, 0),
+    "3-channel stem k3 p1, 16 outputs (im2col)": (2, 32, 32, 3, 16, 3, 1, 1),
+    "resnet stride-2 3x3 (lax)": (3, 16, 16, 8, 16, 3, 2, 1),
+    "resnet 1x1 stride-2 shortcut (lax)": (3, 16, 16, 8, 16, 1, 2, 0),
     "resnet 4x4 map (lax)": (2, 4, 4, 16, 16, 3, 1, 1),
     "vgg 2x2 map (dense)": (3, 2, 2, 32, 24, 3, 1, 1),
     "vgg 2x2 map batch 1 (dense)": (1, 2, 2, 32, 32, 3, 1, 1),
@@ -44,7 +46,13 @@ CONV_SHAPES = {
 }
 
 
-def _conv_pair(shape):
+def _labelled_algorithm(name: str) -> str:
+    """The lowering a `CONV_SHAPES` entry names in parentheses."""
+    (algorithm,) = [a for a in convolution.ALGORITHMS if f"({a})" in name]
+    return algorithm
+
+
+def _conv_pair(shape, algorithm):
     batch, height, width, channels, out, kernel, stride, pad = shape
     rng = np.random.default_rng(sum(shape))  # numpy: no per-shape compiles for the inputs
     x = jnp.asarray(rng.normal(size=(batch, height, width, channels)), jnp.float32)
@@ -52,8 +60,12 @@ def _conv_pair(shape):
     padding = ((pad, pad), (pad, pad))
     dims = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
 
-    def ours(x, w):
-        return layers.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dims)
+    def ours(x, w):  # the labelled lowering itself: not the dispatcher, which may pick lax on another backend
+        if algorithm == "dense":
+            return convolution.dense_conv(x, w, (stride, stride), padding)
+        if algorithm == "im2col":
+            return convolution.im2col_conv(x, w, (stride, stride), padding)
+        return convolution.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dims)
 
     def reference(x, w):
         return lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dims)
@@ -65,9 +77,13 @@ def _relative(a, b) -> float:
     return float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-12))
 
 
-@pytest.mark.parametrize("shape", CONV_SHAPES.values(), ids=CONV_SHAPES.keys())
-def test_cpu_path_equals_lax_forward_and_gradients(shape):
-    x, w, ours, reference = _conv_pair(shape)
+@pytest.mark.parametrize("name, shape", CONV_SHAPES.items(), ids=CONV_SHAPES.keys())
+def test_cpu_path_equals_lax_forward_and_gradients(name, shape):
+    """Each labelled lowering equals lax in the forward pass and both gradients, and lowers to what it claims."""
+    algorithm = _labelled_algorithm(name)
+    x, w, ours, reference = _conv_pair(shape, algorithm)
+    program = str(jax.make_jaxpr(ours)(x, w))
+    assert ("conv_general_dilated" in program) == (algorithm == "lax"), program  # the labelled path was taken
 
     @jax.jit  # one compile per shape: forward and the input and weight gradients of both
     def both(x, w, cotangent):
@@ -81,28 +97,28 @@ def test_cpu_path_equals_lax_forward_and_gradients(shape):
 
 
 @pytest.mark.parametrize("name, shape", CONV_SHAPES.items(), ids=CONV_SHAPES.keys())
-def test_algorithm_choice(name, shape):
+def test_algorithm_choice(name, shape, monkeypatch):
+    """On the CPU with the path on, each labelled shape takes its labelled lowering; GPU and TPU always lax."""
+    monkeypatch.setenv(backend.ENV_VAR, "fast")  # whatever the suite runs with
     batch, height, width, channels, out, kernel, stride, pad = shape
     args = ((batch, height, width, channels), (kernel, kernel, channels, out), (stride, stride),
             ((pad, pad), (pad, pad)), None, None, 1)
-    want = next((a for a in ("dense", "im2col", "lax") if f"({a})" in name), None)
-    if want is not None:
-        assert layers.conv_algorithm("cpu", *args) == want
+    assert convolution.conv_algorithm("cpu", *args) == _labelled_algorithm(name)
     # GPU and TPU always keep lax (cuDNN / the TPU compiler decide there)
-    assert layers.conv_algorithm("gpu", *args) == "lax"
-    assert layers.conv_algorithm("tpu", *args) == "lax"
+    assert convolution.conv_algorithm("gpu", *args) == "lax"
+    assert convolution.conv_algorithm("tpu", *args) == "lax"
 
 
 def test_switch_off_and_bad_setting(monkeypatch):
     args = ((1, 2, 2, 8), (3, 3, 8, 8), (1, 1), ((1, 1), (1, 1)), None, None, 1)
     monkeypatch.setenv(backend.ENV_VAR, "xla")
-    assert layers.conv_algorithm("cpu", *args) == "lax"
+    assert convolution.conv_algorithm("cpu", *args) == "lax"
     assert backend.compiler_options("cpu") == {}
     monkeypatch.setenv(backend.ENV_VAR, "fastest")
     with pytest.raises(ValueError, match="JAXNETS_CPU_CONV"):
         backend.cpu_path_setting()
     monkeypatch.setenv(backend.ENV_VAR, "fast")
-    assert layers.conv_algorithm("cpu", *args) == "dense"
+    assert convolution.conv_algorithm("cpu", *args) == "dense"
 
 
 def test_models_route_tiny_maps_through_a_matmul():

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from jaxnets import report, training  # noqa: E402
+from jaxnets import report  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -68,7 +68,10 @@ def test_plot_history_draws_what_the_history_has(tmp_path, monkeypatch):
     (axes, labels), (axes_no_lr, _) = figures
     assert len(axes) == 3 and len(axes_no_lr) == 2  # the learning-rate panel only when the history has one
     assert labels[0] == ["train", "held-out"] and labels[1] == ["train", "held-out"]  # no test accuracy recorded
-    assert training.plot_history is report.plot_history  # what `fit` draws curves.png with
+    loss_lines, lr_lines = axes[0].get_lines(), axes[2].get_lines()
+    assert list(loss_lines[0].get_xdata()) == [1, 2, 3]  # the points are the history's own values
+    assert list(loss_lines[1].get_ydata()) == [h["val_loss"] for h in history]
+    assert list(lr_lines[0].get_ydata()) == [h["lr"] for h in history]
     assert not list(tmp_path.glob("*.tmp")) and plt.get_fignums() == []
 
 

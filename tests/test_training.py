@@ -10,7 +10,7 @@ import pytest
 
 from helpers import batches, max_abs_diff, train_state
 from jaxnets import interop, models
-from jaxnets.training import TrainState, losses, make_steps, make_train_step, optimizers
+from jaxnets.training import TrainState, losses, make_steps, optimizers, train_step
 
 
 # The one place eager == jit is asserted for whole train steps (forward, BatchNorm updates, backward, optimizer).
@@ -70,10 +70,19 @@ def test_eval_step_ignores_masked_examples():
 
 
 def test_top5_is_reported_for_many_classes():
+    """`correct` and `correct_top5` count exactly the labels within the top 1 and top 5 of numpy's ranking."""
     steps = make_steps(mode="jit")
     state = train_state("mlp", num_classes=100, hidden_size=16)
-    metrics = steps.eval(state, batches((28, 28, 1), 1, 8, num_classes=100)[0])
-    assert 0 <= float(metrics["correct"]) <= float(metrics["correct_top5"]) <= 8
+    batch = batches((28, 28, 1), 1, 64, num_classes=100)[0]
+    # Rig half the labels to be each row's 3rd-ranked class: in the top 5, never the top 1.
+    logits = np.asarray(state.apply_fn(state.variables, batch.image, train=False))
+    ranked = np.argsort(-logits, axis=-1)
+    labels = np.where(np.arange(64) % 2 == 0, ranked[:, 2], np.asarray(batch.label)).astype(np.int32)
+    metrics = steps.eval(state, batch._replace(label=jnp.asarray(labels)))
+    in_top = (ranked[:, :5] == labels[:, None])
+    assert float(metrics["correct"]) == in_top[:, 0].sum()
+    assert float(metrics["correct_top5"]) == in_top.any(axis=1).sum()
+    assert float(metrics["correct_top5"]) >= float(metrics["correct"]) + 32  # the rigged rows count in top 5 only
 
 
 class _DropoutNet(nn.Module):
@@ -89,7 +98,7 @@ def test_dropout_masks_differ_between_steps_but_repeat_on_replay():
     variables = model.init(jax.random.key(0), jnp.zeros((1, 4)))
     state = TrainState.create(model, optimizers.sgd(0.1), seed=0, variables=variables)
     batch = batches((4,), 1, 16, num_classes=3)[0]
-    step = jax.jit(make_train_step())
+    step = jax.jit(train_step)
     at0, _ = step(state, batch)
     at0_again, _ = step(state, batch)
     at1, _ = step(state.replace(step=jnp.ones((), jnp.int32)), batch)
@@ -179,7 +188,7 @@ def test_trajectory_matches_pytorch(name, optimizer, float64, batch_size, size):
         model = models.create(name, dtype=dtype)
         state = TrainState.create(model, ours_tx(lr), variables=variables)
         opt = torch_opt(net.parameters(), lr)
-        step = jax.jit(make_train_step())
+        step = jax.jit(train_step)
         shape = model.input_shape if size is None else (size, size, model.input_shape[-1])
         for batch in batches(shape, 5, batch_size):
             batch = batch._replace(image=batch.image.astype(dtype))

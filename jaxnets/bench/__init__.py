@@ -16,12 +16,20 @@ convolutions, i.e. with `JAXNETS_CPU_CONV=xla`; measured in a child process
 because that choice is made when JAX starts), 'torch-eager', 'torch-compile'.
 
 The package, one concern per module:
-  host     what the numbers were measured on (CPU model, devices, versions, peak GFLOP/s)
-  timing   compile vs steady state, segments' median/min/max, CPU use, compile counts, FLOPs
-  cases    the table of modes (`MODE_TABLE`: adding a mode is one entry) and one case's measurement
-  suite    `run` (every model x mode), `ratios`, `numerics` (eager == jit), `vary_batch` (recompiles)
+  host          what the numbers were measured on (CPU model, devices, versions, peak GFLOP/s)
+  timing        compile vs steady state, segments' median/min/max, CPU use, compile counts, FLOPs
+  cases         the table of modes (`MODE_TABLE`: adding a mode is one entry) and one case's measurement
+  suite         `run` (every model x mode), `ratios`, `numerics` (eager == jit), `vary_batch` (recompiles)
   jaxnets.report  tables, JSON and plots (shared with `fit`)
-and the command-line tools `cli` (`jaxnets-bench`), `pipeline`, `conv_layers`, `init_parity`.
+These run on their own (`python -m jaxnets.bench.NAME --help`):
+  epochs        whole epochs in each mode (eager / jit / scan) and compute dtype
+  conv_layers   a model's convolutions one by one, JAX vs PyTorch
+  devices       data-parallel throughput on 1, 2, 4, ... devices
+  compile_cache cold vs cached compile in a second process
+  same_start    the first steps in jaxnets and PyTorch from the same weights and batches
+  init_parity   LeNet on real MNIST from jaxnets' init vs PyTorch's
+and `pipeline` (the input pipeline beside the train step it feeds) through `jaxnets-bench --what pipeline`.
+The command `jaxnets-bench` itself is `jaxnets.cli.bench`.
 """
 
 from jaxnets.bench.cases import MODE_TABLE, MODES, TORCH_MODES, WHAT, XLA_DEFAULT_MODE, Case, Mode, Program

@@ -13,9 +13,9 @@ pooling, the optimizer).
 For each distinct convolution shape of the CIFAR ResNet-18 and VGG-16 it
 times the training work of that layer — forward, input gradient (not for
 the stem, whose input is data) and weight gradient — as one jitted JAX
-program through `jaxnets.layers` (what the models run: `layers.conv_algorithm`
+program through `jaxnets.convolution` (what the models run: `convolution.conv_algorithm`
 picks the lowering), the same as XLA's own convolution (`lax`), as im2col
-(`layers.im2col_conv`: kh*kw shifted slices + one matmul), and PyTorch's
+(`convolution.im2col_conv`: kh*kw shifted slices + one matmul), and PyTorch's
 `conv2d` forward + backward. Times
 are the minimum over rounds with the variants alternated (each timed call
 right after an untimed one), so a noisy neighbour hurts every variant alike.
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxnets import backend, layers, report
+from jaxnets import backend, convolution, report
 from jaxnets.bench import host
 
 # (name, H, W, C, O, kernel, stride, padding, models that have it)
@@ -59,8 +59,8 @@ DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 def im2col_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
-    """`layers.im2col_conv` with one stride and one padding for both axes (what this table varies)."""
-    return layers.im2col_conv(x, kernel, (stride, stride), ((pad, pad), (pad, pad)))
+    """`convolution.im2col_conv` with one stride and one padding for both axes (what this table varies)."""
+    return convolution.im2col_conv(x, kernel, (stride, stride), ((pad, pad), (pad, pad)))
 
 
 def _sub_jaxprs(eqn) -> list:
@@ -90,7 +90,7 @@ def model_convolutions(name: str, batch_size: int = 128) -> list[tuple]:
     model = models.create(name)
     variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
     x = jax.ShapeDtypeStruct((batch_size, *model.input_shape), jnp.float32)
-    with backend.portable():  # `layers.conv_algorithm` picks `lax` for every convolution here
+    with backend.portable():  # `convolution.conv_algorithm` picks `lax` for every convolution here
         closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
                                                           rngs={"dropout": jax.random.key(0)}))(variables, x)
     counts: dict[tuple, int] = {}
@@ -159,7 +159,7 @@ def run(batch_size: int = 128, rounds: int = 5, log=print, layer_specs=LAYERS) -
         dims = lax.conv_dimension_numbers(x.shape, w.shape, DIMS)
         padding = ((pad, pad), (pad, pad))
         variants = {
-            "jaxnets": _jax_layer(lambda x, w: layers.conv_general_dilated(
+            "jaxnets": _jax_layer(lambda x, w: convolution.conv_general_dilated(
                 x, w, (stride, stride), padding, dimension_numbers=dims), x, w, stem),
             "lax": _jax_layer(lambda x, w: lax.conv_general_dilated(
                 x, w, (stride, stride), padding, dimension_numbers=dims), x, w, stem),

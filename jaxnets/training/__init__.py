@@ -5,12 +5,12 @@ from jaxnets.training.checkpoint import (CheckpointError, Checkpoints, RunLock, 
                                          load_model, save_model)
 from jaxnets.training.fit import FitResult, NonFiniteLoss, Splits, TrainConfig, fit, load_splits, plot_history
 from jaxnets.training.state import TrainState
-from jaxnets.training.steps import (MODES, Steps, eval_step, evaluate, make_eval_step, make_steps, make_train_step,
-                                    predict, scan_epoch, summarize, train_step)
+from jaxnets.training.steps import (MODES, Steps, eval_step, evaluate, make_steps, predict, scan_epoch, summarize,
+                                    train_step)
 
 __all__ = [
-    "CheckpointError", "Checkpoints", "RunLock", "RunLocked", "WorkdirNotWritable", "FitResult", "MODES", "NonFiniteLoss", "Splits", "Steps", "TrainConfig",
-    "TrainState", "eval_step", "evaluate", "fit", "load_model", "load_splits", "losses", "make_eval_step",
-    "make_steps", "make_train_step", "optimizers", "plot_history", "precision", "predict", "save_model",
-    "scan_epoch", "summarize", "train_step",
+    "MODES", "CheckpointError", "Checkpoints", "FitResult", "NonFiniteLoss", "RunLock", "RunLocked", "Splits", "Steps",
+    "TrainConfig", "TrainState", "WorkdirNotWritable", "eval_step", "evaluate", "fit", "load_model", "load_splits",
+    "losses", "make_steps", "optimizers", "plot_history", "precision", "predict", "save_model", "scan_epoch",
+    "summarize", "train_step",
 ]

@@ -238,17 +238,6 @@ def scan_epoch(state: TrainState, images: jax.Array, labels: jax.Array, mask: ja
     return jax.lax.scan(body, state, (jnp.arange(images.shape[0]), images, labels, mask))
 
 
-def epoch_arrays(loader, epoch: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The uint8 images `[S, B, H, W, C]`, labels `[S, B]` and mask `[S, B]` of a Loader's epoch, on the device.
-
-    `Loader.epoch_arrays`: in the Loader's order for that epoch, cut where
-    its batches are cut. The whole epoch sits in device memory as uint8: 47 MB
-    for MNIST, 150 MB for CIFAR-10; a data set much larger than device memory
-    needs the 'jit' mode.
-    """
-    return loader.epoch_arrays(epoch)
-
-
 def _loop_epoch(train: Callable, state: TrainState, loader, epoch: int) -> tuple[TrainState, Metrics]:
     rows = []
     for batch in loader.epoch(epoch):
@@ -287,20 +276,10 @@ def make_steps(loss: str = "cross_entropy", mode: str = "jit", label_smoothing: 
     def train_epoch(state: TrainState, loader, epoch: int) -> tuple[TrainState, Metrics]:
         if not loader.train:
             raise ValueError("train_epoch needs a training Loader (train=True)")
-        images, labels, mask = epoch_arrays(loader, epoch)
+        images, labels, mask = loader.epoch_arrays(epoch)
         return compiled_epoch(state, images, labels, mask, loader.key, epoch, preprocess=loader.preprocess)
 
     return Steps(jitted, backend.jit(evaluate_), mode, train_epoch)
-
-
-def make_train_step(loss: str = "cross_entropy", label_smoothing: float = 0.0, **options):
-    """`functools.partial(train_step, loss=..., ...)`: kept for callers of the closure-era API."""
-    return functools.partial(train_step, loss=loss, label_smoothing=label_smoothing, **options)
-
-
-def make_eval_step(loss: str = "cross_entropy"):
-    """`functools.partial(eval_step, loss=loss)`: kept for callers of the closure-era API."""
-    return functools.partial(eval_step, loss=loss)
 
 
 def merge(totals: Metrics | None, metrics: Metrics) -> Metrics:

@@ -1,6 +1,7 @@
-"""Whole epochs timed in each execution mode and compute dtype: the hook `jaxnets.bench` calls.
+"""Whole epochs timed in each execution mode and compute dtype: `python -m jaxnets.bench.epochs`.
 
-    >>> rows = epoch_bench.run(["mlp", "lenet"], modes=("eager", "jit", "scan"), dtypes=("float32", "bfloat16"))
+    >>> from jaxnets.bench import epochs
+    >>> rows = epochs.run(["mlp", "lenet"], modes=("eager", "jit", "scan"), dtypes=("float32", "bfloat16"))
 
 Unlike a single-step benchmark, this times what a user's epoch costs:
 batches cut and augmented on the device, the per-step Python dispatch of
@@ -8,7 +9,7 @@ batches cut and augmented on the device, the per-step Python dispatch of
 case reports the first epoch (compiling included) apart from the steady
 epochs after it. Command line (prints a table and, with `--json`, writes the rows):
 
-    python -m jaxnets.training.epoch_bench --models mlp lenet --modes eager jit scan \\
+    python -m jaxnets.bench.epochs --models mlp lenet --modes eager jit scan \\
         --dtypes float32 bfloat16 --batch-size 128 --steps 50 --epochs 5 --json epochs.json
 """
 

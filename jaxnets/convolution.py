@@ -1,0 +1,128 @@
+"""Convolution lowerings on the CPU: which one each convolution takes, and the lowerings themselves.
+
+`conv_general_dilated` is what `jaxnets.layers.Conv` calls. On the CPU with
+jaxnets' CPU path on (`jaxnets.backend`), a plain 2-D NHWC convolution may
+run as one matmul (`dense_conv`, maps smaller than the kernel window) or as
+im2col (`im2col_conv`, thin 3x3 kernels); everything else, and every
+convolution on GPU/TPU, is `lax.conv_general_dilated` (cuDNN / the TPU
+compiler decide there). BENCHMARKS.md has the measurements behind each rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxnets import backend
+
+ALGORITHMS = ("lax", "dense", "im2col")
+
+# Thin 3x3 convolutions (few input and output channels: MNIST LeNet's 1->6 and 6->16) run faster as im2col
+# (9 shifted slices + one matmul) than as XLA:CPU's Eigen convolution; wider ones (the 3->64 stem) do not.
+IM2COL_MAX_PATCH = 64  # in_channels * 9
+IM2COL_MAX_OUT = 16
+
+
+def conv_algorithm(platform: str, input_shape: Sequence[int], kernel_shape: Sequence[int],
+                   strides: Sequence[int], padding, lhs_dilation, rhs_dilation, groups: int) -> str:
+    """Which lowering `conv_general_dilated` uses: `'dense'` (one matmul), `'im2col'` or `'lax'`.
+
+    Only on the CPU with jaxnets' CPU path on (`jaxnets.backend`), for a plain
+    2-D NHWC convolution: `'dense'` when its kernel window is larger than its
+    input map (`kh * kw > H * W`: VGG's 3x3 convs on 2x2 maps; XLA swaps the
+    operands of exactly those and runs them far off its fast paths, as a
+    matmul they run at matmul speed); `'im2col'` for thin 3x3 convolutions
+    (`in * 9 <= IM2COL_MAX_PATCH` and `out <= IM2COL_MAX_OUT`: LeNet's).
+    Everything else, and every convolution on GPU/TPU, is `lax.conv_general_dilated`.
+    """
+    if not backend.fast_cpu_path(platform) or len(input_shape) != 4 or groups != 1:
+        return "lax"
+    if any(d != 1 for d in tuple(lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1))):
+        return "lax"
+    if isinstance(padding, str):
+        return "lax"
+    height, width = input_shape[1], input_shape[2]
+    kh, kw, channels, out = kernel_shape
+    if kh * kw > height * width:
+        return "dense"
+    if (kh, kw) == (3, 3) and channels * kh * kw <= IM2COL_MAX_PATCH and out <= IM2COL_MAX_OUT:
+        return "im2col"
+    return "lax"
+
+
+def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding) -> jax.Array:
+    """A 2-D convolution as kh*kw shifted (strided) slices + one matmul. `[N,H,W,C] x [kh,kw,C,O] -> [N,Ho,Wo,O]`.
+
+    `padding` is `((top, bottom), (left, right))`. Gradients flow through the
+    slices and the matmul (autodiff), so forward, input and weight gradients
+    are all slices and matmuls too.
+    """
+    kh, kw, channels, out = kernel.shape
+    (sh, sw), ((pt, pb), (pl, pr)) = strides, padding
+    padded = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    out_h = (x.shape[1] + pt + pb - kh) // sh + 1
+    out_w = (x.shape[2] + pl + pr - kw) // sw + 1
+    patches = jnp.concatenate([
+        lax.slice(padded, (0, i, j, 0), (x.shape[0], i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, channels),
+                  (1, sh, sw, 1))
+        for i in range(kh) for j in range(kw)], axis=-1)
+    return patches @ kernel.reshape(kh * kw * channels, out)
+
+
+def _dense_conv_indices(in_hw, kernel_hw, strides, padding) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Static gather indices that turn an HWIO kernel into an `[H*W, Ho*Wo]` tap table.
+
+    Returns (tap index `[H*W, Ho*Wo]` into the flattened `kh*kw` window, valid
+    mask of the same shape, (Ho, Wo)).
+    """
+    (height, width), (kh, kw), (sh, sw) = in_hw, kernel_hw, strides
+    (pt, pb), (pl, pr) = padding
+    out_h = (height + pt + pb - kh) // sh + 1
+    out_w = (width + pl + pr - kw) // sw + 1
+    ih, iw, oh, ow = np.meshgrid(np.arange(height), np.arange(width), np.arange(out_h), np.arange(out_w),
+                                 indexing="ij")
+    dy, dx = ih - oh * sh + pt, iw - ow * sw + pl  # kernel tap that links input (ih, iw) to output (oh, ow)
+    valid = (dy >= 0) & (dy < kh) & (dx >= 0) & (dx < kw)
+    taps = np.where(valid, dy * kw + dx, 0).reshape(height * width, out_h * out_w)
+    return taps, valid.reshape(height * width, out_h * out_w), (out_h, out_w)
+
+
+def dense_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding) -> jax.Array:
+    """A small-map 2-D convolution as one matmul. `[N, H, W, C] x [kh, kw, C, O] -> [N, Ho, Wo, O]`.
+
+    The kernel is gathered into a `[H*W*C, Ho*Wo*O]` matrix (zeros where a
+    tap falls into the padding), so for tiny maps the whole layer is one
+    `[N, H*W*C] @ [H*W*C, Ho*Wo*O]` product; gradients flow through the
+    gather. Equal to `lax.conv_general_dilated` up to float reassociation.
+    """
+    batch, height, width, channels = x.shape
+    kh, kw, _, out_channels = kernel.shape
+    taps, valid, (out_h, out_w) = _dense_conv_indices((height, width), (kh, kw), tuple(strides), padding)
+    table = kernel.reshape(kh * kw, channels, out_channels)[taps]  # [H*W, Ho*Wo, C, O]
+    table = table * jnp.asarray(valid, kernel.dtype)[:, :, None, None]
+    matrix = table.transpose(0, 2, 1, 3).reshape(height * width * channels, out_h * out_w * out_channels)
+    y = x.reshape(batch, height * width * channels) @ matrix
+    return y.reshape(batch, out_h, out_w, out_channels)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """`lax.conv_general_dilated` with jaxnets' CPU lowering for tiny maps (see `conv_algorithm`).
+
+    flax's `nn.Conv` calls it with NHWC inputs and HWIO kernels.
+    """
+    nhwc = dimension_numbers is not None and tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2) and tuple(
+        dimension_numbers.rhs_spec) == (3, 2, 0, 1)
+    algorithm = conv_algorithm(jax.default_backend(), lhs.shape, rhs.shape, window_strides, padding, lhs_dilation,
+                               rhs_dilation, feature_group_count) if nhwc and not kwargs else "lax"
+    if algorithm == "dense":
+        return dense_conv(lhs, rhs, window_strides, tuple(tuple(p) for p in padding))
+    if algorithm == "im2col":
+        return im2col_conv(lhs, rhs, window_strides, tuple(tuple(p) for p in padding))
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                    rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                    feature_group_count=feature_group_count, precision=precision, **kwargs)
