@@ -184,3 +184,27 @@ def test_input_contract_json_round_trip_and_errors():
         InputContract.from_json({"image_shape": [2]})
     with pytest.raises(ValueError, match="one value per channel"):
         InputContract((28, 28, 1), (0.1, 0.2), (0.3, 0.3))
+
+
+def test_a_runs_contract_reaches_the_model_folder_and_every_export(tmp_path, capsys):
+    """fit returns its contract (digits: normalisation computed from the run's own training images); it goes into
+    the checkpoints' metadata and, via save_model(contract=...), into the model folder; exports from the run
+    folder and from the model folder record that same normalisation and the class names, with no note."""
+    from jaxnets import export  # noqa: PLC0415
+    from jaxnets.cli import export as export_cli  # noqa: PLC0415
+    from jaxnets.training import TrainConfig, fit  # noqa: PLC0415
+
+    config = TrainConfig(model="mlp", dataset="digits", epochs=1, batch_size=64, seed=3)
+    result = fit(config, workdir=tmp_path / "run", log=lambda _: None)
+    contract = result.contract
+    assert contract.dataset == "digits" and contract.image_shape == (28, 28, 1) and contract.mean is not None
+    assert catalog.get("digits").normalization is None  # so the run's numbers are the only source
+    folder = save_model(tmp_path / "model", "mlp", result.state.variables, contract=contract,
+                        **result.config.model_kwargs)
+    assert read_contract(folder) == contract
+    for source, out in ((tmp_path / "run", tmp_path / "run.jaxexport"), (folder, tmp_path / "model.jaxexport")):
+        assert export_cli.main(["--from", str(source), "-o", str(out), "--no-stablehlo"]) == 0
+        info = export.read_info(out)
+        assert info["normalization"]["mean"] == list(contract.mean) and info["note"] is None
+        assert info["input_contract"]["class_names"] == list(catalog.get("digits").class_names)
+    assert "warning" not in capsys.readouterr().err

@@ -647,7 +647,7 @@ def _build_layout(name: str, create_kwargs: dict):
     _check_create_kwargs(name, model, create_kwargs)
     try:
         return model, _layout(model)
-    except (TypeError, ValueError) as err:  # e.g. hidden_size=0: the layers refuse their sizes
+    except Exception as err:  # e.g. hidden_size=0: the layers refuse their sizes (TypeError, ZeroDivisionError, ...)
         text = str(err).strip().splitlines()
         options = ", ".join(f"{k}={v!r}" for k, v in create_kwargs.items())
         raise ValueError(f"cannot build {name} with {options or 'its defaults'}: "
