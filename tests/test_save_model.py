@@ -208,3 +208,13 @@ def test_a_runs_contract_reaches_the_model_folder_and_every_export(tmp_path, cap
         assert info["normalization"]["mean"] == list(contract.mean) and info["note"] is None
         assert info["input_contract"]["class_names"] == list(catalog.get("digits").class_names)
     assert "warning" not in capsys.readouterr().err
+
+
+def test_the_cli_reports_a_repaired_save_in_one_line(tmp_path, capsys):
+    """jaxnets-export on a path a killed save left empty: the repair is one `warning:` line, then the export runs."""
+    from jaxnets.cli import export as export_cli  # noqa: PLC0415
+
+    save_model(tmp_path / "keep", "mlp", _mlp(0)).rename(tmp_path / ".net.replaced-999999")
+    assert export_cli.main(["--from", str(tmp_path / "net"), "-o", str(tmp_path / "m.jaxexport"), "--no-stablehlo"]) == 0
+    err = capsys.readouterr().err
+    assert "jaxnets-export: warning: put back the model a killed save_model" in err and "Warning:" not in err

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
+import warnings
 
 from jaxnets import data, interop, models
 from jaxnets.contract import NORMALIZE, InputContract
@@ -61,7 +62,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status (0 done, 2 an expected failure in one line)."""
     args = parser().parse_args(argv)
+    with warnings.catch_warnings():  # e.g. a killed earlier save repaired: one line each, as they happen
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *_: print(f"jaxnets-convert: warning: {message}", file=sys.stderr)
+        return _convert(args)
+
+
+def _convert(args) -> int:
+    """`main` once its arguments are parsed (warnings are printed by `main`)."""
     create_kwargs = dict(args.option)
     if args.num_classes is not None:
         create_kwargs["num_classes"] = args.num_classes

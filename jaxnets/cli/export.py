@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import types
+import warnings
 from pathlib import Path
 
 from jaxnets import data, export
@@ -144,11 +145,19 @@ def _folder_contract(source: Path, stored: InputContract | None, args) -> InputC
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status (0 done, 1 an expected failure in one line)."""
+    args = parser().parse_args(argv)
+    source = expand_path(args.source)
+    with warnings.catch_warnings():  # a repaired save, an unverified folder: one line each, as they happen
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *_: print(f"jaxnets-export: warning: {message}", file=sys.stderr)
+        return _export(args, source)
+
+
+def _export(args, source: Path) -> int:
+    """`main` once its arguments are parsed (warnings are printed by `main`)."""
     from jaxnets.training import CheckpointError, load_model  # noqa: PLC0415
     from jaxnets.training.checkpoint import decode_kwargs, read_contract, recover_interrupted_save  # noqa: PLC0415
 
-    args = parser().parse_args(argv)
-    source = expand_path(args.source)
     try:
         platforms = tuple(p for p in args.platforms.split(",") if p)
         if _is_run_folder(source):

@@ -492,6 +492,18 @@ def _leftovers(path: Path) -> list[tuple[str, Path, bool]]:
     return found
 
 
+def _legacy_staging(path: Path) -> list[Path]:
+    """Folders `.<name>.XXXXXXXX` holding model files: what save_model wrote before its folders had owner names."""
+    import re  # noqa: PLC0415
+
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.[a-z0-9_]{{8}}$")
+    try:
+        return sorted(p for p in path.parent.iterdir() if pattern.match(p.name) and p.is_dir() and not p.is_symlink()
+                      and ((p / "model.json").exists() or (p / "variables").exists()))
+    except OSError:
+        return []
+
+
 def _is_complete_save(folder: Path) -> bool:
     try:
         info = json.loads((folder / "model.json").read_text())
@@ -558,6 +570,9 @@ def recover_interrupted_save(path: str | Path) -> list[str]:
     for folder in live:
         notes.append(f"{folder} belongs to a save_model into {path} that is running (or ran on another host); "
                      "left as it is")
+    for folder in _legacy_staging(path):
+        notes.append(f"{folder} looks like what an older jaxnets' save_model into {path} left when it was killed; "
+                     f"if no save is running, look inside and remove it: rm -r '{folder}'")
     for note in notes:
         warnings.warn(note, InterruptedSaveWarning, stacklevel=3)
     return notes
