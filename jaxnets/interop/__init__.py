@@ -314,7 +314,7 @@ def _pinned_pairs(name: str, state_dict, theirs, ours: list[_Layer], mapping: Ma
             raise StateDictMismatch(f"{name}: mapping maps {their_name!r} twice ({pairs[their_name]!r} and "
                                     f"{our_name!r})")
         pairs[their_name] = our_name
-    taken = [our for our in pairs.values()]
+    taken = list(pairs.values())
     twice = next((our for our in taken if taken.count(our) > 1), None)
     if twice is not None:
         raise StateDictMismatch(f"{name}: mapping maps two layers to {twice!r}: "
