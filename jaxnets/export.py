@@ -78,7 +78,7 @@ def stablehlo_path(path: str | Path) -> Path:
 
 def normalization_for(dataset: str | None, normalize: str = "dataset",
                       channels: int | None = None) -> dict | None:
-    """The per-channel `{'dataset', 'normalize', 'mean', 'std'}` (on [0, 1] pixels) a model trained on `dataset` expects.
+    """The per-channel `{'dataset', 'normalize', 'mean', 'std'}` (on [0, 1] pixels) a model trained on `dataset` needs.
 
     Asked of the data catalog (`InputContract.for_dataset`); None when it is
     not known without the training images (a data set without tabled
@@ -318,7 +318,8 @@ def read_info(path: str | Path) -> dict:
         raise ExportError(f"{where} lacks {', '.join(missing)}: it was cut or edited; export the model again")
     for field, kind in _SIDECAR_FIELDS.items():
         if not isinstance(info[field], kind) or isinstance(info[field], bool):
-            raise ExportError(f"{where}: {field} must be a {kind.__name__}, got {info[field]!r}; export the model again")
+            raise ExportError(f"{where}: {field} must be a {kind.__name__}, got {info[field]!r}; export the model "
+                              "again")
     shape = info["input_shape"]
     if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape[1:]):
         raise ExportError(f"{where}: input_shape must be [batch, positive sizes...], got {shape!r}; export the "
@@ -364,5 +365,6 @@ def describe(info: dict) -> str:
             f"{', '.join(info['platforms'])}{norm_text}")
 
 
-__all__ = ["ExportError", "ExportedModel", "FORMAT", "NO_CONTRACT_NOTE", "contract_note", "describe", "load", "normalization_for", "read_info", "save",
+__all__ = ["ExportError", "ExportedModel", "FORMAT", "NO_CONTRACT_NOTE", "contract_note", "describe", "load",
+           "normalization_for", "read_info", "save",
            "sidecar_path", "stablehlo_path"]

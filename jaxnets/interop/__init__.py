@@ -559,8 +559,10 @@ def _call_order(module: Any, model) -> tuple[list[str] | None, str]:
     """
     import torch  # noqa: PLC0415 - a module was given, so torch is there
 
-    holders = [(layer_name, layer) for layer_name, layer in module.named_modules()
-               if next(itertools.chain(layer.parameters(recurse=False), layer.buffers(recurse=False)), None) is not None]
+    def owns_tensors(layer) -> bool:
+        return next(itertools.chain(layer.parameters(recurse=False), layer.buffers(recurse=False)), None) is not None
+
+    holders = [(layer_name, layer) for layer_name, layer in module.named_modules() if owns_tensors(layer)]
     if not holders:
         return None, " (the module holds no tensors)"
     names = {id(layer): layer_name for layer_name, layer in holders}
@@ -838,7 +840,8 @@ def to_torch(name: str, variables: Mapping[str, Any], *, like: Any = None, mappi
 
 
 def convert(checkpoint: Any, output: str | os.PathLike, name: str, *, overwrite: bool = False,
-            mapping: Mapping[str, str] | None = None, contract: Any = None, **create_kwargs) -> tuple[Path, dict[str, str]]:
+            mapping: Mapping[str, str] | None = None, contract: Any = None,
+            **create_kwargs) -> tuple[Path, dict[str, str]]:
     """A PyTorch checkpoint -> a `jaxnets.training.save_model` folder (`jaxnets-convert`).
 
     Args:
@@ -865,6 +868,7 @@ def convert(checkpoint: Any, output: str | os.PathLike, name: str, *, overwrite:
 
 
 __all__ = [
-    "AmbiguousMapping", "CONTAINER_KEYS", "NonFiniteWeights", "StateDictMismatch", "TorchCheckpointError", "UnsafeCheckpoint", "convert", "from_torch",
+    "AmbiguousMapping", "CONTAINER_KEYS", "NonFiniteWeights", "StateDictMismatch", "TorchCheckpointError",
+    "UnsafeCheckpoint", "convert", "from_torch",
     "load_state_dict", "match_state_dict", "to_torch",
 ]
