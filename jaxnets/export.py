@@ -18,8 +18,10 @@ wrong weights. The cost is size (the weights are inside: ResNet-18 is about
 of weights. Beside it go:
 
   * `<path>.json`, the sidecar: model name and arguments, input shape and
-    dtype, class count, the normalisation the images need (when known),
-    platforms, jax version and a SHA-256 of the artifact;
+    dtype, class count, the input contract (`jaxnets.contract`: image shape,
+    the normalisation the images need, class names) and, when that is not
+    known, a `note` saying so; platforms, jax version and a SHA-256 of the
+    artifact;
   * `<path>.mlir` (optional), the StableHLO text for reading, with large
     constants (the weights) elided.
 
@@ -76,24 +78,43 @@ def stablehlo_path(path: str | Path) -> Path:
 
 def normalization_for(dataset: str | None, normalize: str = "dataset",
                       channels: int | None = None) -> dict | None:
-    """The per-channel `{'dataset', 'mean', 'std'}` (on [0, 1] pixels) a model trained on `dataset` expects.
+    """The per-channel `{'dataset', 'normalize', 'mean', 'std'}` (on [0, 1] pixels) a model trained on `dataset` needs.
 
-    The same rule as `jaxnets.data.Preprocess.for_dataset`; None when it is
-    not known without the training images (a data set outside
-    `jaxnets.data.NORMALIZATION` with `normalize='dataset'`) or no data set is given.
+    Asked of the data catalog (`InputContract.for_dataset`); None when it is
+    not known without the training images (a data set without tabled
+    statistics, with `normalize='dataset'`) or no data set is given.
     """
-    from jaxnets.data import NORMALIZATION  # noqa: PLC0415
+    from jaxnets.contract import InputContract  # noqa: PLC0415
 
     if dataset is None:
         return None
-    if normalize == "dataset" and dataset in NORMALIZATION:
-        mean, std = NORMALIZATION[dataset]
-    elif normalize in ("half", "none") and channels:
-        value = {"half": (0.5, 0.5), "none": (0.0, 1.0)}[normalize]
-        mean, std = (value[0],) * channels, (value[1],) * channels
-    else:
+    shape = (channels,) if channels else None
+    try:
+        return InputContract.for_dataset(dataset, normalize, shape).normalization
+    except ValueError:  # no image shape known for it
         return None
-    return {"dataset": dataset, "normalize": normalize, "mean": list(mean), "std": list(std)}
+
+
+# Fields every sidecar has, and their JSON types (`read_info` checks them).
+_SIDECAR_FIELDS = {"format": str, "model": str, "model_kwargs": dict, "input_shape": list, "input_dtype": str,
+                   "output_shape": list, "output_dtype": str, "num_classes": int, "parameters": int, "platforms": list,
+                   "jax_version": str, "artifact_bytes": int, "artifact_sha256": str}
+NO_CONTRACT_NOTE = ("no input contract: how the images this model was trained on were normalised, and its class "
+                    "names, are not known. Inputs preprocessed otherwise than in training give wrong predictions. "
+                    "Export from the training run, or from a model folder saved with its contract "
+                    "(save_model(..., contract=result.contract) or dataset=..., jaxnets-convert --dataset), or pass "
+                    "--dataset")
+
+
+def contract_note(contract) -> str | None:
+    """What the sidecar's `note` says about `contract` (an `InputContract` or None): None when it is complete."""
+    if contract is None:
+        return NO_CONTRACT_NOTE
+    if contract.mean is None:
+        return (f"the normalisation of {contract.dataset or 'the training data'} is not known (no tabled "
+                "statistics; the run computed them from its training images): export from the training run to "
+                "record it")
+    return None
 
 
 def _check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
@@ -141,7 +162,8 @@ def stablehlo_text(exported: jax.export.Exported, elide_above: int = _ELIDE_ABOV
 
 def save(path: str | Path, name: str, variables: dict, *, model_kwargs: dict | None = None, batch: str = "b",
          platforms: Sequence[str] = ("cpu",), input_shape: Sequence[int] | None = None,
-         normalization: dict | None = None, write_stablehlo: bool = True, overwrite: bool = False) -> Path:
+         normalization: dict | None = None, contract=None, write_stablehlo: bool = True,
+         overwrite: bool = False) -> Path:
     """Export `models.create(name, **model_kwargs)` with `variables`, in eval mode, to the file `path`.
 
     Args:
@@ -158,7 +180,12 @@ def save(path: str | Path, name: str, variables: dict, *, model_kwargs: dict | N
         default the model's own (`model.input_shape`). Models that pool
         adaptively (the `*_imagenet` ones) take other sizes.
       normalization: what the sidecar says about preprocessing (see
-        `normalization_for`); None if unknown.
+        `normalization_for`); None: the contract's, or unknown.
+      contract: the model's `jaxnets.contract.InputContract` (image shape,
+        normalisation, class names), as `read_contract` or
+        `FitResult.contract` give it. Without one (and without
+        `normalization`) the sidecar's `note` says that the preprocessing is
+        not known.
       write_stablehlo: also write the StableHLO text beside it.
       overwrite: replace an existing artifact (and its sidecar and text).
 
@@ -180,9 +207,12 @@ def save(path: str | Path, name: str, variables: dict, *, model_kwargs: dict | N
     _refuse_existing(files, overwrite)
     model = models.create(name, **model_kwargs)
     expected = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
-    given = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.asarray(a).dtype), dict(variables))
-    if jax.tree.structure(expected) != jax.tree.structure(given) or expected != given:
-        raise ValueError(f"variables do not fit {name} with {model_kwargs}: wrong keys, shapes or dtypes")
+    problem = checkpoint.variables_mismatch(expected, variables, name)
+    if problem:
+        raise ValueError(f"variables do not fit {name} with {model_kwargs}: {problem}")
+    if contract is not None:
+        contract.check_model(model, name)
+        normalization = normalization if normalization is not None else contract.normalization
     variables = jax.tree.map(jnp.asarray, dict(variables))
     input_shape = tuple(int(d) for d in (model.input_shape if input_shape is None else input_shape))
     (batch_dim,) = jax.export.symbolic_shape(batch)
@@ -207,6 +237,8 @@ def save(path: str | Path, name: str, variables: dict, *, model_kwargs: dict | N
         "output_dtype": str(out.dtype),
         "num_classes": int(out.shape[-1]),
         "normalization": normalization,
+        "input_contract": None if contract is None else contract.to_json(),
+        "note": contract_note(contract) if normalization is None else None,
         "parameters": models.count_params(variables),
         "platforms": list(exported.platforms),
         "jax_version": jax.__version__,
@@ -281,6 +313,21 @@ def read_info(path: str | Path) -> dict:
         raise ExportError(f"cannot read {where}: {err}") from err
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise ExportError(f"{where} is not a jaxnets export sidecar (format {FORMAT!r} expected)")
+    missing = [field for field in _SIDECAR_FIELDS if field not in info]
+    if missing:
+        raise ExportError(f"{where} lacks {', '.join(missing)}: it was cut or edited; export the model again")
+    for field, kind in _SIDECAR_FIELDS.items():
+        if not isinstance(info[field], kind) or isinstance(info[field], bool):
+            raise ExportError(f"{where}: {field} must be a {kind.__name__}, got {info[field]!r}; export the model "
+                              "again")
+    shape = info["input_shape"]
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape[1:]):
+        raise ExportError(f"{where}: input_shape must be [batch, positive sizes...], got {shape!r}; export the "
+                          "model again")
+    norm = info.get("normalization")
+    if norm is not None and not (isinstance(norm, dict) and isinstance(norm.get("mean"), list)
+                                 and isinstance(norm.get("std"), list)):
+        raise ExportError(f"{where}: normalization must be null or have mean and std lists, got {norm!r}")
     return info
 
 
@@ -311,11 +358,13 @@ def load(path: str | Path) -> ExportedModel:
 def describe(info: dict) -> str:
     """One line about an exported model, from its sidecar."""
     norm = info.get("normalization")
-    norm_text = f", normalise with mean {norm['mean']} std {norm['std']}" if norm else ""
+    norm_text = f", normalise with mean {norm['mean']} std {norm['std']}" if norm else \
+        ", normalisation NOT KNOWN (see the sidecar's note)"
     return (f"{info['model']}: input {info['input_shape']} {info['input_dtype']} -> {info['num_classes']} classes, "
             f"{info['parameters']:,} parameters, {info['artifact_bytes'] / 1e6:.1f} MB, platforms "
             f"{', '.join(info['platforms'])}{norm_text}")
 
 
-__all__ = ["ExportError", "ExportedModel", "FORMAT", "describe", "load", "normalization_for", "read_info", "save",
+__all__ = ["ExportError", "ExportedModel", "FORMAT", "NO_CONTRACT_NOTE", "contract_note", "describe", "load",
+           "normalization_for", "read_info", "save",
            "sidecar_path", "stablehlo_path"]

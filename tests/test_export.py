@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jaxnets import data, export, models
+from jaxnets.data import catalog
 from jaxnets.cli import export as export_cli
 from jaxnets.training import Checkpoints, TrainConfig, save_model
 from jaxnets.training.fit import build
@@ -187,28 +188,77 @@ def test_clear_errors(tmp_path):
 
 
 def test_cli_from_a_save_model_folder(tmp_path, capsys):
-    kwargs = {"num_classes": 7}
+    """A folder saved without a contract, exported with --dataset: the catalog's normalisation and classes."""
+    kwargs = {"num_classes": 10}
     model, variables = _model("lenet5", **kwargs)
     save_model(tmp_path / "saved", "lenet5", variables, **kwargs)
     out = tmp_path / "lenet5.jaxexport"
     assert export_cli.main(["--from", str(tmp_path / "saved"), "-o", str(out), "--dataset", "cifar10"]) == 0
-    assert "lenet5" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "lenet5" in captured.out and "warning" not in captured.err
     run = export.load(out)
-    assert run.info["model_kwargs"] == kwargs and run.info["num_classes"] == 7
+    assert run.info["model_kwargs"] == kwargs and run.info["num_classes"] == 10 and run.info["note"] is None
     assert run.info["normalization"]["std"] == list(data.NORMALIZATION["cifar10"][1])
+    assert run.info["input_contract"]["class_names"] == list(catalog.get("cifar10").class_names)
     x = _images(model.input_shape, 2)
     np.testing.assert_allclose(run(x), _apply(model, variables, x), atol=1e-5, rtol=1e-5)
     assert export_cli.main(["--from", str(tmp_path / "saved"), "-o", str(out)]) == 1  # exists: refused
     assert "already exist" in capsys.readouterr().err
     assert export_cli.main(["--from", str(tmp_path), "-o", str(tmp_path / "x")]) == 1  # neither kind of folder
     assert "neither" in capsys.readouterr().err
+    assert export_cli.main(["--from", str(tmp_path / "saved"), "-o", str(tmp_path / "y"), "--dataset", "cifar100"]) == 1
+    assert "100 classes" in capsys.readouterr().err  # a contract that cannot be this model's is refused
+
+
+def test_export_of_a_folder_without_a_contract_says_so_loudly(tmp_path, capsys):
+    """No contract in the folder, no --dataset: a warning on stderr, a note in the sidecar, never a silent null."""
+    model, variables = _model("lenet5")
+    save_model(tmp_path / "saved", "lenet5", variables)
+    out = tmp_path / "m.jaxexport"
+    assert export_cli.main(["--from", str(tmp_path / "saved"), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: no input contract" in err
+    info = export.read_info(out)
+    assert info["normalization"] is None and info["input_contract"] is None and info["note"] == export.NO_CONTRACT_NOTE
+    assert "NOT KNOWN" in export.describe(info)
+
+
+def test_export_of_a_folder_carries_its_stored_contract(tmp_path, capsys):
+    """save_model(dataset=...) stores the catalog's contract; the export records it with no flag and no note."""
+    model, variables = _model("lenet", num_classes=10)
+    save_model(tmp_path / "saved", "lenet", variables, dataset="mnist", num_classes=10)
+    out = tmp_path / "m.jaxexport"
+    assert export_cli.main(["--from", str(tmp_path / "saved"), "-o", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    info = export.read_info(out)
+    assert (tuple(info["normalization"]["mean"]), tuple(info["normalization"]["std"])) == \
+        catalog.get("mnist").normalization
+    assert info["input_contract"]["image_shape"] == [28, 28, 1] and info["note"] is None
+    assert export_cli.main(["--from", str(tmp_path / "saved"), "-o", str(tmp_path / "n"), "--dataset",
+                            "fashion_mnist"]) == 1
+    assert "was saved for mnist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field", ["num_classes", "input_shape", "artifact_sha256", "platforms"])
+def test_a_sidecar_missing_a_field_is_one_clear_error(tmp_path, field):
+    """A sidecar cut or edited (a field removed, or of the wrong type) is an ExportError naming the field."""
+    _, variables = _model("lenet5")
+    path = export.save(tmp_path / "m.jaxexport", "lenet5", variables, write_stablehlo=False)
+    info = json.loads(export.sidecar_path(path).read_text())
+    export.sidecar_path(path).write_text(json.dumps({**info, field: True}))
+    with pytest.raises(export.ExportError, match=f"{field} must be"):
+        export.load(path)
+    del info[field]
+    export.sidecar_path(path).write_text(json.dumps(info))
+    with pytest.raises(export.ExportError, match=f"lacks {field}"):
+        export.load(path)
 
 
 def test_cli_from_a_training_run(tmp_path, capsys):
     """A run folder as `fit` leaves it: the state `fit.build` makes, saved by `Checkpoints` (no training needed)."""
-    config = TrainConfig(model="mlp", dataset="digits", model_kwargs={"input_dim": 64, "output_dim": 10})
+    config = TrainConfig(model="mlp", dataset="digits", model_kwargs={"input_dim": 784, "output_dim": 10})
     model, state = build(config, data.load("digits", "train"), 1)
-    state = state.replace(params=_model("mlp", seed=3, input_dim=64, output_dim=10)[1]["params"])
+    state = state.replace(params=_model("mlp", seed=3, input_dim=784, output_dim=10)[1]["params"])
     checkpoints = Checkpoints(tmp_path / "run")
     checkpoints.save(1, state.arrays(), {"config": config.to_json()}, is_best=True)
     checkpoints.close()

@@ -383,3 +383,114 @@ def test_torch_twins_init_like_their_source():
     twin = torch_models.create("resnet18_imagenet")
     for a, b in ((tv.conv1.weight, twin.conv1.weight), (tv.fc.weight, twin.fc.weight), (tv.fc.bias, twin.fc.bias)):
         assert float(a.detach().std()) == pytest.approx(float(b.detach().std()), rel=0.1)
+
+
+# ---------------------------------------------------------------- layer order, non-finite and meta tensors, options
+
+class SwappedMLP(torch.nn.Module):
+    """An MLP that registers fc1, fc3, fc2 but calls fc1 -> fc2 -> fc3 (fc2 and fc3 have the same shapes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(784, 10)
+        self.fc3 = torch.nn.Linear(10, 10)
+        self.fc2 = torch.nn.Linear(10, 10)
+        self.out = torch.nn.Linear(10, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.fc1(torch.flatten(x, 1)))
+        return self.out(torch.relu(self.fc3(torch.relu(self.fc2(x)))))
+
+
+def _swapped():
+    torch.manual_seed(0)
+    net = SwappedMLP().eval()
+    x = np.random.default_rng(0).normal(size=(4, 784)).astype(np.float32)
+    with torch.no_grad():
+        return net, x, net(torch.from_numpy(x)).numpy()
+
+
+def test_a_module_is_matched_in_the_order_its_forward_calls_its_layers():
+    """Registration order fc1, fc3, fc2, call order fc1 -> fc2 -> fc3: from_torch(module) gives the module's logits,
+    and to_torch(like=module) loads back with strict=True into the same function."""
+    net, x, expected = _swapped()
+    model = models.create("mlp", num_layers=3)
+    variables, mapping = interop.from_torch("mlp", net, return_mapping=True, num_layers=3)
+    assert mapping["fc2.weight"] == "hidden.1.weight" and mapping["fc3.weight"] == "hidden.2.weight"
+    np.testing.assert_allclose(np.asarray(model.apply(variables, x)), expected, atol=1e-5, rtol=0)
+    other = SwappedMLP()
+    other.load_state_dict(interop.to_torch("mlp", variables, like=other, num_layers=3), strict=True)
+    with torch.no_grad():
+        np.testing.assert_allclose(other.eval()(torch.from_numpy(x)).numpy(), expected, atol=1e-6, rtol=0)
+
+
+def test_an_ambiguous_state_dict_is_refused_naming_the_layers_and_a_mapping_resolves_it(tmp_path):
+    """The same weights as a state_dict (no call order): AmbiguousMapping names fc3 and fc2 and the mapping to
+    pass; passing that mapping gives the module's logits; to_torch(like=state_dict) is refused the same way."""
+    net, x, expected = _swapped()
+    torch.save(net.state_dict(), tmp_path / "swapped.pth")
+    for source in (net.state_dict(), tmp_path / "swapped.pth"):
+        with pytest.raises(interop.AmbiguousMapping, match=r"'fc3' and 'fc2' .*mapping=\{'fc2': 'hidden.1', "
+                                                           r"'fc3': 'hidden.2'\}") as error:
+            interop.from_torch("mlp", source, num_layers=3)
+    assert "\n" not in str(error.value)
+    with pytest.raises(interop.AmbiguousMapping):
+        interop.to_torch("mlp", interop.from_torch("mlp", net, num_layers=3), like=net.state_dict(), num_layers=3)
+    variables = interop.from_torch("mlp", net.state_dict(), mapping={"fc2": "hidden.1", "fc3": "hidden.2"},
+                                   num_layers=3)
+    np.testing.assert_allclose(np.asarray(models.create("mlp", num_layers=3).apply(variables, x)), expected,
+                               atol=1e-5, rtol=0)
+    with pytest.raises(interop.StateDictMismatch, match="'fc9', which is no layer of the state_dict"):
+        interop.from_torch("mlp", net.state_dict(), mapping={"fc9": "hidden.1"}, num_layers=3)
+    with pytest.raises(interop.StateDictMismatch, match="maps two layers to 'hidden.1'"):
+        interop.from_torch("mlp", net.state_dict(), mapping={"fc2": "hidden.1", "fc3": "hidden.1"}, num_layers=3)
+
+
+def test_a_module_whose_forward_fails_falls_back_to_the_state_dict_rule():
+    """A module that cannot run on the model's input shape: the ambiguity is refused, saying why it was not traced."""
+    net, _, _ = _swapped()
+    net.forward = lambda x: (_ for _ in ()).throw(RuntimeError("needs a mask"))
+    with pytest.raises(interop.AmbiguousMapping, match="could not be traced.*needs a mask"):
+        interop.from_torch("mlp", net, num_layers=3)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_naming_the_tensors(bad):
+    """NaN or Inf anywhere in a state_dict: NonFiniteWeights names every such tensor and how many values."""
+    net = torch_reference.renamed("lenet")
+    state_dict = net.state_dict()
+    with torch.no_grad():
+        state_dict["conv_block.0.weight"][0, 0, 0, 0] = bad
+        state_dict["classifier.4.bias"][:2] = bad
+    with pytest.raises(interop.NonFiniteWeights, match=r"2 tensor\(s\): conv_block\.0\.weight \(1 of \d+ values\), "
+                                                      r"classifier\.4\.bias \(2 of 10 values\)"):
+        interop.from_torch("lenet", state_dict)
+
+
+def test_meta_device_tensors_are_one_clear_error():
+    """A module built on the meta device has shapes but no values: refused, saying how to load it first."""
+    with torch.device("meta"):
+        net = torch_reference.renamed("lenet")
+    with pytest.raises(interop.StateDictMismatch, match=r"'meta' device.*to_empty"):
+        interop.from_torch("lenet", net)
+
+
+def test_to_torch_with_another_models_variables_is_one_clear_error(getkey):
+    """LeNet variables given as an MLP's: a ValueError naming the first missing variable, not a KeyError."""
+    variables = models.init(models.create("lenet"), getkey())
+    with pytest.raises(ValueError, match=r"variables do not fit mlp: params/hidden\.0/kernel is missing"):
+        interop.to_torch("mlp", variables)
+    with pytest.raises(ValueError, match=r"params/hidden\.0/kernel has shape \(784, 10\), mlp needs \(784, 32\)"):
+        interop.to_torch("mlp", models.init(models.create("mlp"), getkey()), hidden_size=32)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"hidden_size": "abc"}, "option hidden_size must be an integer"),
+    ({"hidden_size": -3}, "option hidden_size must not be negative"),
+    ({"hidden_size": 2.5}, "option hidden_size must be an integer"),
+    ({"hidden_size": 0}, "cannot build mlp with hidden_size=0"),
+])
+def test_model_options_of_the_wrong_type_or_value_are_one_clear_error(options, message):
+    """A create option the model cannot be built with is a ValueError naming it, not a JAX traceback."""
+    with pytest.raises(ValueError, match=message):
+        interop.from_torch("mlp", torch_reference.renamed("mlp").state_dict(), **options)

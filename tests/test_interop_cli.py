@@ -61,3 +61,43 @@ def test_entry_point_runs_as_a_module(tmp_path):
     result = subprocess.run([sys.executable, "-m", "jaxnets.cli.convert", "--help"], capture_output=True, text=True,
                             check=True)
     assert "--model" in result.stdout and "weights_only" in result.stdout
+
+
+@pytest.mark.parametrize(("value", "message"), [("abc", "must be an integer"), ("-3", "must not be negative"),
+                                                ("0", "cannot build mlp with hidden_size=0")])
+def test_a_bad_model_option_is_one_line(tmp_path, capsys, value, message):
+    """`--option hidden_size=abc` (or -3, or 0): one line naming the option, exit 2, nothing written."""
+    path = tmp_path / "mlp.pth"
+    torch.save(torch_reference.renamed("mlp").state_dict(), path)
+    assert cli.main([str(path), str(tmp_path / "out"), "--model", "mlp", "--option", f"hidden_size={value}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxnets-convert: error:") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_dataset_stores_the_input_contract_and_map_resolves_an_ambiguous_order(tmp_path, capsys):
+    """--dataset puts the catalog's contract in the folder; an ambiguous state_dict is refused in one line
+    that gives the --map flags, and following it converts to the module's logits."""
+    from test_interop import SwappedMLP  # noqa: PLC0415
+
+    from jaxnets.training.checkpoint import read_contract  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    net = SwappedMLP().eval()
+    path = tmp_path / "swapped.pth"
+    torch.save(net.state_dict(), path)
+    argv = [str(path), str(tmp_path / "out"), "--model", "mlp", "--option", "num_layers=3", "--dataset", "mnist"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--map fc2=hidden.1 --map fc3=hidden.2" in err
+    assert cli.main(argv + ["--map", "fc2=hidden.1", "--map", "fc3=hidden.2"]) == 0
+    model, variables = load_model(tmp_path / "out")
+    x = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x.reshape(4, -1))).numpy()
+    np.testing.assert_allclose(np.asarray(model.apply(variables, x)), expected, atol=1e-5, rtol=0)
+    contract = read_contract(tmp_path / "out")
+    assert contract.dataset == "mnist" and contract.mean == (0.1307,) and len(contract.class_names) == 10
+    assert cli.main([str(path), str(tmp_path / "bare"), "--model", "mlp", "--option", "num_layers=3",
+                     "--map", "fc2=hidden.1", "--map", "fc3=hidden.2"]) == 0
+    assert "no input contract" in capsys.readouterr().err  # said at once, not only at export time

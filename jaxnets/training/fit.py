@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxnets import data, models
+from jaxnets.contract import InputContract
 from jaxnets.paths import expand_path
 # Module-level names on purpose: the kill -9 tests replace fit's `_write_json` / `plot_history` to die mid-write.
 from jaxnets.report import json_safe as _json_safe
@@ -198,6 +199,7 @@ class FitResult(NamedTuple):
     model: Any
     steps: Steps
     config: TrainConfig | None = None  # the resolved config the run trained with (what its checkpoints store)
+    contract: InputContract | None = None  # its inputs: image shape, the normalisation used, class names
 
 
 def load_splits(config: TrainConfig, log: Callable[[str], None] = print) -> Splits:
@@ -471,6 +473,8 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
         splits = splits or load_splits(config, log)
         config = resolve(config, splits.train)  # from here on, the run's config: catalogs resolved once
         preprocess = data.Preprocess.for_dataset(config.dataset, splits.train.images, config.normalize, config.augment)
+        contract = InputContract(splits.train.image_shape, preprocess.mean, preprocess.std, splits.train.class_names,
+                                 config.dataset, config.normalize)
         parallel = distributed.is_parallel(mesh)  # one device: placement exactly as without a mesh
         sharding = distributed.batch_sharding(mesh) if parallel else None
         # Evaluation batches are padded and masked, so rounding their size up to a multiple of the devices
@@ -515,7 +519,8 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
                 best_val, best_epoch = record["val_acc"], epoch + 1
             if checkpoints is not None:
                 meta = {"config": config.to_json(), "history": _json_safe(history), "data_fingerprint": fingerprint,
-                        "best_epoch": best_epoch, "best_val_acc": best_val if math.isfinite(best_val) else None}
+                        "best_epoch": best_epoch, "best_val_acc": best_val if math.isfinite(best_val) else None,
+                        "input_contract": contract.to_json()}
                 checkpoints.save(epoch + 1, arrays, meta, is_best)  # collective: every process calls it
                 if distributed.is_main_process():
                     _write_run_files(workdir, history, config, checkpoints)
@@ -527,7 +532,7 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
             board.close()
         if checkpoints is not None:
             checkpoints.close()
-    return FitResult(state, history, model, steps, config)
+    return FitResult(state, history, model, steps, config, contract)
 
 
 def _resume(checkpoints: Checkpoints, config: TrainConfig, fresh: TrainState, fingerprint: str, log) -> tuple:
