@@ -51,6 +51,7 @@ from jaxnets.data import cache, files
 from jaxnets.data.errors import CorruptDataFile, DataNotFound
 from jaxnets.paths import expand_path
 
+#: The environment variable naming a mirror: files are fetched from `$JAXNETS_DATA_MIRROR/<name>/<file>`.
 MIRROR_ENV = "JAXNETS_DATA_MIRROR"
 
 
@@ -90,6 +91,7 @@ REMOTES: dict[str, Remote] = {
     "cifar100": Remote(_CIFAR, "", {"train": _CIFAR100_ARCHIVE, "test": _CIFAR100_ARCHIVE}, "cifar-100-python"),
 }
 
+#: The data sets whose published files `download_files` can fetch.
 DOWNLOADABLE = tuple(REMOTES)
 _TIMEOUT_S = (10.0, 60.0)  # (connect, read between bytes)
 
