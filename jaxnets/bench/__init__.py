@@ -21,6 +21,7 @@ The package, one concern per module:
   cases    the table of modes (`MODE_TABLE`: adding a mode is one entry) and one case's measurement
   suite    `run` (every model x mode), `ratios`, `numerics` (eager == jit), `vary_batch` (recompiles)
   jaxnets.report  tables, JSON and plots (shared with `fit`)
+
 and the command-line tools `cli` (`jaxnets-bench`), `pipeline`, `conv_layers`, `init_parity`.
 """
 

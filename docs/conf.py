@@ -1,0 +1,84 @@
+"""Sphinx configuration of the jaxnets documentation.
+
+Why Sphinx + myst-nb: it is the convention of the libraries jaxnets is built on (jax, flax and optax
+write their docs this way), so a JAX user finds the same layout; myst-nb renders the project's own
+notebooks as pages and lets the guides be Markdown; autodoc + napoleon read the Google-style
+docstrings that are already in the code; sphinx-argparse builds the CLI reference from the real
+argparse parsers, so it cannot drift from the code.
+
+Build (what .ci/run does):  python -m sphinx -W --keep-going -n -b html docs docs/_build/html
+"""
+
+import os
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "_ext"))
+sys.path.insert(0, str(HERE.parent))  # build from the checkout without installing it
+
+import jaxnets  # noqa: E402
+
+project = "jaxnets"
+author = "the jaxnets authors"
+copyright = "the jaxnets authors"  # noqa: A001 - Sphinx's name
+version = release = jaxnets.__version__
+
+extensions = [
+    "myst_nb",                  # Markdown pages and notebooks
+    "sphinx.ext.autodoc",       # the API reference from docstrings
+    "sphinx.ext.napoleon",      # Google-style docstrings
+    "sphinx.ext.viewcode",      # [source] links
+    "sphinxarg.ext",            # the CLI reference from the argparse parsers
+    "public_api",               # the API pages from __all__, and the docstring check
+]
+
+# Notebooks are rendered unexecuted: tests/test_notebooks.py executes every one in CI already, and
+# executing them here would double that time.
+nb_execution_mode = "off"
+myst_enable_extensions = ["colon_fence"]
+myst_heading_anchors = 3
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "notebooks/*.png"]
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented_params"
+autodoc_default_options = {"show-inheritance": False}
+autodoc_inherit_docstrings = False
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+# jaxnets' "Returns:" sections are prose ("`{'params': ...}`: the variables"), not "type: text": read as
+# a plain section, napoleon would take the text before the first colon for a type.
+napoleon_custom_sections = ["Returns", "Yields"]
+# `x` in a docstring is code, as it is in Markdown (reStructuredText would set it in italics).
+default_role = "literal"
+
+# -n: every cross-reference must resolve. Types of other libraries cannot: the build runs offline
+# (CI has no network for intersphinx inventories), so references into Python itself and into the
+# libraries jaxnets builds on are not checked. Any reference into jaxnets still has to resolve.
+_THIRD_PARTY = ("jax", "jaxlib", "jnp", "flax", "nn", "optax", "orbax", "numpy", "np", "torch", "PIL",
+                "tensorflow_datasets", "tfds", "requests", "filelock", "tqdm", "matplotlib", "tensorboardX",
+                "sklearn", "argparse", "collections", "typing", "pathlib", "os", "logging", "contextlib",
+                "dataclasses", "functools", "concurrent", "threading", "types", "enum", "abc", "io", "json")
+_BUILTINS = ("int", "float", "str", "bool", "bytes", "None", "object", "dict", "list", "tuple", "set",
+             "frozenset", "type", "callable", "Exception", "BaseException", "ValueError", "TypeError",
+             "KeyError", "IndexError", "RuntimeError", "OSError", "FileNotFoundError", "FileExistsError",
+             "PermissionError", "NotADirectoryError", "IsADirectoryError", "TimeoutError",
+             "NotImplementedError", "AttributeError", "ImportError", "ModuleNotFoundError",
+             "FloatingPointError", "ArithmeticError", "Ellipsis", "NamedTuple", "Any", "Callable",
+             "Sequence", "Mapping", "Iterator", "Iterable", "Path", "PathLike", "Array", "ndarray")
+nitpick_ignore_regex = [
+    (r"py:.*", rf"({'|'.join(map(re.escape, _THIRD_PARTY))})(\..+)?"),
+    (r"py:.*", rf"({'|'.join(map(re.escape, _BUILTINS))})"),
+    # A "Raises:" entry written as prose ("CorruptDataFile / UnsafePickle: ...") is no Python name.
+    (r"py:.*", r".*[\s/].*"),
+    # Type variables and private base classes in signatures are not part of the API reference.
+    (r"py:.*", r"jaxnets(\.\w+)*\.(T|_\w+)"),
+]
+
+html_theme = "sphinx_book_theme"
+html_title = f"jaxnets {release}"
+html_theme_options = {"show_toc_level": 2, "navigation_with_keys": False}
+html_static_path = []
+os.environ.setdefault("JAXNETS_COMPILE_CACHE", "0")
