@@ -80,5 +80,25 @@ nitpick_ignore_regex = [
 html_theme = "sphinx_book_theme"
 html_title = f"jaxnets {release}"
 html_theme_options = {"show_toc_level": 2, "navigation_with_keys": False}
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["jaxnets.css"]
 os.environ.setdefault("JAXNETS_COMPILE_CACHE", "0")
+
+
+NOTEBOOK_NOTE = ("This notebook is shown unexecuted (the repository keeps it without outputs). CI runs every "
+                 "notebook top to bottom in tests/test_notebooks.py; run it yourself to see its output and plots.")
+
+
+def _note_on_notebooks(app, doctree) -> None:
+    """Put NOTEBOOK_NOTE under the title of every notebook page."""
+    from docutils import nodes
+
+    if not app.env.docname.startswith("notebooks/"):
+        return
+    section = next(iter(doctree.findall(nodes.section)), None)
+    if section is not None:
+        section.insert(1, nodes.note("", nodes.paragraph(text=NOTEBOOK_NOTE)))
+
+
+def setup(app):
+    app.connect("doctree-read", _note_on_notebooks)
