@@ -48,7 +48,10 @@ def installed(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("wheel")
     assert ROOT not in base.parents, "the venv must live outside the checkout"
     wheel = os.environ.get("JAXNETS_WHEEL")
-    if wheel is None:
+    if wheel is not None:
+        wheel = Path(wheel).resolve()  # relative to where pytest started; the install runs elsewhere
+        assert wheel.is_file(), f"JAXNETS_WHEEL={os.environ['JAXNETS_WHEEL']}: no such wheel"
+    else:
         _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", base / "dist", ROOT], base,
              _clean_env())
         [wheel] = (base / "dist").glob("jaxnets-*.whl")
