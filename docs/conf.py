@@ -32,6 +32,7 @@ extensions = [
     "sphinx.ext.viewcode",      # [source] links
     "sphinxarg.ext",            # the CLI reference from the argparse parsers
     "public_api",               # the API pages from __all__, and the docstring check
+    "bench_plot",               # the eager vs jit plot, from the README's benchmark table
 ]
 
 # Notebooks are rendered unexecuted: tests/test_notebooks.py executes every one in CI already, and
@@ -53,6 +54,8 @@ napoleon_numpy_docstring = False
 napoleon_custom_sections = ["Returns", "Yields"]
 # `x` in a docstring is code, as it is in Markdown (reStructuredText would set it in italics).
 default_role = "literal"
+# Keep "--flag" as typed (the CLI reference and code-like text), not turned into an en dash.
+smartquotes = False
 
 # -n: every cross-reference must resolve. Types of other libraries cannot: the build runs offline
 # (CI has no network for intersphinx inventories), so references into Python itself and into the
