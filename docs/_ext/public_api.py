@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import inspect
 import pkgutil
-import types
 from functools import lru_cache
+from pathlib import Path
 
 PACKAGES = ("jaxnets.models", "jaxnets.data", "jaxnets.training", "jaxnets.interop", "jaxnets.export",
             "jaxnets.bench")
@@ -49,13 +50,13 @@ def own_docstring(value) -> str:
 def _constant_docs(package: str) -> dict[str, str]:
     """{NAME: comment} for every top-level assignment in the package's modules that carries a comment."""
     module = importlib.import_module(package)
-    modules = [module]
-    if hasattr(module, "__path__"):
-        modules += [importlib.import_module(info.name)
-                    for info in pkgutil.iter_modules(module.__path__, package + ".")]
+    files = [module.__file__]
+    if hasattr(module, "__path__"):  # read the submodules' sources without importing them (torch_models needs torch)
+        files += [importlib.util.find_spec(info.name).origin
+                  for info in pkgutil.iter_modules(module.__path__, package + ".") if not info.ispkg]
     docs: dict[str, str] = {}
-    for mod in modules:
-        source = inspect.getsource(mod)
+    for file in files:
+        source = Path(file).read_text()
         lines = source.splitlines()
         body = ast.parse(source).body
         for index, node in enumerate(body):
@@ -162,8 +163,6 @@ def api_page(package: str) -> str:
 
 def _write_api_pages(app) -> None:
     """Write docs/api/<package>.md for each package (only when changed, so Sphinx's cache stays valid)."""
-    from pathlib import Path
-
     folder = Path(app.srcdir) / "api"
     folder.mkdir(exist_ok=True)
     for package in PACKAGES:
