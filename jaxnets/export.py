@@ -53,6 +53,7 @@ import numpy as np
 from jaxnets import backend
 from jaxnets.paths import expand_path
 
+#: The format tag written in every sidecar; `load` refuses any other.
 FORMAT = "jaxnets-export/1"
 SIDECAR_SUFFIX = ".json"
 STABLEHLO_SUFFIX = ".mlir"

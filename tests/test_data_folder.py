@@ -14,7 +14,7 @@ from PIL import Image
 from jaxnets import data
 from jaxnets.data import folder as folder_lib
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "guides" / "data.md"  # the data guide holds the data examples
 
 
 def _pixels(seed: int, size=(8, 8), channels: int = 3) -> np.ndarray:

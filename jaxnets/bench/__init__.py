@@ -21,6 +21,7 @@ The package, one concern per module:
   cases         the table of modes (`MODE_TABLE`: adding a mode is one entry) and one case's measurement
   suite         `run` (every model x mode), `ratios`, `numerics` (eager == jit), `vary_batch` (recompiles)
   jaxnets.report  tables, JSON and plots (shared with `fit`)
+
 These run on their own (`python -m jaxnets.bench.NAME --help`):
   epochs        whole epochs in each mode (eager / jit / scan) and compute dtype
   conv_layers   a model's convolutions one by one, JAX vs PyTorch

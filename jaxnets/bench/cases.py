@@ -34,6 +34,7 @@ from jaxnets import backend, data, models
 from jaxnets.bench import timing
 from jaxnets.training import TrainState, make_steps, optimizers
 
+#: What a case can time: a training step, or inference (eval-mode forward pass).
 WHAT = ("train", "infer")
 NUM_CLASSES = 10  # labels of the synthetic batches: every benchmarked model has (at least) 10 classes
 
@@ -241,6 +242,7 @@ def torch_case(case: Case, *, compiled: bool) -> dict:
 
 # ----------------------------------------------------------------- the table of modes
 
+#: The mode that runs the jit step with XLA's default CPU convolutions (`JAXNETS_CPU_CONV=xla`, in a child process).
 XLA_DEFAULT_MODE = "jit-xla"
 
 _ENTRIES = (
@@ -260,8 +262,11 @@ _ENTRIES = (
     Mode("torch-eager", "torch", functools.partial(torch_case, compiled=False), "PyTorch, eager"),
     Mode("torch-compile", "torch", functools.partial(torch_case, compiled=True), "PyTorch with torch.compile"),
 )
+#: Every benchmark mode by name: adding a mode is one `Mode` entry.
 MODE_TABLE: dict[str, Mode] = {mode.name: mode for mode in _ENTRIES}
+#: The mode names `run` accepts, in table order.
 MODES = tuple(MODE_TABLE)
+#: The modes that need PyTorch installed.
 TORCH_MODES = tuple(mode.name for mode in _ENTRIES if mode.framework == "torch")
 
 

@@ -52,7 +52,8 @@ def parser() -> argparse.ArgumentParser:
                    "(lowering needs no GPU/TPU)")
     p.add_argument("--batch-name", default="b", help="name of the symbolic batch dimension (default b)")
     p.add_argument("--input-shape", type=_shape, default=None, metavar="H,W,C",
-                   help="one image's shape (default the model's own; only the *_imagenet models take others)")
+                   help="one image's shape (default the model's own; only the ImageNet layouts, names ending "
+                        "in _imagenet, take others)")
     p.add_argument("--dataset", choices=data.DATASETS, default=None,
                    help="for a save_model folder saved without its input contract: the data set it was trained on, "
                         "to record its normalisation and class names")

@@ -37,7 +37,9 @@ from jaxnets.data.pipeline import (RESIDENT_MAX_BYTES, Batch, Loader, Preprocess
 from jaxnets.data.synthetic import synthetic_batch, synthetic_batches
 from jaxnets.data.tfds_source import load_tfds
 
+#: The splits `load` accepts.
 SPLITS = ("train", "test")
+#: Where `load` reads from; `auto` tries files, an image folder, tfds, then a download.
 SOURCES = ("auto", "tfds", "files", "folder")
 
 # Views of the catalog, computed when read (so a registered entry shows up): the data set names, those with

@@ -63,6 +63,7 @@ from jaxnets.data import cache, files
 from jaxnets.data.errors import CorruptDataFile, DataNotFound
 from jaxnets.paths import expand_path
 
+#: The environment variable naming a mirror: files are fetched from `$JAXNETS_DATA_MIRROR/<name>/<file>`.
 MIRROR_ENV = "JAXNETS_DATA_MIRROR"
 
 
@@ -102,6 +103,7 @@ REMOTES: dict[str, Remote] = {
     "cifar100": Remote(_CIFAR, "", {"train": _CIFAR100_ARCHIVE, "test": _CIFAR100_ARCHIVE}, "cifar-100-python"),
 }
 
+#: The data sets whose published files `download_files` can fetch.
 DOWNLOADABLE = tuple(REMOTES)
 TIMEOUTS_ENV = "JAXNETS_DOWNLOAD_TIMEOUTS"
 _LOW_SPEED_BYTES = 1024  # less than this in `stall` seconds is a stalled transfer (curl's --speed-limit idea)

@@ -40,16 +40,16 @@ ours) pins layers by hand; the rest are matched by structure. The mapping
 used is logged (logger `jaxnets.interop`, level INFO) and returned with
 `return_mapping=True`. A tensor holding NaN or Inf is refused
 (`NonFiniteWeights`, naming it), as are tensors with no data (the `meta`
-device). What changes is the layout:
+device). What changes is the layout::
 
-| PyTorch                         | jaxnets                               |
-|---------------------------------|---------------------------------------|
-| Conv2d `weight` [O, I, kh, kw]  | `kernel` [kh, kw, I, O]               |
-| Linear `weight` [out, in]       | `kernel` [in, out]                    |
-| Linear after a conv stack, whose input is an NCHW flatten | rows permuted from (C, H, W) to (H, W, C) order |
-| BatchNorm `weight`, `bias`      | `scale`, `bias` (params)              |
-| BatchNorm `running_mean/var`    | `mean`, `var` (batch_stats)           |
-| BatchNorm `num_batches_tracked` | dropped (`to_torch` writes 0)         |
+  | PyTorch                         | jaxnets                               |
+  |---------------------------------|---------------------------------------|
+  | Conv2d `weight` [O, I, kh, kw]  | `kernel` [kh, kw, I, O]               |
+  | Linear `weight` [out, in]       | `kernel` [in, out]                    |
+  | Linear after a conv stack, whose input is an NCHW flatten | rows permuted from (C, H, W) to (H, W, C) order |
+  | BatchNorm `weight`, `bias`      | `scale`, `bias` (params)              |
+  | BatchNorm `running_mean/var`    | `mean`, `var` (batch_stats)           |
+  | BatchNorm `num_batches_tracked` | dropped (`to_torch` writes 0)         |
 
 Torch itself is imported only by `to_torch` and `jaxnets.interop.torch_models`;
 `from_torch` takes torch tensors or numpy arrays alike.
@@ -858,7 +858,8 @@ def convert(checkpoint: Any, output: str | os.PathLike, name: str, *, overwrite:
       (the folder written, `{their key: our key}`).
 
     Raises:
-      as `from_torch`, and `FileExistsError` when `output` exists.
+      TorchCheckpointError: as `from_torch`.
+      FileExistsError: `output` exists.
     """
     from jaxnets.training.checkpoint import save_model  # noqa: PLC0415 - keeps interop light
 

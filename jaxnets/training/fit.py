@@ -188,12 +188,16 @@ def _describe_range(low, high, low_open, high_open) -> str:
 
 
 class Splits(NamedTuple):
+    """The data a run uses: the training split, the held-out part cut off it (or None), the test split (or None)."""
+
     train: data.Dataset
     val: data.Dataset | None
     test: data.Dataset | None
 
 
 class FitResult(NamedTuple):
+    """What `fit` returns: the final `state`, the per-epoch `history` rows, the flax `model`, its `steps` and `config`."""
+
     state: TrainState
     history: list[dict]
     model: Any

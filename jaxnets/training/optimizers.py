@@ -5,6 +5,7 @@ A script ported from PyTorch gets the same trajectory:
     *before* momentum (coupled L2); the first momentum buffer is the gradient.
   * `adam`: `torch.optim.Adam`, weight decay likewise coupled (L2).
   * `adamw`: `torch.optim.AdamW`, decoupled decay `p -= lr * wd * p`.
+
 Weight decay applies to every parameter (BatchNorm scales and biases too),
 as `torch.optim` does when given `model.parameters()`.
 

@@ -48,6 +48,7 @@ from jaxnets.training import precision
 from jaxnets.training.losses import correct, get_loss
 from jaxnets.training.state import TrainState
 
+#: How a step runs: one compiled program (`jit`), op by op (`eager`), or a whole epoch in one `lax.scan`.
 MODES = ("jit", "eager", "scan")
 Metrics = dict[str, jax.Array]  # one batch's metrics (`METRICS`), or an epoch's, stacked `[S]` or reduced
 # Metric name -> how a run of batches combines it: 'sum' (add them) or 'last' (keep the latest).
