@@ -100,6 +100,7 @@ def normalization_for(dataset: str | None, normalize: str = "dataset",
 _SIDECAR_FIELDS = {"format": str, "model": str, "model_kwargs": dict, "input_shape": list, "input_dtype": str,
                    "output_shape": list, "output_dtype": str, "num_classes": int, "parameters": int, "platforms": list,
                    "jax_version": str, "artifact_bytes": int, "artifact_sha256": str}
+#: The sidecar's `note` for a model whose input contract is not known (and the warning printed with it).
 NO_CONTRACT_NOTE = ("no input contract: how the images this model was trained on were normalised, and its class "
                     "names, are not known. Inputs preprocessed otherwise than in training give wrong predictions. "
                     "Export from the training run, or from a model folder saved with its contract "

@@ -29,6 +29,7 @@ These run on their own (`python -m jaxnets.bench.NAME --help`):
   compile_cache cold vs cached compile in a second process
   same_start    the first steps in jaxnets and PyTorch from the same weights and batches
   init_parity   LeNet on real MNIST from jaxnets' init vs PyTorch's
+
 and `pipeline` (the input pipeline beside the train step it feeds) through `jaxnets-bench --what pipeline`.
 The command `jaxnets-bench` itself is `jaxnets.cli.bench`.
 """

@@ -28,7 +28,8 @@ from jaxnets.data import cache as npz_cache
 from jaxnets.data import catalog, files
 from jaxnets.paths import expand_path
 from jaxnets.data.catalog import DatasetEntry, FileLayout, register
-from jaxnets.data.download import DOWNLOADABLE, MIRROR_ENV, ChecksumMismatch, default_data_dir, download_files
+from jaxnets.data.download import (DOWNLOADABLE, MIRROR_ENV, ChecksumMismatch, DownloadTimeout, Timeouts,
+                                   default_data_dir, download_files)
 from jaxnets.data.errors import CorruptDataFile, DataError, DataNotFound, UnsafePickle
 from jaxnets.data.files import expected_files, load_files
 from jaxnets.data.folder import has_split_folders, load_folder
@@ -241,8 +242,8 @@ def train_val_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) 
 
 __all__ = [
     "Batch", "ChecksumMismatch", "CorruptDataFile", "DATASETS", "DOWNLOADABLE", "DataError", "DataNotFound", "Dataset",
-    "DatasetEntry", "FILE_DATASETS", "FileLayout", "Loader", "MIRROR_ENV", "NORMALIZATION", "Preprocess",
-    "RESIDENT_MAX_BYTES", "SOURCES", "SPLITS", "TFDS_NAMES", "UnsafePickle", "available", "catalog", "channel_stats",
+    "DatasetEntry", "DownloadTimeout", "FILE_DATASETS", "FileLayout", "Loader", "MIRROR_ENV", "NORMALIZATION", "Preprocess",
+    "RESIDENT_MAX_BYTES", "SOURCES", "SPLITS", "TFDS_NAMES", "Timeouts", "UnsafePickle", "available", "catalog", "channel_stats",
     "default_data_dir", "download_files", "expand_path", "keeps_data_on_device", "load", "load_files", "load_folder",
     "load_tfds", "preprocess", "random_crop", "random_flip", "random_split", "register", "synthetic_batch",
     "synthetic_batches", "train_val_split",

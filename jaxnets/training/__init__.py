@@ -1,5 +1,6 @@
 """Training: TrainState, pure train/eval steps (eager, jit or scan), optax, orbax, `fit`."""
 
+from jaxnets.contract import InputContract
 from jaxnets.training import losses, optimizers, precision
 from jaxnets.training.checkpoint import (CheckpointError, Checkpoints, RunLock, RunLocked, WorkdirNotWritable,
                                          load_model, save_model)
@@ -9,7 +10,7 @@ from jaxnets.training.steps import (MODES, Steps, eval_step, evaluate, make_step
                                     train_step)
 
 __all__ = [
-    "MODES", "CheckpointError", "Checkpoints", "FitResult", "NonFiniteLoss", "RunLock", "RunLocked", "Splits", "Steps",
+    "MODES", "CheckpointError", "Checkpoints", "FitResult", "InputContract", "NonFiniteLoss", "RunLock", "RunLocked", "Splits", "Steps",
     "TrainConfig", "TrainState", "WorkdirNotWritable", "eval_step", "evaluate", "fit", "load_model", "load_splits",
     "losses", "make_steps", "optimizers", "plot_history", "precision", "predict", "save_model", "scan_epoch",
     "summarize", "train_step",
