@@ -32,7 +32,7 @@ def _value_parser(field: dataclasses.Field):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+            raise argparse.ArgumentTypeError(f"not {'a whole' if kind is int else 'a'} number: {text!r}") from None
         try:
             check_field(field.name, value)
         except ValueError as err:
@@ -115,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"argument --{field.replace('_', '-')}: {err}")
     workdir = expand_path(args.workdir or f"runs/{config.model}-{config.dataset}")
     if config.distributed:  # before anything starts JAX's backend
-        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+        try:
+            distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+        except (ValueError, RuntimeError) as err:
+            print(f"jaxnets-train: error: {err}", file=sys.stderr)
+            return 1
     elif any(v is not None for v in (args.coordinator_address, args.num_processes, args.process_id)):
         p.error("--coordinator-address, --num-processes and --process-id need --distributed")
     # One voice: only process 0 reports (fit silences the others itself); errors come from every process.

@@ -133,6 +133,12 @@ class TrainConfig:
             raise ValueError(f"mode must be one of {MODES} (got {self.mode!r})")
         if self.dtype not in precision.DTYPES:
             raise ValueError(f"dtype must be one of {precision.DTYPES} (got {self.dtype!r})")
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs:g}) applies to the cosine schedule only (this run "
+                             f"uses schedule={self.schedule!r}): drop the warm-up or use schedule='cosine'")
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs:g}) must be shorter than the run (epochs="
+                             f"{self.epochs}): the learning rate would never reach its peak or decay")
         if self.batch_size % self.accumulate:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of accumulate ({self.accumulate}): "
                              "each optimizer step splits its batch into accumulate equal micro-batches")
@@ -151,6 +157,7 @@ class TrainConfig:
         return cls(**values)
 
 
+SEED_MAX = 2**63 - 1  # jax.random.key takes a signed 64-bit seed; numpy's generators a non-negative one
 # field -> (low, high, low excluded, high excluded); high None: unbounded.
 _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "epochs": (1, None, False, False), "batch_size": (1, None, False, False),
@@ -158,7 +165,9 @@ _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "lr": (0.0, None, True, False), "momentum": (0.0, 1.0, False, True), "weight_decay": (0.0, None, False, False),
     "warmup_epochs": (0.0, None, False, False), "label_smoothing": (0.0, 1.0, False, True),
     "val_fraction": (0.0, 1.0, False, True), "image_size": (1, None, False, False),
+    "seed": (0, SEED_MAX, False, False),
 }
+_INTEGERS = {"epochs", "batch_size", "eval_batch_size", "keep", "accumulate", "image_size", "seed"}
 _OPTIONAL = {"image_size"}  # None means "not set"; a set value must be in range
 
 
@@ -175,15 +184,20 @@ def check_field(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a number (got {value!r})")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite (got {value})")
+    if name in _INTEGERS and not isinstance(value, int):
+        raise ValueError(f"{name} must be a whole number (got {value})")
     if (value <= low if low_open else value < low) or (high is not None and (value >= high if high_open
                                                                             else value > high)):
         raise ValueError(f"{name} must be {_describe_range(low, high, low_open, high_open)} (got {value})")
 
 
 def _describe_range(low, high, low_open, high_open) -> str:
+    def show(x):
+        return str(x) if isinstance(x, int) else f"{x:g}"
+
     if high is None:
-        return f"> {low:g}" if low_open else f">= {low:g}"
-    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"> {show(low)}" if low_open else f">= {show(low)}"
+    return f"in {'(' if low_open else '['}{show(low)}, {show(high)}{')' if high_open else ']'}"
 
 
 class Splits(NamedTuple):
@@ -502,8 +516,8 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
                 _write_run_files(workdir, history, config, checkpoints)
         elif resume:
             log(f"note: nothing to resume in {workdir}; starting a new run")
-        if tensorboard and workdir is not None:  # a resumed run purges what a killed one logged past start_epoch
-            board = TensorBoard(workdir / "tensorboard", config.to_json(), start_epoch=start_epoch)
+        if tensorboard and workdir is not None:  # rebuilt from the history: one point per epoch, whatever was killed
+            board = TensorBoard(workdir / "tensorboard", config.to_json(), history=history)
 
         for epoch in range(start_epoch, config.epochs):
             state, record = _run_epoch(state, steps, train_loader, eval_loader, epoch, config, checkpoints, progress)
