@@ -815,3 +815,102 @@ def test_lenet_hint_names_the_missing_channel_axis():
         model.apply(variables, jnp.zeros((2, 28, 28)))
     with pytest.raises(ValueError, match=r"Add a batch axis: x\[None\]"):
         model.apply(variables, jnp.zeros((28, 28, 1)))
+
+
+# ---------------------------------------------------------------- issue 25: resume never destroys what it cannot resume
+
+def file_bytes(paths) -> dict:
+    return {str(p): p.read_bytes() for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*")))
+            if p.is_file()}
+
+
+def test_resume_without_checkpoints_refuses_and_keeps_best_and_history(tmp_path, finished_run, capfd):
+    """checkpoints/ deleted, --resume: one line naming best/ and history.json and how to keep them; both unchanged."""
+    workdir = copy_run(finished_run[1], tmp_path / "run")
+    shutil.rmtree(workdir / "checkpoints")
+    kept = [workdir / "best", workdir / "history.json"]
+    before = file_bytes(kept)
+    capfd.readouterr()
+    assert cli.main([*CLI_ARGS, "--workdir", str(workdir), "--resume"]) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    best = finished_run[0].history and max(finished_run[0].history, key=lambda h: h["val_acc"])["epoch"]
+    for needle in (f"best/{best}", "history.json (epochs 1-2)", "--resume-from-best", f"mv {workdir} {workdir}.old"):
+        assert needle in err[0], (needle, err[0])
+    assert file_bytes(kept) == before
+    shutil.rmtree(workdir / "best")  # history.json alone is kept too, by a fresh run and by --resume
+    for argv in ([], ["--resume"]):
+        assert cli.main([*CLI_ARGS, "--workdir", str(workdir), *argv]) == 1
+        assert "history.json" in capfd.readouterr().err
+    assert file_bytes([workdir / "history.json"]) == {k: v for k, v in before.items() if k.endswith("history.json")}
+
+
+def test_resume_from_best_continues_exactly_from_the_best_epoch(tmp_path, finished_run, uninterrupted):
+    """--resume-from-best with checkpoints/ gone: best/N is a whole TrainState, so the run continues from epoch N
+    exactly (ends like the straight run); a history.json with later epochs is kept aside, not overwritten."""
+    workdir = copy_run(finished_run[1], tmp_path / "run")
+    shutil.rmtree(workdir / "checkpoints")
+    best = Checkpoints(workdir)
+    epoch = best.best_epoch()
+    best.close()
+    if epoch == 2:  # make best/ hold epoch 1, as after a run whose held-out accuracy peaked early
+        shutil.rmtree(workdir / "best")
+        shutil.copytree(finished_run[1] / "checkpoints" / "1", workdir / "best" / "1")
+        fit_module._write_json(workdir / "history.json", uninterrupted.history)
+        epoch = 1
+    later = (workdir / "history.json").read_bytes()
+    lines = []
+    result = fit(mlp_config(epochs=2), workdir=workdir, resume="best", log=lines.append)
+    assert any(f"copied best/{epoch} to checkpoints/{epoch}" in line for line in lines), lines
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert_ends_like(workdir, uninterrupted)
+    if epoch < 2:
+        assert (workdir / "history.until-epoch-2.json").read_bytes() == later
+    with pytest.raises(CheckpointError, match="continue from epoch 2 with --resume"):
+        fit(mlp_config(epochs=3), workdir=workdir, resume="best", **QUIET)
+
+
+# ---------------------------------------------------------------- issue 25: flags refused in one line, naming the flag
+
+@pytest.mark.parametrize(("argv", "flag", "message"), [
+    (["--seed", "-1"], "--seed", r"seed must be in \[0, 9223372036854775807\] \(got -1\)"),
+    (["--seed", str(2**64)], "--seed", r"seed must be in \[0, "),
+    (["--seed", "1.5"], "--seed", "not a whole number"),
+    (["--warmup-epochs", "2", "--epochs", "2"], "--warmup-epochs", r"must be shorter than the run \(epochs=2\)"),
+    (["--warmup-epochs", "1", "--epochs", "3", "--schedule", "step"], "--warmup-epochs", "cosine schedule only"),
+])
+def test_cli_refuses_a_seed_out_of_range_and_a_warm_up_the_run_never_finishes(argv, flag, message, capsys):
+    """A seed JAX or numpy cannot take, and a warm-up as long as the run (or with a schedule that ignores it), are
+    refused by the parser naming the flag and the range; the same checks refuse the same TrainConfig in Python."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--workdir", "/nonexistent/never-used"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}:" in err and re.search(message, err), err
+
+
+def test_fit_refuses_a_seed_out_of_range_and_a_warm_up_as_long_as_the_run():
+    """TrainConfig.check: the same ranges as the CLI flags, naming the field."""
+    for config, message in ((mlp_config(seed=-1), r"seed must be in \[0, "),
+                            (mlp_config(seed=2.0), "seed must be a whole number"),
+                            (mlp_config(epochs=2, warmup_epochs=2.5), "warmup_epochs .* must be shorter than the run"),
+                            (mlp_config(warmup_epochs=0.5, schedule="constant"), "cosine schedule only")):
+        with pytest.raises(ValueError, match=message):
+            fit(config, **QUIET)
+
+
+def test_distributed_without_a_coordinator_is_one_line(capfd, monkeypatch):
+    """--distributed with no coordinator (no flags, no environment): one line saying which flags to pass, exit 1."""
+    for variable in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID",
+                     "OMPI_MCA_orte_hnp_uri", "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    from jax._src import xla_bridge  # the backend of this test process is up; the CLI checks run before it matters
+
+    monkeypatch.setattr(xla_bridge, "_backends", {})
+    for argv, needle in (([], "--coordinator-address HOST:PORT"), (["--coordinator-address", "localhost"],
+                                                                     "must be HOST:PORT")):
+        capfd.readouterr()
+        assert cli.main(["--distributed", *argv, "--workdir", "/nonexistent/never-used", "--no-progress"]) == 1
+        err = capfd.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err

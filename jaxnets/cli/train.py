@@ -13,7 +13,7 @@ import sys
 from jaxnets import backend, data
 from jaxnets.paths import expand_path
 from jaxnets.training import CheckpointError, NonFiniteLoss, TrainConfig, distributed, fit
-from jaxnets.training.fit import check_field
+from jaxnets.training.fit import RESUME_FROM_BEST, check_field
 from jaxnets.training.presets import PRESETS, preset
 
 _TYPES = {"int": int, "float": float, "bool": bool, "int | None": int}
@@ -81,6 +81,8 @@ def parser() -> argparse.ArgumentParser:
     config_flags(p)
     p.add_argument("--workdir", default=None, help="checkpoints, history.json, curves.png (default runs/MODEL-DATASET)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --workdir")
+    p.add_argument("--resume-from-best", action="store_true",
+                   help="continue from the epoch saved in WORKDIR/best/ when WORKDIR/checkpoints/ is gone")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--no-cache", action="store_true", help="do not use or fill the compilation cache "
                    "($JAXNETS_CACHE/xla; JAXNETS_COMPILE_CACHE=0 does the same)")
@@ -128,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     say(f"jaxnets-train: {config.model} on {config.dataset} ({config.mode}), {config.epochs} epochs, "
         f"{config.optimizer} lr {config.lr}, batch {config.batch_size} -> {workdir}", flush=True)
     try:
-        result = fit(config, workdir=workdir, resume=args.resume, progress=False if args.no_progress else None,
+        resume = RESUME_FROM_BEST if args.resume_from_best else args.resume
+        result = fit(config, workdir=workdir, resume=resume, progress=False if args.no_progress else None,
                      tensorboard=not args.no_tensorboard)
     except (data.DataError, CheckpointError, NonFiniteLoss, FileExistsError, ValueError, OSError) as err:
         print(f"jaxnets-train: error: {err}", file=sys.stderr)
