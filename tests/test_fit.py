@@ -280,6 +280,23 @@ def assert_ends_like(workdir: Path, straight):
     assert not list(workdir.glob("*.tmp"))
 
 
+def assert_tensorboard_is_history(workdir: Path) -> None:
+    """The TensorBoard log in `workdir` has exactly one point per epoch of history.json, with its values, for every
+    scalar (read back with TensorBoard's own reader, keeping every event)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: PLC0415
+    from jaxnets.training.tensorboard import SCALARS  # noqa: PLC0415
+
+    history = strict_json(workdir / "history.json")
+    events = EventAccumulator(str(workdir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    for key, tag in SCALARS.items():
+        expected = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
+        points = [(e.step, e.value) for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+        assert [step for step, _ in points] == [epoch for epoch, _ in expected], (tag, points, expected)
+        assert [v for _, v in points] == pytest.approx([v for _, v in expected], rel=1e-6), tag
+    assert len(events.Tensors("config/text_summary")) == 1
+
+
 # ---------------------------------------------------------------- 1. one process owns a run folder
 
 HOLD_LOCK = """
@@ -363,6 +380,7 @@ def test_save_model_overwrite_replaces_only_a_model_folder(tmp_path, getkey):
 #   best-commit  best/2 is written, about to be renamed; best/1 still there
 #   history   history.json.tmp is written, not yet renamed over history.json (still at epoch 1)
 #   curves    curves.png.tmp is half written
+#   sigterm   SIGTERM at step 10 of the epoch (mid-epoch; the previous epoch is saved and logged)
 #   enospc    not a kill: the disk is full when orbax starts writing epoch 2's arrays (the CLI exits 1)
 # Each child's stdout/stderr go to files beside its workdir, so what orbax's writer threads print at exit is seen.
 KILL_AT = r"""
@@ -411,6 +429,22 @@ def run(phase):
         kill_on_entry(StandardCheckpointHandler, "async_save", "best")
     elif phase == "best-commit":
         kill_on_entry(AtomicRenameTemporaryPath, "finalize", "best", tmp_path_of)
+    elif phase == "sigterm":  # SIGTERM (default action: the process ends at once) at step 10 of the epoch
+        run_epoch = fit_module._run_epoch
+
+        def _run_epoch(state, steps, loader, eval_loaders, e, *a):
+            if e + 1 == epoch:
+                train, count = steps.train, iter(range(10**9))
+
+                def terminated_at_step_10(state, batch):
+                    if next(count) == 10:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                    return train(state, batch)
+
+                steps = steps._replace(train=terminated_at_step_10)
+            return run_epoch(state, steps, loader, eval_loaders, e, *a)
+
+        fit_module._run_epoch = _run_epoch
     elif phase == "enospc":
         original = StandardCheckpointHandler.async_save
 
@@ -458,7 +492,7 @@ print(json.dumps(statuses))
 """
 CLI_ARGS = ["--model", "mlp", "--dataset", "digits", "--epochs", "2", "--batch-size", "32", "--optimizer", "adam",
             "--lr", "0.003", "--schedule", "cosine", "--seed", "3", "--no-progress"]
-KILL_PHASES = ["state", "metadata", "commit", "best", "best-commit", "history", "curves"]
+KILL_PHASES = ["state", "metadata", "commit", "best", "best-commit", "history", "curves", "sigterm"]
 
 
 class Interrupted(NamedTuple):
@@ -491,7 +525,8 @@ def test_kill_9_inside_each_phase_of_a_save_then_resume_ends_like_an_uninterrupt
                                                                                       uninterrupted):
     """Finding 3: whatever the moment of the kill, --resume repairs the folder and ends where a straight run does."""
     killed = interrupted_runs[phase]
-    assert killed.code == -signal.SIGKILL, f"the kill point was never reached:\n{killed.stdout}{killed.stderr}"
+    signum = signal.SIGTERM if phase == "sigterm" else signal.SIGKILL
+    assert killed.code == -signum, f"the kill point was never reached:\n{killed.stdout}{killed.stderr}"
     workdir = killed.workdir
     assert (workdir / ".lock-holder.json").exists(), "killed runs leave their lock record behind"
     written = [1, 2] if phase == "curves" else [1]  # history.json goes before curves.png
@@ -499,6 +534,7 @@ def test_kill_9_inside_each_phase_of_a_save_then_resume_ends_like_an_uninterrupt
 
     assert cli.main([*CLI_ARGS, "--workdir", str(workdir), "--resume"]) == 0
     assert_ends_like(workdir, uninterrupted)
+    assert_tensorboard_is_history(workdir)
 
 
 def test_a_checkpoint_saved_without_its_history_is_completed_on_resume(tmp_path, finished_run, uninterrupted):
@@ -914,3 +950,38 @@ def test_distributed_without_a_coordinator_is_one_line(capfd, monkeypatch):
         assert cli.main(["--distributed", *argv, "--workdir", "/nonexistent/never-used", "--no-progress"]) == 1
         err = capfd.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
+
+
+# ---------------------------------------------------------------- issue 25: TensorBoard after any interruption
+
+def test_resume_writes_back_the_tensorboard_points_a_killed_run_never_logged(tmp_path, finished_run, uninterrupted):
+    """In-process: a folder whose TensorBoard log stops at epoch 1 while epoch 2 is saved (a kill between the two)
+    and holds a stray second event file; --resume (nothing left to train) rebuilds it: one point per epoch."""
+    from jaxnets.training.tensorboard import TensorBoard  # noqa: PLC0415
+
+    workdir = copy_run(finished_run[1], tmp_path / "run")
+    TensorBoard(workdir / "tensorboard", {"model": "mlp"}, history=uninterrupted.history[:1]).close()
+    (workdir / "tensorboard" / "events.out.tfevents.0.stray").write_bytes(
+        next((workdir / "tensorboard").glob("events.out.tfevents.*")).read_bytes())
+    fit(mlp_config(epochs=2), workdir=workdir, resume=True, **QUIET)
+    assert_tensorboard_is_history(workdir)
+
+
+@pytest.mark.slow  # a fresh process is killed, then two resumes (about 20 s)
+def test_tensorboard_has_one_point_per_epoch_after_a_kill_and_after_a_rollback(tmp_path, compile_cache_env,
+                                                                                finished_run, uninterrupted):
+    """A real kill -9 after epoch 1's checkpoint and history.json, before its TensorBoard point: --resume writes the
+    missing point back. Then a rollback (epoch 2's checkpoint moved away, trained again): still one point per epoch."""
+    driver = subprocess.run([sys.executable, "-c", KILL_AT, "1", str(tmp_path), "curves", *CLI_ARGS], cwd=REPO,
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(REPO), **compile_cache_env))
+    assert json.loads(driver.stdout.strip().splitlines()[-1]) == {"curves": -signal.SIGKILL}, driver.stderr
+    workdir = tmp_path / "curves"
+    assert [h["epoch"] for h in strict_json(workdir / "history.json")] == [1]
+    assert cli.main([*CLI_ARGS, "--workdir", str(workdir), "--resume"]) == 0
+    assert_ends_like(workdir, uninterrupted)
+    assert_tensorboard_is_history(workdir)
+
+    shutil.move(workdir / "checkpoints" / "2", tmp_path / "epoch-2")
+    assert cli.main([*CLI_ARGS, "--workdir", str(workdir), "--resume"]) == 0
+    assert_tensorboard_is_history(workdir)
