@@ -152,4 +152,5 @@ def test_single_layers_match_pytorchs_defaults(ours, theirs):
     for leaf, name in (("kernel", "weight"), ("bias", "bias")):
         if leaf in mine:
             their = np.concatenate([t.state_dict()[name].numpy().ravel() for t in twins]).astype(np.float64)
-            assert_same_distribution(np.asarray(mine[leaf], np.float64).ravel(), their, f"{type(layer).__name__} {leaf}")
+            drawn = np.asarray(mine[leaf], np.float64).ravel()
+            assert_same_distribution(drawn, their, f"{type(layer).__name__} {leaf}")
