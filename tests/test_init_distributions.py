@@ -154,3 +154,22 @@ def test_single_layers_match_pytorchs_defaults(ours, theirs):
             their = np.concatenate([t.state_dict()[name].numpy().ravel() for t in twins]).astype(np.float64)
             drawn = np.asarray(mine[leaf], np.float64).ravel()
             assert_same_distribution(drawn, their, f"{type(layer).__name__} {leaf}")
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet", "lenet-cifar"])
+def test_no_two_parameters_share_a_random_stream(name):
+    """Each leaf is an independent draw, as PyTorch's are: no two leaves of one init (each divided by its own largest
+    value) share more values than chance allows, which a key reused between layers or between a kernel and its bias
+    would give (the per-leaf distributions above would not see it)."""
+    variables = jax.device_get(models.init(models.create(name), jax.random.key(0)))["params"]
+    leaves = {jax.tree_util.keystr(path): np.abs(np.asarray(v, np.float64).ravel())
+              for path, v in jax.tree_util.tree_flatten_with_path(variables)[0]}
+    leaves = {k: np.sort(v / v.max()) for k, v in leaves.items() if v.max() > 0}
+    names = sorted(leaves)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            x, y = leaves[a], leaves[b]
+            nearest = np.clip(np.searchsorted(x, y), 1, len(x) - 1)
+            gap = np.minimum(np.abs(x[nearest] - y), np.abs(x[nearest - 1] - y))
+            shared = int(np.sum(gap < 1e-7))
+            assert shared <= 5 + 20 * len(x) * len(y) * 1e-7, f"{a} and {b} share {shared} values"
