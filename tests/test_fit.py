@@ -280,6 +280,23 @@ def assert_ends_like(workdir: Path, straight):
     assert not list(workdir.glob("*.tmp"))
 
 
+def assert_tensorboard_is_history(workdir: Path) -> None:
+    """The TensorBoard log in `workdir` has exactly one point per epoch of history.json, with its values, for every
+    scalar (read back with TensorBoard's own reader, keeping every event)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: PLC0415
+    from jaxnets.training.tensorboard import SCALARS  # noqa: PLC0415
+
+    history = strict_json(workdir / "history.json")
+    events = EventAccumulator(str(workdir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    for key, tag in SCALARS.items():
+        expected = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
+        points = [(e.step, e.value) for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+        assert [step for step, _ in points] == [epoch for epoch, _ in expected], (tag, points, expected)
+        assert [v for _, v in points] == pytest.approx([v for _, v in expected], rel=1e-6), tag
+    assert len(events.Tensors("config/text_summary")) == 1
+
+
 # ---------------------------------------------------------------- 1. one process owns a run folder
 
 HOLD_LOCK = """
@@ -363,6 +380,7 @@ def test_save_model_overwrite_replaces_only_a_model_folder(tmp_path, getkey):
 #   best-commit  best/2 is written, about to be renamed; best/1 still there
 #   history   history.json.tmp is written, not yet renamed over history.json (still at epoch 1)
 #   curves    curves.png.tmp is half written
+#   sigterm   SIGTERM at step 10 of the epoch (mid-epoch; the previous epoch is saved and logged)
 #   enospc    not a kill: the disk is full when orbax starts writing epoch 2's arrays (the CLI exits 1)
 # Each child's stdout/stderr go to files beside its workdir, so what orbax's writer threads print at exit is seen.
 KILL_AT = r"""
@@ -411,6 +429,22 @@ def run(phase):
         kill_on_entry(StandardCheckpointHandler, "async_save", "best")
     elif phase == "best-commit":
         kill_on_entry(AtomicRenameTemporaryPath, "finalize", "best", tmp_path_of)
+    elif phase == "sigterm":  # SIGTERM (default action: the process ends at once) at step 10 of the epoch
+        run_epoch = fit_module._run_epoch
+
+        def _run_epoch(state, steps, loader, eval_loaders, e, *a):
+            if e + 1 == epoch:
+                train, count = steps.train, iter(range(10**9))
+
+                def terminated_at_step_10(state, batch):
+                    if next(count) == 10:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                    return train(state, batch)
+
+                steps = steps._replace(train=terminated_at_step_10)
+            return run_epoch(state, steps, loader, eval_loaders, e, *a)
+
+        fit_module._run_epoch = _run_epoch
     elif phase == "enospc":
         original = StandardCheckpointHandler.async_save
 
@@ -458,7 +492,7 @@ print(json.dumps(statuses))
 """
 CLI_ARGS = ["--model", "mlp", "--dataset", "digits", "--epochs", "2", "--batch-size", "32", "--optimizer", "adam",
             "--lr", "0.003", "--schedule", "cosine", "--seed", "3", "--no-progress"]
-KILL_PHASES = ["state", "metadata", "commit", "best", "best-commit", "history", "curves"]
+KILL_PHASES = ["state", "metadata", "commit", "best", "best-commit", "history", "curves", "sigterm"]
 
 
 class Interrupted(NamedTuple):
@@ -491,7 +525,8 @@ def test_kill_9_inside_each_phase_of_a_save_then_resume_ends_like_an_uninterrupt
                                                                                       uninterrupted):
     """Finding 3: whatever the moment of the kill, --resume repairs the folder and ends where a straight run does."""
     killed = interrupted_runs[phase]
-    assert killed.code == -signal.SIGKILL, f"the kill point was never reached:\n{killed.stdout}{killed.stderr}"
+    signum = signal.SIGTERM if phase == "sigterm" else signal.SIGKILL
+    assert killed.code == -signum, f"the kill point was never reached:\n{killed.stdout}{killed.stderr}"
     workdir = killed.workdir
     assert (workdir / ".lock-holder.json").exists(), "killed runs leave their lock record behind"
     written = [1, 2] if phase == "curves" else [1]  # history.json goes before curves.png
@@ -499,6 +534,7 @@ def test_kill_9_inside_each_phase_of_a_save_then_resume_ends_like_an_uninterrupt
 
     assert cli.main([*CLI_ARGS, "--workdir", str(workdir), "--resume"]) == 0
     assert_ends_like(workdir, uninterrupted)
+    assert_tensorboard_is_history(workdir)
 
 
 def test_a_checkpoint_saved_without_its_history_is_completed_on_resume(tmp_path, finished_run, uninterrupted):
@@ -815,3 +851,137 @@ def test_lenet_hint_names_the_missing_channel_axis():
         model.apply(variables, jnp.zeros((2, 28, 28)))
     with pytest.raises(ValueError, match=r"Add a batch axis: x\[None\]"):
         model.apply(variables, jnp.zeros((28, 28, 1)))
+
+
+# ---------------------------------------------------------------- issue 25: resume never destroys what it cannot resume
+
+def file_bytes(paths) -> dict:
+    return {str(p): p.read_bytes() for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*")))
+            if p.is_file()}
+
+
+def test_resume_without_checkpoints_refuses_and_keeps_best_and_history(tmp_path, finished_run, capfd):
+    """checkpoints/ deleted, --resume: one line naming best/ and history.json and how to keep them; both unchanged."""
+    workdir = copy_run(finished_run[1], tmp_path / "run")
+    shutil.rmtree(workdir / "checkpoints")
+    kept = [workdir / "best", workdir / "history.json"]
+    before = file_bytes(kept)
+    capfd.readouterr()
+    assert cli.main([*CLI_ARGS, "--workdir", str(workdir), "--resume"]) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    best = finished_run[0].history and max(finished_run[0].history, key=lambda h: h["val_acc"])["epoch"]
+    for needle in (f"best/{best}", "history.json (epochs 1-2)", "--resume-from-best", f"mv {workdir} {workdir}.old"):
+        assert needle in err[0], (needle, err[0])
+    assert file_bytes(kept) == before
+    shutil.rmtree(workdir / "best")  # history.json alone is kept too, by a fresh run and by --resume
+    for argv in ([], ["--resume"]):
+        assert cli.main([*CLI_ARGS, "--workdir", str(workdir), *argv]) == 1
+        assert "history.json" in capfd.readouterr().err
+    assert file_bytes([workdir / "history.json"]) == {k: v for k, v in before.items() if k.endswith("history.json")}
+
+
+def test_resume_from_best_continues_exactly_from_the_best_epoch(tmp_path, finished_run, uninterrupted):
+    """--resume-from-best with checkpoints/ gone: best/N is a whole TrainState, so the run continues from epoch N
+    exactly (ends like the straight run); a history.json with later epochs is kept aside, not overwritten."""
+    workdir = copy_run(finished_run[1], tmp_path / "run")
+    shutil.rmtree(workdir / "checkpoints")
+    best = Checkpoints(workdir)
+    epoch = best.best_epoch()
+    best.close()
+    if epoch == 2:  # make best/ hold epoch 1, as after a run whose held-out accuracy peaked early
+        shutil.rmtree(workdir / "best")
+        shutil.copytree(finished_run[1] / "checkpoints" / "1", workdir / "best" / "1")
+        fit_module._write_json(workdir / "history.json", uninterrupted.history)
+        epoch = 1
+    later = (workdir / "history.json").read_bytes()
+    lines = []
+    result = fit(mlp_config(epochs=2), workdir=workdir, resume="best", log=lines.append)
+    assert any(f"copied best/{epoch} to checkpoints/{epoch}" in line for line in lines), lines
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert_ends_like(workdir, uninterrupted)
+    if epoch < 2:
+        assert (workdir / "history.until-epoch-2.json").read_bytes() == later
+    with pytest.raises(CheckpointError, match="continue from epoch 2 with --resume"):
+        fit(mlp_config(epochs=3), workdir=workdir, resume="best", **QUIET)
+
+
+# ---------------------------------------------------------------- issue 25: flags refused in one line, naming the flag
+
+@pytest.mark.parametrize(("argv", "flag", "message"), [
+    (["--seed", "-1"], "--seed", r"seed must be in \[0, 9223372036854775807\] \(got -1\)"),
+    (["--seed", str(2**64)], "--seed", r"seed must be in \[0, "),
+    (["--seed", "1.5"], "--seed", "not a whole number"),
+    (["--warmup-epochs", "2", "--epochs", "2"], "--warmup-epochs", r"must be shorter than the run \(epochs=2\)"),
+    (["--warmup-epochs", "1", "--epochs", "3", "--schedule", "step"], "--warmup-epochs", "cosine schedule only"),
+])
+def test_cli_refuses_a_seed_out_of_range_and_a_warm_up_the_run_never_finishes(argv, flag, message, capsys):
+    """A seed JAX or numpy cannot take, and a warm-up as long as the run (or with a schedule that ignores it), are
+    refused by the parser naming the flag and the range; the same checks refuse the same TrainConfig in Python."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--workdir", "/nonexistent/never-used"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}:" in err and re.search(message, err), err
+
+
+def test_fit_refuses_a_seed_out_of_range_and_a_warm_up_as_long_as_the_run():
+    """TrainConfig.check: the same ranges as the CLI flags, naming the field."""
+    for config, message in ((mlp_config(seed=-1), r"seed must be in \[0, "),
+                            (mlp_config(seed=2.0), "seed must be a whole number"),
+                            (mlp_config(epochs=2, warmup_epochs=2.5), "warmup_epochs .* must be shorter than the run"),
+                            (mlp_config(warmup_epochs=0.5, schedule="constant"), "cosine schedule only")):
+        with pytest.raises(ValueError, match=message):
+            fit(config, **QUIET)
+
+
+def test_distributed_without_a_coordinator_is_one_line(capfd, monkeypatch):
+    """--distributed with no coordinator (no flags, no environment): one line saying which flags to pass, exit 1."""
+    for variable in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID",
+                     "OMPI_MCA_orte_hnp_uri", "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    from jax._src import xla_bridge  # the backend of this test process is up; the CLI checks run before it matters
+
+    monkeypatch.setattr(xla_bridge, "_backends", {})
+    for argv, needle in (([], "--coordinator-address HOST:PORT"), (["--coordinator-address", "localhost"],
+                                                                     "must be HOST:PORT")):
+        capfd.readouterr()
+        assert cli.main(["--distributed", *argv, "--workdir", "/nonexistent/never-used", "--no-progress"]) == 1
+        err = capfd.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+
+
+# ---------------------------------------------------------------- issue 25: TensorBoard after any interruption
+
+def test_resume_writes_back_the_tensorboard_points_a_killed_run_never_logged(tmp_path, finished_run, uninterrupted):
+    """In-process: a folder whose TensorBoard log stops at epoch 1 while epoch 2 is saved (a kill between the two)
+    and holds a stray second event file; --resume (nothing left to train) rebuilds it: one point per epoch."""
+    from jaxnets.training.tensorboard import TensorBoard  # noqa: PLC0415
+
+    workdir = copy_run(finished_run[1], tmp_path / "run")
+    TensorBoard(workdir / "tensorboard", {"model": "mlp"}, history=uninterrupted.history[:1]).close()
+    (workdir / "tensorboard" / "events.out.tfevents.0.stray").write_bytes(
+        next((workdir / "tensorboard").glob("events.out.tfevents.*")).read_bytes())
+    fit(mlp_config(epochs=2), workdir=workdir, resume=True, **QUIET)
+    assert_tensorboard_is_history(workdir)
+
+
+@pytest.mark.slow  # a fresh process is killed, then two resumes (about 20 s)
+def test_tensorboard_has_one_point_per_epoch_after_a_kill_and_after_a_rollback(tmp_path, compile_cache_env,
+                                                                                finished_run, uninterrupted):
+    """A real kill -9 after epoch 1's checkpoint and history.json, before its TensorBoard point: --resume writes the
+    missing point back. Then a rollback (epoch 2's checkpoint moved away, trained again): still one point per epoch."""
+    driver = subprocess.run([sys.executable, "-c", KILL_AT, "1", str(tmp_path), "curves", *CLI_ARGS], cwd=REPO,
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(REPO), **compile_cache_env))
+    assert json.loads(driver.stdout.strip().splitlines()[-1]) == {"curves": -signal.SIGKILL}, driver.stderr
+    workdir = tmp_path / "curves"
+    assert [h["epoch"] for h in strict_json(workdir / "history.json")] == [1]
+    assert cli.main([*CLI_ARGS, "--workdir", str(workdir), "--resume"]) == 0
+    assert_ends_like(workdir, uninterrupted)
+    assert_tensorboard_is_history(workdir)
+
+    shutil.move(workdir / "checkpoints" / "2", tmp_path / "epoch-2")
+    assert cli.main([*CLI_ARGS, "--workdir", str(workdir), "--resume"]) == 0
+    assert_tensorboard_is_history(workdir)

@@ -15,7 +15,7 @@ import sys
 from jaxnets import backend, data
 from jaxnets.paths import expand_path
 from jaxnets.training import CheckpointError, NonFiniteLoss, TrainConfig, distributed, fit
-from jaxnets.training.fit import check_field
+from jaxnets.training.fit import RESUME_FROM_BEST, check_field
 from jaxnets.training.presets import PRESETS, preset
 
 _TYPES = {"int": int, "float": float, "bool": bool, "int | None": int}
@@ -34,7 +34,7 @@ def _value_parser(field: dataclasses.Field):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+            raise argparse.ArgumentTypeError(f"not {'a whole' if kind is int else 'a'} number: {text!r}") from None
         try:
             check_field(field.name, value)
         except ValueError as err:
@@ -83,6 +83,8 @@ def parser() -> argparse.ArgumentParser:
     config_flags(p)
     p.add_argument("--workdir", default=None, help="checkpoints, history.json, curves.png (default runs/MODEL-DATASET)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --workdir")
+    p.add_argument("--resume-from-best", action="store_true",
+                   help="continue from the epoch saved in WORKDIR/best/ when WORKDIR/checkpoints/ is gone")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--no-cache", action="store_true", help="do not use or fill the compilation cache "
                    "($JAXNETS_CACHE/xla; JAXNETS_COMPILE_CACHE=0 does the same) nor the decoded-data caches (.npz "
@@ -138,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"argument --{field.replace('_', '-')}: {err}")
     workdir = expand_path(args.workdir or f"runs/{config.model}-{config.dataset}")
     if config.distributed:  # before anything starts JAX's backend
-        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+        try:
+            distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+        except (ValueError, RuntimeError) as err:
+            print(f"jaxnets-train: error: {err}", file=sys.stderr)
+            return 1
     elif any(v is not None for v in (args.coordinator_address, args.num_processes, args.process_id)):
         p.error("--coordinator-address, --num-processes and --process-id need --distributed")
     # One voice: only process 0 reports (fit silences the others itself); errors come from every process.
@@ -150,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_cache:
         data_env[data.cache.CACHE_ENV] = "0"
     try:
+        resume = RESUME_FROM_BEST if args.resume_from_best else args.resume
         with _environment(data_env):
-            result = fit(config, workdir=workdir, resume=args.resume, progress=False if args.no_progress else None,
+            result = fit(config, workdir=workdir, resume=resume, progress=False if args.no_progress else None,
                          tensorboard=not args.no_tensorboard)
     except (data.DataError, CheckpointError, NonFiniteLoss, FileExistsError, ValueError, OSError) as err:
         print(f"jaxnets-train: error: {err}", file=sys.stderr)

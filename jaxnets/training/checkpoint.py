@@ -375,24 +375,27 @@ class Checkpoints:
         return (f" Epochs {others} are also saved: to resume from epoch {others[-1]}, move this one out of the way "
                 f"(mv {where / str(epoch)} {self.workdir / f'corrupt-epoch-{epoch}'}) and resume again.")
 
-    def read_meta(self, epoch: int | None = None) -> dict:
-        """The JSON metadata (config, history) of a checkpoint, without touching its arrays.
+    def read_meta(self, epoch: int | None = None, best: bool = False) -> dict:
+        """The JSON metadata (config, history) of a checkpoint (of `best/` when `best`), without touching its arrays.
 
         Raises:
           CheckpointError: none saved, or the metadata is unreadable (the message offers older epochs).
         """
-        epoch = self.latest_epoch() if epoch is None else epoch
-        where = self.workdir / "checkpoints"
+        manager = self._best if best else self._last
+        if epoch is None:
+            epoch = self.best_epoch() if best else self.latest_epoch()
+        where = self.workdir / ("best" if best else "checkpoints")
         if epoch is None:
             raise CheckpointError(f"no checkpoint in {where}")
         try:
-            meta = self._last.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            meta = manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
             if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
                 raise ValueError("no run config in it")
             return meta
         except Exception as err:  # orbax raises many types
+            hint = "" if best else self._older_hint(epoch, where)
             raise CheckpointError(f"cannot read {where / str(epoch)} (epoch {epoch}): corrupt metadata "
-                                  f"({_first_line(err)}).{self._older_hint(epoch, where)}") from err
+                                  f"({_first_line(err)}).{hint}") from err
 
     def restore(self, target_arrays: dict, epoch: int | None = None, best: bool = False) -> tuple[dict, dict]:
         """Restore `(state_arrays, meta)` against `target_arrays`' structure, shapes and dtypes; verify the checksum.
@@ -426,6 +429,24 @@ class Checkpoints:
                                   f"match the checksum saved with them (the files changed after they were written)."
                                   f"{hint}")
         return state, meta
+
+    def checkpoint_from_best(self, target_arrays: dict) -> int:
+        """Copy `best/<N>` to `checkpoints/<N>` (verified first), so a run whose `checkpoints/` is gone resumes from N.
+
+        `best/` holds a whole TrainState (weights, optimizer state, RNG, step) and
+        the history up to its epoch, so resuming from the copy is resuming from
+        epoch N exactly. Only for the lock holder.
+
+        Returns:
+          N, the epoch copied.
+
+        Raises:
+          CheckpointError: `best/` is empty, corrupt or written for another model.
+        """
+        arrays, meta = self.restore(target_arrays, best=True)
+        epoch = self.best_epoch()
+        self._write(self._last, epoch, self._args(arrays, meta), "checkpoints")
+        return epoch
 
     def close(self) -> None:
         self._last.close()

@@ -26,6 +26,8 @@ together.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -47,8 +49,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     Raises:
       RuntimeError: JAX's backend already started in this process (it must be
         called before any array is made or any device is listed).
-      ValueError: from JAX, when neither the arguments nor the environment say
-        where the coordinator is.
+      ValueError: neither the arguments nor the environment say where the
+        coordinator is, how many processes there are or which one this is, or
+        they contradict each other (one line saying which flags to pass).
     """
     if jax.distributed.is_initialized():
         return
@@ -58,8 +61,42 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         raise RuntimeError("jax.distributed.initialize must run before JAX starts its backend: call "
                            "jaxnets.training.distributed.initialize() (or pass --distributed) before creating "
                            "arrays or listing devices")
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+    # JAX itself reads only JAX_COORDINATOR_ADDRESS; these two complete it (cluster detection fills the rest).
+    num_processes = _from_env(num_processes, "JAX_NUM_PROCESSES")
+    process_id = _from_env(process_id, "JAX_PROCESS_ID")
+    if coordinator_address is not None and not _is_host_port(coordinator_address):
+        raise ValueError(f"the coordinator address must be HOST:PORT, e.g. 10.0.0.1:1234 (got "
+                         f"{coordinator_address!r}); pass it with --coordinator-address")
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                                   process_id=process_id)
+    except (ValueError, TypeError) as err:  # JAX checks its arguments before it connects to anything
+        raise ValueError(f"cannot join a multi-process run: {str(err).splitlines()[0] if str(err) else err!r} "
+                         f"(coordinator {coordinator_address!r}, {num_processes!r} processes, process id "
+                         f"{process_id!r}). {SETUP_HINT}") from None
+
+
+SETUP_HINT = ("Pass --coordinator-address HOST:PORT (of process 0), --num-processes N and --process-id I (0 to N-1) "
+              "to every process, set JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or run under a "
+              "cluster JAX detects (SLURM, Open MPI, Kubernetes); without --distributed a run uses this host's "
+              "devices only")
+
+
+def _from_env(value: int | None, variable: str) -> int | None:
+    """`value`, else the integer in environment variable `variable` (None when unset)."""
+    text = os.environ.get(variable)
+    if value is not None or not text:
+        return value
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{variable} must be an integer (got {text!r})") from None
+
+
+def _is_host_port(address: str) -> bool:
+    """Whether `address` looks like HOST:PORT (a port number after the last colon, a non-empty host)."""
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit()
 
 
 def is_main_process() -> bool:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
+import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -43,6 +45,9 @@ from jaxnets.training.steps import MODES, Steps, evaluate, make_steps, merge, re
 RESUME_MUST_MATCH = ("model", "model_kwargs", "dataset", "split", "val_fraction", "seed", "batch_size", "augment",
                      "normalize", "loss", "label_smoothing", "optimizer", "lr", "momentum", "nesterov",
                      "weight_decay", "schedule", "warmup_epochs", "dtype", "image_size")
+
+
+RESUME_FROM_BEST = "best"  # fit(resume=...): continue from best/ in a run folder whose checkpoints/ is gone
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -134,6 +139,12 @@ class TrainConfig:
             raise ValueError(f"mode must be one of {MODES} (got {self.mode!r})")
         if self.dtype not in precision.DTYPES:
             raise ValueError(f"dtype must be one of {precision.DTYPES} (got {self.dtype!r})")
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs:g}) applies to the cosine schedule only (this run "
+                             f"uses schedule={self.schedule!r}): drop the warm-up or use schedule='cosine'")
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs:g}) must be shorter than the run (epochs="
+                             f"{self.epochs}): the learning rate would never reach its peak or decay")
         if self.batch_size % self.accumulate:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of accumulate ({self.accumulate}): "
                              "each optimizer step splits its batch into accumulate equal micro-batches")
@@ -152,6 +163,7 @@ class TrainConfig:
         return cls(**values)
 
 
+SEED_MAX = 2**63 - 1  # jax.random.key takes a signed 64-bit seed; numpy's generators a non-negative one
 # field -> (low, high, low excluded, high excluded); high None: unbounded.
 _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "epochs": (1, None, False, False), "batch_size": (1, None, False, False),
@@ -159,7 +171,9 @@ _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "lr": (0.0, None, True, False), "momentum": (0.0, 1.0, False, True), "weight_decay": (0.0, None, False, False),
     "warmup_epochs": (0.0, None, False, False), "label_smoothing": (0.0, 1.0, False, True),
     "val_fraction": (0.0, 1.0, False, True), "image_size": (1, None, False, False),
+    "seed": (0, SEED_MAX, False, False),
 }
+_INTEGERS = {"epochs", "batch_size", "eval_batch_size", "keep", "accumulate", "image_size", "seed"}
 _OPTIONAL = {"image_size"}  # None means "not set"; a set value must be in range
 
 
@@ -176,15 +190,20 @@ def check_field(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a number (got {value!r})")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite (got {value})")
+    if name in _INTEGERS and not isinstance(value, int):
+        raise ValueError(f"{name} must be a whole number (got {value})")
     if (value <= low if low_open else value < low) or (high is not None and (value >= high if high_open
                                                                             else value > high)):
         raise ValueError(f"{name} must be {_describe_range(low, high, low_open, high_open)} (got {value})")
 
 
 def _describe_range(low, high, low_open, high_open) -> str:
+    def show(x):
+        return str(x) if isinstance(x, int) else f"{x:g}"
+
     if high is None:
-        return f"> {low:g}" if low_open else f">= {low:g}"
-    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"> {show(low)}" if low_open else f">= {show(low)}"
+    return f"in {'(' if low_open else '['}{show(low)}, {show(high)}{')' if high_open else ']'}"
 
 
 class Splits(NamedTuple):
@@ -357,7 +376,7 @@ def fit(
     config: TrainConfig,
     *,
     workdir: str | Path | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     splits: Splits | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] = print,
@@ -387,7 +406,12 @@ def fit(
         keep nothing on disk).
       resume: continue from the latest checkpoint in `workdir` — weights,
         optimizer state, RNG, step and data order — so that an interrupted
-        run ends where an uninterrupted one would.
+        run ends where an uninterrupted one would. 'best': for a folder whose
+        `checkpoints/` is gone, continue from the epoch saved in `best/` (a
+        whole TrainState: exactly as from that epoch's checkpoint); a
+        history.json recording later epochs is kept as
+        `history.until-epoch-K.json`. With `checkpoints/` empty but `best/` or
+        `history.json` left, `resume=True` refuses rather than start over.
       splits: pre-loaded data (default: `load_splits(config)`).
       progress: show a tqdm bar (None: only on a terminal).
       log: where the per-epoch lines go.
@@ -409,15 +433,19 @@ def fit(
     Raises:
       ValueError: a config value that makes no sense (named), resume without a workdir, or a batch size
         that does not divide over the devices (the message names the nearest valid sizes).
-      FileExistsError: `workdir` already has checkpoints and `resume` is False.
+      FileExistsError: `workdir` already has checkpoints, best/ or history.json and `resume` is False.
       RunLocked: another live run owns `workdir` (named by pid and host).
       WorkdirNotWritable: `workdir` is read-only, blocked by a file, or the disk is full.
       CheckpointError: resuming from a corrupt or mismatched checkpoint, or with
-        a config field that changes the training computation (named).
+        a config field that changes the training computation (named); resuming
+        a folder whose checkpoints/ is gone but whose best/ or history.json is
+        left (named, with how to keep them or to continue from best/).
       NonFiniteLoss: the training or held-out loss or the weights became NaN/inf
         (that epoch is not saved; the last good checkpoint stays).
     """
     config.check()
+    if resume not in (False, True, RESUME_FROM_BEST):
+        raise ValueError(f"resume must be True, False or {RESUME_FROM_BEST!r} (got {resume!r})")
     workdir = None if workdir is None else expand_path(workdir)
     if config.distributed:
         distributed.initialize()  # no-op when the CLI already did it with its flags
@@ -453,9 +481,9 @@ def _open_workdir(workdir: Path, lock: RunLock, resume: bool, keep: int, log) ->
             "releasing it")
     existing = [p for sub in ("checkpoints", "best") if (workdir / sub).is_dir() for p in (workdir / sub).iterdir()
                 if not p.name.startswith(WRITE_PROBE_PREFIX)]  # the other processes of this run may be probing now
-    if existing and not resume:
-        raise FileExistsError(f"{workdir} already holds checkpoints; pass resume=True (--resume) to continue "
-                              "that run, or choose another workdir")
+    if (existing or (workdir / "history.json").exists()) and not resume:
+        raise FileExistsError(f"{workdir} already holds a run (checkpoints, best/ or history.json); pass resume=True "
+                              "(--resume) to continue that run, or choose another workdir")
     for sub in ("checkpoints", "best"):
         probe_writable(workdir / sub)
     checkpoints = Checkpoints(workdir, keep=keep)
@@ -471,9 +499,11 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
     checkpoints = None if workdir is None else _open_workdir(workdir, lock, resume, config.keep, log)
     board = None
     try:
-        if checkpoints is not None and resume and checkpoints.latest_epoch() is not None:
+        source = _resume_source(workdir, checkpoints, resume)
+        if source is not None:
             # Refuse a changed config before spending time on data; model_kwargs can be completed only with data.
-            _check_resume_config(checkpoints.read_meta(), config, [f for f in RESUME_MUST_MATCH if f != "model_kwargs"])
+            _check_resume_config(checkpoints.read_meta(best=source == "best"), config,
+                                 [f for f in RESUME_MUST_MATCH if f != "model_kwargs"])
         splits = splits or load_splits(config, log)
         config = resolve(config, splits.train)  # from here on, the run's config: catalogs resolved once
         preprocess = data.Preprocess.for_dataset(config.dataset, splits.train.images, config.normalize, config.augment)
@@ -501,7 +531,12 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
         fingerprint = data_fingerprint(splits.train) if checkpoints is not None else None
 
         history, start_epoch, best_val, best_epoch = [], 0, -math.inf, None
-        if checkpoints is not None and resume and checkpoints.latest_epoch() is not None:
+        if source == "best":
+            epoch = checkpoints.checkpoint_from_best(state.arrays())
+            log(f"note: copied best/{epoch} to checkpoints/{epoch}: the run continues from epoch {epoch}")
+            if distributed.is_main_process():
+                _keep_later_history(workdir, epoch, log)
+        if source is not None:
             state, history = _resume(checkpoints, config, state, fingerprint, log)
             start_epoch = history[-1]["epoch"] if history else checkpoints.latest_epoch()
             best_epoch = _best_epoch(history)
@@ -510,8 +545,8 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
                 _write_run_files(workdir, history, config, checkpoints)
         elif resume:
             log(f"note: nothing to resume in {workdir}; starting a new run")
-        if tensorboard and workdir is not None:  # a resumed run purges what a killed one logged past start_epoch
-            board = TensorBoard(workdir / "tensorboard", config.to_json(), start_epoch=start_epoch)
+        if tensorboard and workdir is not None:  # rebuilt from the history: one point per epoch, whatever was killed
+            board = TensorBoard(workdir / "tensorboard", config.to_json(), history=history)
 
         for epoch in range(start_epoch, config.epochs):
             state, record = _run_epoch(state, steps, train_loader, eval_loader, epoch, config, checkpoints, progress)
@@ -537,6 +572,75 @@ def _fit(config: TrainConfig, workdir: Path | None, lock: RunLock | None, resume
         if checkpoints is not None:
             checkpoints.close()
     return FitResult(state, history, model, steps, config, contract)
+
+
+def _resume_source(workdir: Path | None, checkpoints: Checkpoints | None, resume: bool | str) -> str | None:
+    """Where a resumed run continues from: 'checkpoints', 'best' (`resume='best'`) or None (a new run).
+
+    A run folder whose `checkpoints/` holds nothing but whose `best/` or
+    `history.json` holds an earlier run's results is never started over:
+    that would overwrite the last surviving weights.
+
+    Raises:
+      CheckpointError: `resume=True` but only `best/` / `history.json` are left
+        (the message names them and how to keep them, or to continue from
+        `best/`); or `resume='best'` with checkpoints present or `best/` empty.
+    """
+    if checkpoints is None or not resume:
+        return None
+    latest, best = checkpoints.latest_epoch(), checkpoints.best_epoch()
+    if resume == RESUME_FROM_BEST:
+        if latest is not None:
+            raise CheckpointError(f"{workdir / 'checkpoints'} holds epochs {checkpoints.epochs()}: continue from "
+                                  f"epoch {latest} with --resume (resume=True); resuming from best/ is for a run "
+                                  "folder whose checkpoints/ is gone")
+        if best is None:
+            raise CheckpointError(f"cannot resume from best/: {workdir / 'best'} holds no saved epoch")
+        return "best"
+    if latest is not None:
+        return "checkpoints"
+    left = _earlier_results(workdir, best)
+    if not left:
+        return None
+    offer = (f"To continue from the weights in best/ (epoch {best}), pass --resume-from-best (resume='best'); to "
+             f"start over, move them away first" if best is not None else "To start over, move them away first")
+    raise CheckpointError(f"cannot resume: {workdir / 'checkpoints'} holds no checkpoint, but {workdir} holds "
+                          f"{' and '.join(left)} of an earlier run, which starting over would overwrite. {offer} "
+                          f"(mv {workdir} {workdir}.old) or choose another workdir (--workdir)")
+
+
+def _earlier_results(workdir: Path, best: int | None) -> list[str]:
+    """What an earlier run left besides checkpoints/, described: best/<N> and history.json (with its epochs)."""
+    left = [f"best/{best} (the weights of epoch {best})"] if best is not None else []
+    history = workdir / "history.json"
+    if history.exists():
+        epochs = _history_epochs(history)
+        left.append(f"history.json (epochs {epochs[0]}-{epochs[-1]})" if epochs else "history.json")
+    return left
+
+
+def _history_epochs(path: Path) -> list[int]:
+    """The epochs `history.json` at `path` records ([] when unreadable)."""
+    try:
+        return [int(h["epoch"]) for h in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+
+
+def _keep_later_history(workdir: Path, epoch: int, log) -> None:
+    """Before a run continues from `best/<epoch>`: move a history.json that records later epochs aside, kept."""
+    path = workdir / "history.json"
+    epochs = _history_epochs(path)
+    if not epochs or max(epochs) <= epoch:
+        return
+    kept = workdir / f"history.until-epoch-{max(epochs)}.json"
+    n = 1
+    while kept.exists():
+        n += 1
+        kept = workdir / f"history.until-epoch-{max(epochs)}.{n}.json"
+    os.replace(path, kept)
+    log(f"note: history.json recorded epochs up to {max(epochs)}; kept as {kept.name}, the run continues from "
+        f"epoch {epoch}")
 
 
 def _resume(checkpoints: Checkpoints, config: TrainConfig, fresh: TrainState, fingerprint: str, log) -> tuple:
