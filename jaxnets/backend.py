@@ -96,12 +96,20 @@ def _jaxlib_knows(option: str) -> bool:
 
 
 def _backend_started() -> bool:
+    """Whether JAX's backend has started (then XLA has read `XLA_FLAGS` already).
+
+    Asks JAX's private `xla_bridge` (jax 0.10 to 0.12 have `backends_are_initialized`);
+    when that API has moved, assumes the worst: the per-jit compiler options still apply then.
+    """
     try:
         from jax._src import xla_bridge  # noqa: PLC0415
-
-        return bool(getattr(xla_bridge, "_backends", {}))
-    except ImportError:  # private API moved: assume the worst (flag may be too late)
+    except ImportError:
         return True
+    probe = getattr(xla_bridge, "backends_are_initialized", None)
+    if callable(probe):
+        return bool(probe())
+    backends = getattr(xla_bridge, "_backends", None)
+    return True if backends is None else bool(backends)
 
 
 def plan_xla_flags(xla_flags: str, setting: str, knows_option: bool, backend_started: bool) -> tuple[str, str]:

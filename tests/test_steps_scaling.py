@@ -102,7 +102,10 @@ def test_the_learning_rate_metric_lands_in_the_history_and_scan_matches_jit():
     history = results["jit"].history
     steps = len(fit_module.load_splits(config).train) // config.batch_size
     schedule = fit_module.learning_rate_schedule(config, steps)
-    assert [h["lr"] for h in history] == pytest.approx([float(schedule(e * steps - 1)) for e in (1, 2)], rel=1e-6)
+    # Float32 rounding of the cosine is relative to the peak rate, not to the (small) rate near the end; jitted
+    # and eager cosines differ by a few ulps (XLA's fused cos differs from the eager op's in jax 0.12).
+    assert [h["lr"] for h in history] == pytest.approx([float(schedule(e * steps - 1)) for e in (1, 2)],
+                                                       rel=1e-6, abs=1e-6 * config.lr)
     assert history[0]["lr"] != history[1]["lr"]
     assert {"val_top5", "test_top5"} <= set(history[-1])
     for jit_epoch, scan_epoch in zip(history, results["scan"].history):
