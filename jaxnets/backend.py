@@ -1,53 +1,56 @@
 """How jaxnets runs convolutions on the CPU: one switch, one place.
 
-XLA:CPU (jaxlib 0.10) hands every large enough convolution to the YNNPACK
-library (the `INDIVIDUAL_CONVOLUTION` member of the XLA option
-`xla_cpu_experimental_ynn_fusion_type`). YNNPACK's training convolutions are
-slow (issue #9 measured ResNet-18's first-stage weight-gradient convolution
-18.6x slower there than in XLA's own Eigen convolution; BENCHMARKS.md has
-the whole-step effect, `jit` vs `jit-xla`). jaxnets therefore, on the
-CPU only:
+XLA:CPU hands every large enough convolution to the YNNPACK library (the
+`INDIVIDUAL_CONVOLUTION` member of the XLA option
+`xla_cpu_experimental_ynn_fusion_type`, in jaxlib 0.10 to 0.12). YNNPACK's
+training convolutions are slow: a weight-gradient convolution of
+ResNet-18's first stage runs many times slower there than in XLA's own
+Eigen convolution (BENCHMARKS.md has the layer and the whole step, `jit`
+vs `jit-xla`). jaxnets therefore, on the CPU only:
 
 1. asks XLA to keep convolutions out of YNNPACK (dots and reductions stay
    there), process-wide, by appending
    `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` to
-   `XLA_FLAGS` when `jaxnets` is imported. The `-name` form removes one member
-   from *this jaxlib's own default*, so nothing of one release's defaults is
-   hard-coded. It is added only when (a) the user's `XLA_FLAGS` does not
-   already set that option, (b) this jaxlib knows the option, and (c) the CPU
-   backend has not started yet (XLA reads `XLA_FLAGS` once). It covers eager
-   and jit alike. If JAX had already started when jaxnets was imported, the
-   same choice is passed to jaxnets' own `jit`s instead (`compiler_options()`);
-   eager ops then keep XLA's defaults.
-2. computes a convolution whose kernel window is larger than its input map
-   (VGG's 3x3 convs on 2x2 maps) as one matmul (`jaxnets.layers`): XLA swaps
-   the operands of such convolutions and runs them far slower than a matmul
-   (issue #9 measured 65-70x on that layer).
+   `XLA_FLAGS`. The `-name` form removes one member from *this jaxlib's own
+   default*, so nothing of one release's defaults is hard-coded. It is added
+   only when (a) the user's `XLA_FLAGS` does not already set that option,
+   (b) this jaxlib knows the option, and (c) the CPU backend has not started
+   yet (XLA reads `XLA_FLAGS` once). It covers eager and jit alike. If JAX
+   had already started when jaxnets was imported, the same choice is passed
+   to jaxnets' own `jit`s instead (`compiler_options()`); eager ops then keep
+   XLA's defaults.
+2. lowers some convolutions itself (`jaxnets.convolution`: maps smaller than
+   the kernel window as one matmul, thin 3x3 kernels as im2col).
 
 On GPU and TPU nothing changes: cuDNN / the TPU compiler stay in charge.
+
+What happens at import: `import jaxnets` calls `configure()`, the only work
+jaxnets does at import, because it must happen before JAX's backend starts:
+it reads `JAXNETS_CPU_CONV` and `XLA_FLAGS`, asks whether the backend has
+started, looks for the option's name in jaxlib's shared libraries (an
+unknown flag in `XLA_FLAGS` would abort the process; a few milliseconds,
+once) and appends the flag. Nothing else runs at import.
 
 Turn all of it off with the environment variable `JAXNETS_CPU_CONV=xla`
 (set before importing jaxnets) to compare against XLA's defaults;
 `JAXNETS_CPU_CONV=fast` (the default) turns it on. `portable()` turns the
-tiny-map matmul off for one block of code (static-graph export for several
-platforms must not bake a CPU-only choice into a GPU/TPU program).
-
-This module also switches on JAX's persistent compilation cache
-(`enable_compilation_cache`): the commands `jaxnets-train` and
-`jaxnets-bench` do by default, plain `import jaxnets` never does.
+CPU-only lowerings off for one block of code (static-graph export for
+several platforms must not bake a CPU-only choice into a GPU/TPU program).
+The persistent compilation cache is `jaxnets.compile_cache`.
 """
-
 from __future__ import annotations
 
 import contextlib
 import functools
 import mmap
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
+
+from jaxnets import compile_cache
 
 ENV_VAR = "JAXNETS_CPU_CONV"
 CHOICES = ("fast", "xla")
@@ -95,7 +98,7 @@ def _jaxlib_knows(option: str) -> bool:
     return False
 
 
-def _backend_started() -> bool:
+def backend_started() -> bool:
     """Whether JAX's backend has started (then XLA has read `XLA_FLAGS` already).
 
     Asks JAX's private `xla_bridge` (jax 0.10 to 0.12 have `backends_are_initialized`);
@@ -137,7 +140,7 @@ def configure() -> str:
     except ValueError:
         setting = "xla"  # reported again, as an error, when a model is built
     flags, reason = plan_xla_flags(os.environ.get("XLA_FLAGS", ""), setting, _jaxlib_knows(YNN_OPTION),
-                                   _backend_started())
+                                   backend_started())
     if flags != os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = flags
     _status["flag"] = reason
@@ -203,100 +206,4 @@ def describe() -> dict[str, str]:
     """What jaxnets did to the CPU backend, for logs and benchmark tables."""
     return {"cpu_conv": cpu_path_setting() if jax.default_backend() == "cpu" else "backend default",
             "xla_flag": _status["flag"], "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-            "compile_cache": _status.get("compile_cache", "off")}
-
-
-# ----------------------------------------------------------------------------- persistent compilation cache
-
-COMPILE_CACHE_ENV = "JAXNETS_COMPILE_CACHE"
-_CACHE_OFF = ("0", "off", "false", "no")
-_CACHE_ON = ("", "1", "on", "true", "yes")
-# Caching every compile pays off on the CPU: a small eager LeNet step reads ~150 tiny programs back
-# faster than XLA compiles them (measured: 22.7 s -> 6.6 s for the first eager step, 3.7 s -> 1.0 s jit).
-CACHE_MIN_COMPILE_TIME_S = 0.0
-CACHE_MAX_BYTES = 2 * 1024**3  # least recently used entries go beyond this
-
-
-def default_compilation_cache_dir() -> Path:
-    """`<jaxnets' user cache dir>/xla`: `$JAXNETS_CACHE/xla`, else `~/.cache/jaxnets/xla`."""
-    from jaxnets.data import cache  # noqa: PLC0415  (jaxnets.data imports this module)
-
-    return cache.user_cache_dir() / "xla"
-
-
-def compilation_cache_plan(no_cache: bool = False, environ: Mapping[str, str] | None = None) -> Path | None:
-    """Where a jaxnets command should cache compiled programs, or None for nowhere. Pure; see `enable_compilation_cache`.
-
-    Off when `no_cache` (the commands' `--no-cache`) or `JAXNETS_COMPILE_CACHE` is
-    `0`/`off`/`false`/`no`; `JAXNETS_COMPILE_CACHE` unset, empty, `1`/`on`/`true`/`yes`
-    gives the default folder; any other value is the folder to use.
-    """
-    value = (os.environ if environ is None else environ).get(COMPILE_CACHE_ENV, "").strip()
-    if no_cache or value.lower() in _CACHE_OFF:
-        return None
-    if value.lower() in _CACHE_ON:
-        return default_compilation_cache_dir()
-    return Path(value).expanduser()
-
-
-def enable_compilation_cache(path: str | Path | None = None, *, min_compile_time_s: float = CACHE_MIN_COMPILE_TIME_S,
-                             max_bytes: int = CACHE_MAX_BYTES) -> Path:
-    """Turn on JAX's persistent compilation cache: later processes load compiled programs instead of compiling.
-
-    A library should not write to the user's disk unasked, so `import jaxnets`
-    never calls this; the commands `jaxnets-train` and `jaxnets-bench` do
-    (unless `--no-cache` or `JAXNETS_COMPILE_CACHE=0`), and so may a script or
-    notebook. It is JAX's own cache (`jax_compilation_cache_dir`), which
-    works on CPU, GPU and TPU. Its keys hash the program, the backend and its
-    version, the compiler options and `XLA_FLAGS`, so jaxnets' CPU
-    convolution choice (`JAXNETS_CPU_CONV`, see above) keeps separate entries;
-    source locations are not hashed, so editing comments keeps the entries.
-
-    Args:
-      path: the cache folder (created when needed); default
-        `default_compilation_cache_dir()`.
-      min_compile_time_s: cache only programs that took at least this long to
-        compile (JAX's default of 1 s would skip most CPU programs; 0 caches all).
-      max_bytes: size limit of the folder; least recently used entries are
-        evicted beyond it.
-
-    Returns:
-      The cache folder.
-
-    Raises:
-      OSError: the folder cannot be created.
-    """
-    from jax.experimental.compilation_cache import compilation_cache  # noqa: PLC0415
-
-    path = Path(default_compilation_cache_dir() if path is None else path).expanduser().absolute()
-    path.mkdir(parents=True, exist_ok=True)
-    if jax.config.jax_compilation_cache_dir not in (None, str(path)):
-        compilation_cache.reset_cache()  # JAX opens its cache once per process; reopen it at the new folder
-    jax.config.update("jax_enable_compilation_cache", True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # any size: CPU programs are small
-    jax.config.update("jax_compilation_cache_max_size", int(max_bytes))
-    _status["compile_cache"] = str(path)
-    return path
-
-
-def compilation_cache_for_command(no_cache: bool = False) -> Path | None:
-    """What the commands call first: `enable_compilation_cache` at `compilation_cache_plan(no_cache)`, if any.
-
-    A cache folder that cannot be created only costs speed: the command runs on
-    without the cache (and says so on stderr).
-    """
-    path = compilation_cache_plan(no_cache)
-    if path is None:
-        _status["compile_cache"] = "off"
-        return None
-    try:
-        return enable_compilation_cache(path)
-    except OSError as err:
-        import sys  # noqa: PLC0415
-
-        print(f"note: no compilation cache ({path}: {err}); set {COMPILE_CACHE_ENV}=0 to silence this",
-              file=sys.stderr)
-        _status["compile_cache"] = "off"
-        return None
+            "compile_cache": compile_cache.in_use()}

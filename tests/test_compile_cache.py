@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxnets import backend
+from jaxnets import compile_cache
 from jaxnets.cli import bench as bench_cli
 from jaxnets.cli import train as train_cli
 
@@ -73,12 +73,12 @@ def test_switched_off_writes_nothing(tmp_path, how):
 
 def test_plan(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXNETS_CACHE", str(tmp_path))
-    assert backend.compilation_cache_plan(environ={}) == tmp_path / "xla"
-    assert backend.compilation_cache_plan(no_cache=True, environ={}) is None
+    assert compile_cache.compilation_cache_plan(environ={}) == tmp_path / "xla"
+    assert compile_cache.compilation_cache_plan(no_cache=True, environ={}) is None
     for off in ("0", "off", "False", "no"):
-        assert backend.compilation_cache_plan(environ={"JAXNETS_COMPILE_CACHE": off}) is None
-    assert backend.compilation_cache_plan(environ={"JAXNETS_COMPILE_CACHE": "on"}) == tmp_path / "xla"
-    assert backend.compilation_cache_plan(environ={"JAXNETS_COMPILE_CACHE": str(tmp_path / "c")}) == tmp_path / "c"
+        assert compile_cache.compilation_cache_plan(environ={"JAXNETS_COMPILE_CACHE": off}) is None
+    assert compile_cache.compilation_cache_plan(environ={"JAXNETS_COMPILE_CACHE": "on"}) == tmp_path / "xla"
+    assert compile_cache.compilation_cache_plan(environ={"JAXNETS_COMPILE_CACHE": str(tmp_path / "c")}) == tmp_path / "c"
 
 
 class _Stop(Exception):
@@ -93,7 +93,7 @@ def test_commands_pass_no_cache(monkeypatch, main):
         calls.append(no_cache)
         raise _Stop
 
-    monkeypatch.setattr(backend, "compilation_cache_for_command", record)
+    monkeypatch.setattr(compile_cache, "compilation_cache_for_command", record)
     for argv, expected in (([], False), (["--no-cache"], True)):
         with pytest.raises(_Stop):
             main(argv)

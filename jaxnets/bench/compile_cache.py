@@ -4,7 +4,7 @@
 
 For each model, two fresh processes compile the same jitted train step
 (`jaxnets.training.make_steps(..., 'jit')`) against one new, empty cache
-folder (`jaxnets.backend.enable_compilation_cache`): the first compiles and
+folder (`jaxnets.compile_cache.enable_compilation_cache`): the first compiles and
 writes the cache ("cold"), the second reads it back ("cached"). Each process
 reports the time to trace and lower the step, the time of `.compile()` (XLA,
 or a cache read), and JAX's own cache-hit and -miss events, so a table row
@@ -71,9 +71,9 @@ def measure_step_compile(name: str, batch_size: int, width_divisor: int = 1) -> 
 
 
 def _child(args: argparse.Namespace) -> int:
-    from jaxnets import backend  # noqa: PLC0415
+    from jaxnets import compile_cache  # noqa: PLC0415
 
-    backend.enable_compilation_cache(args.cache_dir)
+    compile_cache.enable_compilation_cache(args.cache_dir)
     print(json.dumps(measure_step_compile(args.child, args.batch_size, args.width_divisor)))
     return 0
 

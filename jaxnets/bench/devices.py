@@ -23,17 +23,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxnets import backend
 from jaxnets.report import write_json
 
 MODELS = ("lenet", "resnet18")
 # The batch shape each model trains on (NHWC): LeNet on MNIST, ResNet-18 on CIFAR-10.
 INPUT_SHAPES = {"lenet": (28, 28, 1), "resnet18": (32, 32, 3)}
-
-
-def _backend_started() -> bool:
-    from jax._src import xla_bridge  # noqa: PLC0415
-
-    return bool(getattr(xla_bridge, "_backends", {}))
 
 
 def use_virtual_cpu_devices(count: int) -> None:
@@ -44,7 +39,7 @@ def use_virtual_cpu_devices(count: int) -> None:
     """
     import jax  # noqa: PLC0415
 
-    if _backend_started():
+    if backend.backend_started():
         if jax.default_backend() == "cpu" and jax.device_count() < count:
             raise RuntimeError(f"JAX already started with {jax.device_count()} CPU devices; run the benchmark in a "
                                f"fresh process (python -m jaxnets.bench.devices) to get {count}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxnets import backend, bench, models
+from jaxnets import bench, compile_cache, models
 from jaxnets.report import write_json
 
 
@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    cache = backend.compilation_cache_for_command(args.no_cache)
+    cache = compile_cache.compilation_cache_for_command(args.no_cache)
     if cache is not None:
         print(f"compilation cache: {cache} (compile times are cache reads where it holds the program; "
               "--no-cache for cold compiles)")

@@ -12,7 +12,7 @@ import dataclasses
 import os
 import sys
 
-from jaxnets import backend, data
+from jaxnets import compile_cache, data
 from jaxnets.paths import expand_path
 from jaxnets.training import CheckpointError, NonFiniteLoss, TrainConfig, distributed, fit
 from jaxnets.training.fit import RESUME_FROM_BEST, check_field
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--coordinator-address, --num-processes and --process-id need --distributed")
     # One voice: only process 0 reports (fit silences the others itself); errors come from every process.
     say = print if distributed.is_main_process() else _silent
-    backend.compilation_cache_for_command(args.no_cache)
+    compile_cache.compilation_cache_for_command(args.no_cache)
     say(f"jaxnets-train: {config.model} on {config.dataset} ({config.mode}), {config.epochs} epochs, "
         f"{config.optimizer} lr {config.lr}, batch {config.batch_size} -> {workdir}", flush=True)
     data_env = {data.files.STRICT_ENV: "0"} if args.no_strict_data else {}

@@ -32,6 +32,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from jaxnets import backend
 from jaxnets.data.pipeline import check_batch_divides
 
 DATA_AXIS = "data"
@@ -55,9 +56,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     """
     if jax.distributed.is_initialized():
         return
-    from jax._src import xla_bridge  # noqa: PLC0415 - the only way to ask whether a backend exists yet
-
-    if getattr(xla_bridge, "_backends", None):
+    if backend.backend_started():
         raise RuntimeError("jax.distributed.initialize must run before JAX starts its backend: call "
                            "jaxnets.training.distributed.initialize() (or pass --distributed) before creating "
                            "arrays or listing devices")
