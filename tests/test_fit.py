@@ -28,6 +28,8 @@ from jaxnets.cli import train as cli
 REPO = Path(__file__).resolve().parents[1]
 from jaxnets.training import config as train_config
 from jaxnets.training import data_setup, loop, run_folder
+from jaxnets.models.saving import arrays_checksum
+from jaxnets.training.checkpoint import UnverifiedCheckpointWarning
 
 
 def tree_hash(folder: Path) -> str:
@@ -685,6 +687,25 @@ def test_restore_verifies_the_checksum_of_the_arrays(tmp_path, one_epoch_run, un
     checkpoints.close()
 
 
+def test_a_checkpoint_without_a_checksum_restores_with_a_warning(tmp_path, one_epoch_run, uninterrupted):
+    """A run checkpoint whose metadata lacks its checksum (an older jaxnets, or edited) is restored, unverified,
+    with an UnverifiedCheckpointWarning naming it, not silently."""
+    copy_run(one_epoch_run, tmp_path)
+    meta_file = next(p for p in (tmp_path / "checkpoints" / "1" / "meta").rglob("*") if p.is_file()
+                     and "checksum" in p.read_text(errors="ignore"))
+    meta = json.loads(meta_file.read_text())
+    saved_checksum = meta.pop("checksum")["value"]
+    meta_file.write_text(json.dumps(meta))
+    checkpoints = Checkpoints(tmp_path)
+    try:
+        with pytest.warns(UnverifiedCheckpointWarning, match=r"checkpoints/1 \(epoch 1\) has no checksum"):
+            arrays, restored = checkpoints.restore(uninterrupted.state.arrays())
+    finally:
+        checkpoints.close()
+    assert "checksum" not in restored
+    assert arrays_checksum(arrays) == saved_checksum  # the arrays as saved, restored all the same
+
+
 # ---------------------------------------------------------------- 8. flags that make no sense
 
 @pytest.mark.parametrize(("argv", "flag"), [
@@ -707,6 +728,73 @@ def test_fit_refuses_config_values_that_make_no_sense():
         fit(mlp_config(weight_decay=-5.0), **QUIET)
     with pytest.raises(ValueError, match=r"lr must be finite"):
         fit(mlp_config(lr=float("nan")), **QUIET)
+
+
+def test_config_errors_carry_the_field_the_cli_names(capsys):
+    """Every TrainConfig check raises ConfigError with `.field`; the CLI names `--field` from it, not from the text.
+
+    The accumulate check's field is batch_size (the batch must split), although its message starts elsewhere.
+    """
+    cases = ((mlp_config(weight_decay=-5.0), "weight_decay"), (mlp_config(mode="fast"), "mode"),
+             (mlp_config(dtype="float8"), "dtype"), (mlp_config(epochs=2, warmup_epochs=2.5), "warmup_epochs"),
+             (mlp_config(batch_size=32, accumulate=3), "batch_size"))
+    for config, field in cases:
+        with pytest.raises(train_config.ConfigError) as error:
+            config.check()
+        assert error.value.field == field and str(error.value) == error.value.message
+    with pytest.raises(SystemExit):
+        cli.main(["--batch-size", "32", "--accumulate", "3", "--workdir", "/nonexistent/never-used"])
+    assert "argument --batch-size: batch_size (32) must be a multiple of accumulate (3)" in capsys.readouterr().err
+
+
+def test_a_config_field_type_without_a_flag_type_is_refused_when_the_parser_is_built(monkeypatch):
+    """A flag field of a type the CLI cannot parse (here a tuple) fails at parser build, not as a string flag."""
+    @dataclasses.dataclass
+    class Config:
+        size: tuple[int, int] = train_config.option((1, 1), "a pair")
+
+    monkeypatch.setattr(cli, "TrainConfig", Config)
+    with pytest.raises(TypeError, match=r"TrainConfig.size: no command-line flag type"):
+        cli.parser()
+
+
+def test_optional_float_fields_become_float_flags(monkeypatch):
+    """An `float | None` flag field parses its text as a float (the annotation is resolved, not read as text)."""
+    @dataclasses.dataclass
+    class Config:
+        rate: float | None = train_config.option(None, "a rate")
+
+    monkeypatch.setattr(cli, "TrainConfig", Config)
+    assert cli.parser().parse_args(["--rate", "0.5"]).rate == 0.5
+
+
+def test_strict_data_and_data_cache_reach_data_load_as_arguments(monkeypatch):
+    """`strict_data=False` and `fit(data_cache=False)` are passed to data.load (True: its env-driven defaults);
+    `jaxnets-train --no-strict-data --no-cache` sets them and no environment variable."""
+    calls = []
+
+    def load(name, split, **kwargs):
+        calls.append((split, kwargs["strict"], kwargs["cache"]))
+        raise data.DataNotFound("stop here")
+
+    monkeypatch.setattr(data, "load", load)
+    for config, cache, expected in ((mlp_config(), True, (None, None)),
+                                    (mlp_config(strict_data=False), False, (False, False))):
+        calls.clear()
+        with pytest.raises(data.DataNotFound):
+            fit(config, data_cache=cache, **QUIET)
+        assert calls == [("train", *expected)]
+    seen = {}
+
+    def fake_fit(config, **kwargs):
+        seen.update(strict_data=config.strict_data, data_cache=kwargs["data_cache"], env=dict(os.environ))
+        raise data.DataNotFound("stop here")
+
+    monkeypatch.setattr(cli, "fit", fake_fit)
+    environment = dict(os.environ)
+    assert cli.main(["--no-strict-data", "--no-cache", "--workdir", "/nonexistent/never-used"]) == 1
+    assert (seen["strict_data"], seen["data_cache"]) == (False, False)
+    assert seen["env"] == environment == dict(os.environ)
 
 
 # ---------------------------------------------------------------- 11. one clear line for expected failures
