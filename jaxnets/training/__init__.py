@@ -8,6 +8,7 @@ The package re-exports; the code lives in named modules: `config` (TrainConfig a
 
 from jaxnets.contract import InputContract
 from jaxnets.models.saving import CheckpointError, load_model, save_model
+from jaxnets.report import plot_history
 from jaxnets.training import losses, optimizers, precision
 from jaxnets.training.checkpoint import Checkpoints
 from jaxnets.training.config import ConfigError, TrainConfig
@@ -17,7 +18,6 @@ from jaxnets.training.loop import FitResult, NonFiniteLoss, fit
 from jaxnets.training.state import TrainState
 from jaxnets.training.steps import (MODES, Steps, eval_step, evaluate, make_steps, predict, scan_epoch, summarize,
                                     train_step)
-from jaxnets.report import plot_history
 
 __all__ = [
     "MODES", "CheckpointError", "Checkpoints", "ConfigError", "FitResult", "InputContract", "NonFiniteLoss",

@@ -61,7 +61,9 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: Calla
         the parser is built, so catalog entries registered later show up).
       default_factory: as `dataclasses.field`.
 
-    A field made with `dataclasses.field` (no help) gets no flag (e.g. `model_kwargs`).
+    A field made with `dataclasses.field` (no help) gets no flag (e.g. `model_kwargs`). The flag parses its
+    text as the field's annotation says (int, float, bool, str, or one of them `| None`); `jaxnets-train`
+    refuses to build its parser for a flag field of another type.
     """
     metadata = {"help": help, "choices": choices}
     if default_factory is not dataclasses.MISSING:

@@ -116,7 +116,8 @@ def fit(
       loss_scale (the dynamic loss scale at the epoch's end)).
 
     Raises:
-      ValueError: a config value that makes no sense (named), resume without a workdir, or a batch size
+      ConfigError: a config value that makes no sense (a ValueError; `.field` names it).
+      ValueError: resume without a workdir, or a batch size
         that does not divide over the devices (the message names the nearest valid sizes).
       FileExistsError: `workdir` already has checkpoints, best/ or history.json and `resume` is False.
       RunLocked: another live run owns `workdir` (named by pid and host).
