@@ -733,7 +733,7 @@ def test_fit_refuses_config_values_that_make_no_sense():
 def test_config_errors_carry_the_field_the_cli_names(capsys):
     """Every TrainConfig check raises ConfigError with `.field`; the CLI names `--field` from it, not from the text.
 
-    The accumulate check's field is batch_size (the batch must split), although its message starts elsewhere.
+    A batch that does not split into `accumulate` micro-batches is batch_size's error; `--accumulate 0` is accumulate's.
     """
     cases = ((mlp_config(weight_decay=-5.0), "weight_decay"), (mlp_config(mode="fast"), "mode"),
              (mlp_config(dtype="float8"), "dtype"), (mlp_config(epochs=2, warmup_epochs=2.5), "warmup_epochs"),
@@ -745,6 +745,12 @@ def test_config_errors_carry_the_field_the_cli_names(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--batch-size", "32", "--accumulate", "3", "--workdir", "/nonexistent/never-used"])
     assert "argument --batch-size: batch_size (32) must be a multiple of accumulate (3)" in capsys.readouterr().err
+    with pytest.raises(train_config.ConfigError, match="accumulate must be a positive integer") as error:
+        mlp_config(accumulate=0).check()
+    assert error.value.field == "accumulate"
+    with pytest.raises(SystemExit):
+        cli.main(["--accumulate", "0", "--workdir", "/nonexistent/never-used"])
+    assert "argument --accumulate: accumulate must be a positive integer (got 0)" in capsys.readouterr().err
 
 
 def test_a_config_field_type_without_a_flag_type_is_refused_when_the_parser_is_built(monkeypatch):

@@ -133,7 +133,7 @@ class TrainConfig:
         Raises:
           ConfigError: naming the field (`err.field`), e.g. "weight_decay must be >= 0 (got -5.0)".
         """
-        for name in _RANGES:
+        for name in (*_RANGES, *_CHECKED_WHERE_USED):
             if not (name in _OPTIONAL and getattr(self, name) is None):
                 check_field(name, getattr(self, name))
         if self.mode not in MODES:
@@ -171,13 +171,15 @@ SEED_MAX = 2**63 - 1  # jax.random.key takes a signed 64-bit seed; numpy's gener
 # field -> (low, high, low excluded, high excluded); high None: unbounded.
 _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "epochs": (1, None, False, False), "batch_size": (1, None, False, False),
-    "eval_batch_size": (1, None, False, False), "keep": (1, None, False, False), "accumulate": (1, None, False, False),
+    "eval_batch_size": (1, None, False, False), "keep": (1, None, False, False),
     "lr": (0.0, None, True, False), "momentum": (0.0, 1.0, False, True), "weight_decay": (0.0, None, False, False),
     "warmup_epochs": (0.0, None, False, False), "label_smoothing": (0.0, 1.0, False, True),
     "val_fraction": (0.0, 1.0, False, True), "image_size": (1, None, False, False),
     "seed": (0, SEED_MAX, False, False),
 }
-_INTEGERS = {"epochs", "batch_size", "eval_batch_size", "keep", "accumulate", "image_size", "seed"}
+_INTEGERS = {"epochs", "batch_size", "eval_batch_size", "keep", "image_size", "seed"}
+# field -> the check of the code that uses the value (one statement of the rule, here and there).
+_CHECKED_WHERE_USED: dict[str, Callable[[Any], None]] = {"accumulate": check_accumulate}
 _OPTIONAL = {"image_size"}  # None means "not set"; a set value must be in range
 
 
@@ -187,6 +189,12 @@ def check_field(name: str, value: Any) -> None:
     Raises:
       ConfigError: "NAME must be ... (got VALUE)", with `field` NAME.
     """
+    if name in _CHECKED_WHERE_USED:
+        try:
+            _CHECKED_WHERE_USED[name](value)
+        except ValueError as err:
+            raise ConfigError(name, str(err)) from None
+        return
     if name not in _RANGES:
         return
     low, high, low_open, high_open = _RANGES[name]
