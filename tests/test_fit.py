@@ -737,7 +737,8 @@ def test_config_errors_carry_the_field_the_cli_names(capsys):
     """
     cases = ((mlp_config(weight_decay=-5.0), "weight_decay"), (mlp_config(mode="fast"), "mode"),
              (mlp_config(dtype="float8"), "dtype"), (mlp_config(epochs=2, warmup_epochs=2.5), "warmup_epochs"),
-             (mlp_config(batch_size=32, accumulate=3), "batch_size"))
+             (mlp_config(batch_size=32, accumulate=3), "batch_size"), (mlp_config(optimizer="rmsprop"), "optimizer"),
+             (mlp_config(schedule="poly"), "schedule"), (mlp_config(source="web"), "source"))
     for config, field in cases:
         with pytest.raises(train_config.ConfigError) as error:
             config.check()

@@ -136,10 +136,11 @@ class TrainConfig:
         for name in (*_RANGES, *_CHECKED_WHERE_USED):
             if not (name in _OPTIONAL and getattr(self, name) is None):
                 check_field(name, getattr(self, name))
-        if self.mode not in MODES:
-            raise ConfigError("mode", f"mode must be one of {MODES} (got {self.mode!r})")
-        if self.dtype not in precision.DTYPES:
-            raise ConfigError("dtype", f"dtype must be one of {precision.DTYPES} (got {self.dtype!r})")
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        for name in _CLOSED_CHOICES:  # the values the flag offers are the only ones there are
+            allowed = tuple(fields[name].metadata["choices"]())
+            if getattr(self, name) not in allowed:
+                raise ConfigError(name, f"{name} must be one of {allowed} (got {getattr(self, name)!r})")
         if self.warmup_epochs and self.schedule != "cosine":
             raise ConfigError("warmup_epochs", f"warmup_epochs ({self.warmup_epochs:g}) applies to the cosine schedule "
                               f"only (this run uses schedule={self.schedule!r}): drop the warm-up or use "
@@ -178,6 +179,8 @@ _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "seed": (0, SEED_MAX, False, False),
 }
 _INTEGERS = {"epochs", "batch_size", "eval_batch_size", "keep", "image_size", "seed"}
+# Fields whose `option(choices=...)` lists every valid value (a model or data set name may be registered later).
+_CLOSED_CHOICES = ("source", "split", "optimizer", "schedule", "normalize", "mode", "dtype")
 # field -> the check of the code that uses the value (one statement of the rule, here and there).
 _CHECKED_WHERE_USED: dict[str, Callable[[Any], None]] = {"accumulate": check_accumulate}
 _OPTIONAL = {"image_size"}  # None means "not set"; a set value must be in range
