@@ -200,18 +200,14 @@ def save(path: str | Path, name: str, variables: dict, *, model_kwargs: dict | N
         an input shape the model refuses.
     """
     from jaxnets import models  # noqa: PLC0415  (only saving needs model code)
-    from jaxnets.training import checkpoint  # noqa: PLC0415
+    from jaxnets.models import saving  # noqa: PLC0415
 
     path = expand_path(path).absolute()
     platforms = _check_platforms(platforms)
     model_kwargs = dict(model_kwargs or {})
     files = [path, sidecar_path(path)] + ([stablehlo_path(path)] if write_stablehlo else [])
     _refuse_existing(files, overwrite)
-    model = models.create(name, **model_kwargs)
-    expected = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
-    problem = checkpoint.variables_mismatch(expected, variables, name)
-    if problem:
-        raise ValueError(f"variables do not fit {name} with {model_kwargs}: {problem}")
+    model = saving.check_variables(name, variables, model_kwargs)
     if contract is not None:
         contract.check_model(model, name)
         normalization = normalization if normalization is not None else contract.normalization
@@ -232,7 +228,7 @@ def save(path: str | Path, name: str, variables: dict, *, model_kwargs: dict | N
     info = {
         "format": FORMAT,
         "model": name,
-        "model_kwargs": checkpoint.encode_kwargs(model_kwargs),
+        "model_kwargs": saving.encode_kwargs(model_kwargs),
         "input_shape": [batch, *input_shape],
         "input_dtype": "float32",
         "output_shape": [batch, int(out.shape[-1])],

@@ -22,7 +22,7 @@ from jaxnets.data import files
 from jaxnets.models import catalog as model_catalog
 from jaxnets.training import Checkpoints, TrainConfig, TrainState, optimizers
 from jaxnets.training import presets
-from jaxnets.training.fit import resolve
+from jaxnets.training.data_setup import resolve
 
 
 def stripes(split: str):

@@ -75,9 +75,8 @@ def _compare_runs(workdir_a: Path, workdir_b: Path) -> None:
     """The two runs' epoch-1 metrics and checkpointed arrays agree to TOLERANCE."""
     import jax
 
-    from jaxnets import data
     from jaxnets.training import Checkpoints, TrainConfig
-    from jaxnets.training.fit import build
+    from jaxnets.training.data_setup import build, learning_rate_schedule
 
     a, b = Checkpoints(workdir_a), Checkpoints(workdir_b)
     try:
@@ -86,7 +85,7 @@ def _compare_runs(workdir_a: Path, workdir_b: Path) -> None:
         for key in ("train_loss", "val_loss", "val_acc", "test_acc"):
             assert abs(history_a[0][key] - history_b[0][key]) < TOLERANCE, (key, history_a[0][key], history_b[0][key])
         config = TrainConfig.from_json(a.read_meta()["config"])
-        target = jax.eval_shape(lambda: build(config, data.load("digits", "train"), 1)[1].arrays())
+        target = jax.eval_shape(lambda: build(config, learning_rate_schedule(config, 1))[1].arrays())
         arrays_a, arrays_b = a.restore(target)[0], b.restore(target)[0]
     finally:
         a.close()

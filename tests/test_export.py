@@ -17,7 +17,7 @@ from jaxnets import data, export, models
 from jaxnets.data import catalog
 from jaxnets.cli import export as export_cli
 from jaxnets.training import Checkpoints, TrainConfig, save_model
-from jaxnets.training.fit import build
+from jaxnets.training.data_setup import build, learning_rate_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH_SIZES = (1, 3, 8)
@@ -257,7 +257,7 @@ def test_a_sidecar_missing_a_field_is_one_clear_error(tmp_path, field):
 def test_cli_from_a_training_run(tmp_path, capsys):
     """A run folder as `fit` leaves it: the state `fit.build` makes, saved by `Checkpoints` (no training needed)."""
     config = TrainConfig(model="mlp", dataset="digits", model_kwargs={"input_dim": 784, "output_dim": 10})
-    model, state = build(config, data.load("digits", "train"), 1)
+    model, state = build(config, learning_rate_schedule(config, 1))
     state = state.replace(params=_model("mlp", seed=3, input_dim=784, output_dim=10)[1]["params"])
     checkpoints = Checkpoints(tmp_path / "run")
     checkpoints.save(1, state.arrays(), {"config": config.to_json()}, is_best=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -27,7 +26,10 @@ from jaxnets.training import (CheckpointError, Checkpoints, NonFiniteLoss, RunLo
 from jaxnets.cli import train as cli
 
 REPO = Path(__file__).resolve().parents[1]
-fit_module = importlib.import_module("jaxnets.training.fit")  # the module; `jaxnets.training.fit` is the function
+from jaxnets.training import config as train_config
+from jaxnets.training import data_setup, loop, run_folder
+from jaxnets.models.saving import arrays_checksum
+from jaxnets.training.checkpoint import UnverifiedCheckpointWarning
 
 
 def tree_hash(folder: Path) -> str:
@@ -301,7 +303,7 @@ def assert_tensorboard_is_history(workdir: Path) -> None:
 
 HOLD_LOCK = """
 import sys
-from jaxnets.training.checkpoint import RunLock
+from jaxnets.training.lock import RunLock
 lock = RunLock(sys.argv[1]).acquire()  # kept referenced: a collected lock is released
 print("holding", flush=True)
 sys.stdin.read()
@@ -411,9 +413,7 @@ def kill_on_entry(cls, method, where, arg=lambda self, a, k: a[0] if a else k.ge
 from orbax.checkpoint._src.handlers.json_checkpoint_handler import JsonCheckpointHandler
 from orbax.checkpoint._src.handlers.standard_checkpoint_handler import StandardCheckpointHandler
 from orbax.checkpoint._src.path.atomicity import AtomicRenameTemporaryPath
-import importlib
-
-fit_module = importlib.import_module("jaxnets.training.fit")
+from jaxnets.training import loop, run_folder
 from jaxnets.cli import train as cli
 
 
@@ -430,7 +430,7 @@ def run(phase):
     elif phase == "best-commit":
         kill_on_entry(AtomicRenameTemporaryPath, "finalize", "best", tmp_path_of)
     elif phase == "sigterm":  # SIGTERM (default action: the process ends at once) at step 10 of the epoch
-        run_epoch = fit_module._run_epoch
+        run_epoch = loop._run_epoch
 
         def _run_epoch(state, steps, loader, eval_loaders, e, *a):
             if e + 1 == epoch:
@@ -444,7 +444,7 @@ def run(phase):
                 steps = steps._replace(train=terminated_at_step_10)
             return run_epoch(state, steps, loader, eval_loaders, e, *a)
 
-        fit_module._run_epoch = _run_epoch
+        loop._run_epoch = _run_epoch
     elif phase == "enospc":
         original = StandardCheckpointHandler.async_save
 
@@ -455,7 +455,7 @@ def run(phase):
 
         StandardCheckpointHandler.async_save = full_disk
     elif phase == "history":
-        write_json = fit_module._write_json
+        write_json = run_folder._write_json
 
         def _write_json(path, value):
             if len(value) == epoch:
@@ -463,9 +463,9 @@ def run(phase):
                 die()
             write_json(path, value)
 
-        fit_module._write_json = _write_json
+        run_folder._write_json = _write_json
     elif phase == "curves":
-        plot = fit_module.plot_history
+        plot = run_folder.plot_history
 
         def plot_history(history, path, title=""):
             if len(history) == epoch:
@@ -473,7 +473,7 @@ def run(phase):
                 die()
             return plot(history, path, title)
 
-        fit_module.plot_history = plot_history
+        run_folder.plot_history = plot_history
     else:
         raise SystemExit(f"unknown phase {phase}")
     for fd, name in ((1, "stdout"), (2, "stderr")):
@@ -540,7 +540,7 @@ def test_kill_9_inside_each_phase_of_a_save_then_resume_ends_like_an_uninterrupt
 def test_a_checkpoint_saved_without_its_history_is_completed_on_resume(tmp_path, finished_run, uninterrupted):
     """Finding 3, in-process: epoch 2 saved, but history.json and best/ lag behind; resume repairs both."""
     copy_run(finished_run[1], tmp_path)
-    fit_module._write_json(tmp_path / "history.json", uninterrupted.history[:1])  # as if killed before it was rewritten
+    run_folder._write_json(tmp_path / "history.json", uninterrupted.history[:1])  # as if killed before it was rewritten
     for folder in (tmp_path / "best").iterdir():
         shutil.rmtree(folder)  # and before best/ was written
     result = fit(mlp_config(epochs=2), workdir=tmp_path, resume=True, **QUIET)  # nothing to train, but repairs
@@ -551,13 +551,13 @@ def test_a_checkpoint_saved_without_its_history_is_completed_on_resume(tmp_path,
 # ---------------------------------------------------------------- 4. nothing non-finite is saved
 
 def steps_per_epoch(config: TrainConfig) -> int:
-    train = fit_module.load_splits(config).train
+    train = data_setup.load_splits(config).train
     return len(data.Loader(train.images, train.labels, config.batch_size, preprocess=data.Preprocess(), train=True))
 
 
 def blow_up_at(monkeypatch, step: int, field: str = "params"):
     """Make the train step return inf weights from optimizer step `step` on (a learning rate that explodes there)."""
-    real = fit_module.make_steps
+    real = loop.make_steps
 
     def make_steps(*args, **kwargs):
         steps = real(*args, **kwargs)
@@ -571,7 +571,7 @@ def blow_up_at(monkeypatch, step: int, field: str = "params"):
 
         return steps._replace(train=train)
 
-    monkeypatch.setattr(fit_module, "make_steps", make_steps)
+    monkeypatch.setattr(loop, "make_steps", make_steps)
 
 
 def test_a_blow_up_on_the_last_step_of_an_epoch_is_never_saved(tmp_path, monkeypatch, constant_epoch_run):
@@ -609,7 +609,7 @@ def test_nan_training_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, mo
 
 
 def test_history_json_is_strict_json_even_with_non_finite_values(tmp_path):
-    fit_module._write_json(tmp_path / "h.json", [{"val_loss": float("nan"), "x": [float("inf"), 1.0]}])
+    run_folder._write_json(tmp_path / "h.json", [{"val_loss": float("nan"), "x": [float("inf"), 1.0]}])
     assert strict_json(tmp_path / "h.json") == [{"val_loss": None, "x": [None, 1.0]}]
 
 
@@ -635,7 +635,7 @@ def test_resume_refuses_a_changed_field_naming_it(field, value, one_epoch_run, m
 
 
 def test_resume_refuses_other_training_data(one_epoch_run):
-    splits = fit_module.load_splits(mlp_config())
+    splits = data_setup.load_splits(mlp_config())
     labels = splits.train.labels.copy()
     labels[0] = (labels[0] + 1) % 10
     other = splits._replace(train=dataclasses.replace(splits.train, labels=labels))
@@ -645,9 +645,9 @@ def test_resume_refuses_other_training_data(one_epoch_run):
 
 def test_every_config_field_is_either_checked_on_resume_or_known_not_to_change_training():
     may_change = {"epochs", "eval_batch_size", "mode", "accumulate", "distributed", "keep", "source", "data_dir",
-                  "mirror"}
+                  "mirror", "strict_data"}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert fields == set(fit_module.RESUME_MUST_MATCH) | may_change
+    assert fields == set(train_config.RESUME_MUST_MATCH) | may_change
 
 
 # ---------------------------------------------------------------- 7 + 10. checksums; the advice works
@@ -687,6 +687,25 @@ def test_restore_verifies_the_checksum_of_the_arrays(tmp_path, one_epoch_run, un
     checkpoints.close()
 
 
+def test_a_checkpoint_without_a_checksum_restores_with_a_warning(tmp_path, one_epoch_run, uninterrupted):
+    """A run checkpoint whose metadata lacks its checksum (an older jaxnets, or edited) is restored, unverified,
+    with an UnverifiedCheckpointWarning naming it, not silently."""
+    copy_run(one_epoch_run, tmp_path)
+    meta_file = next(p for p in (tmp_path / "checkpoints" / "1" / "meta").rglob("*") if p.is_file()
+                     and "checksum" in p.read_text(errors="ignore"))
+    meta = json.loads(meta_file.read_text())
+    saved_checksum = meta.pop("checksum")["value"]
+    meta_file.write_text(json.dumps(meta))
+    checkpoints = Checkpoints(tmp_path)
+    try:
+        with pytest.warns(UnverifiedCheckpointWarning, match=r"checkpoints/1 \(epoch 1\) has no checksum"):
+            arrays, restored = checkpoints.restore(uninterrupted.state.arrays())
+    finally:
+        checkpoints.close()
+    assert "checksum" not in restored
+    assert arrays_checksum(arrays) == saved_checksum  # the arrays as saved, restored all the same
+
+
 # ---------------------------------------------------------------- 8. flags that make no sense
 
 @pytest.mark.parametrize(("argv", "flag"), [
@@ -709,6 +728,80 @@ def test_fit_refuses_config_values_that_make_no_sense():
         fit(mlp_config(weight_decay=-5.0), **QUIET)
     with pytest.raises(ValueError, match=r"lr must be finite"):
         fit(mlp_config(lr=float("nan")), **QUIET)
+
+
+def test_config_errors_carry_the_field_the_cli_names(capsys):
+    """Every TrainConfig check raises ConfigError with `.field`; the CLI names `--field` from it, not from the text.
+
+    A batch that does not split into `accumulate` micro-batches is batch_size's error; `--accumulate 0` is accumulate's.
+    """
+    cases = ((mlp_config(weight_decay=-5.0), "weight_decay"), (mlp_config(mode="fast"), "mode"),
+             (mlp_config(dtype="float8"), "dtype"), (mlp_config(epochs=2, warmup_epochs=2.5), "warmup_epochs"),
+             (mlp_config(batch_size=32, accumulate=3), "batch_size"), (mlp_config(optimizer="rmsprop"), "optimizer"),
+             (mlp_config(schedule="poly"), "schedule"), (mlp_config(source="web"), "source"))
+    for config, field in cases:
+        with pytest.raises(train_config.ConfigError) as error:
+            config.check()
+        assert error.value.field == field and str(error.value) == error.value.message
+    with pytest.raises(SystemExit):
+        cli.main(["--batch-size", "32", "--accumulate", "3", "--workdir", "/nonexistent/never-used"])
+    assert "argument --batch-size: batch_size (32) must be a multiple of accumulate (3)" in capsys.readouterr().err
+    with pytest.raises(train_config.ConfigError, match="accumulate must be a positive integer") as error:
+        mlp_config(accumulate=0).check()
+    assert error.value.field == "accumulate"
+    with pytest.raises(SystemExit):
+        cli.main(["--accumulate", "0", "--workdir", "/nonexistent/never-used"])
+    assert "argument --accumulate: accumulate must be a positive integer (got 0)" in capsys.readouterr().err
+
+
+def test_a_config_field_type_without_a_flag_type_is_refused_when_the_parser_is_built(monkeypatch):
+    """A flag field of a type the CLI cannot parse (here a tuple) fails at parser build, not as a string flag."""
+    @dataclasses.dataclass
+    class Config:
+        size: tuple[int, int] = train_config.option((1, 1), "a pair")
+
+    monkeypatch.setattr(cli, "TrainConfig", Config)
+    with pytest.raises(TypeError, match=r"TrainConfig.size: no command-line flag type"):
+        cli.parser()
+
+
+def test_optional_float_fields_become_float_flags(monkeypatch):
+    """An `float | None` flag field parses its text as a float (the annotation is resolved, not read as text)."""
+    @dataclasses.dataclass
+    class Config:
+        rate: float | None = train_config.option(None, "a rate")
+
+    monkeypatch.setattr(cli, "TrainConfig", Config)
+    assert cli.parser().parse_args(["--rate", "0.5"]).rate == 0.5
+
+
+def test_strict_data_and_data_cache_reach_data_load_as_arguments(monkeypatch):
+    """`strict_data=False` and `fit(data_cache=False)` are passed to data.load (True: its env-driven defaults);
+    `jaxnets-train --no-strict-data --no-cache` sets them and no environment variable."""
+    calls = []
+
+    def load(name, split, **kwargs):
+        calls.append((split, kwargs["strict"], kwargs["cache"]))
+        raise data.DataNotFound("stop here")
+
+    monkeypatch.setattr(data, "load", load)
+    for config, cache, expected in ((mlp_config(), True, (None, None)),
+                                    (mlp_config(strict_data=False), False, (False, False))):
+        calls.clear()
+        with pytest.raises(data.DataNotFound):
+            fit(config, data_cache=cache, **QUIET)
+        assert calls == [("train", *expected)]
+    seen = {}
+
+    def fake_fit(config, **kwargs):
+        seen.update(strict_data=config.strict_data, data_cache=kwargs["data_cache"], env=dict(os.environ))
+        raise data.DataNotFound("stop here")
+
+    monkeypatch.setattr(cli, "fit", fake_fit)
+    environment = dict(os.environ)
+    assert cli.main(["--no-strict-data", "--no-cache", "--workdir", "/nonexistent/never-used"]) == 1
+    assert (seen["strict_data"], seen["data_cache"]) == (False, False)
+    assert seen["env"] == environment == dict(os.environ)
 
 
 # ---------------------------------------------------------------- 11. one clear line for expected failures
@@ -740,7 +833,7 @@ def make_read_only(path: Path, monkeypatch) -> None:
 def no_training(monkeypatch):
     def fail(*args, **kwargs):
         pytest.fail("data were loaded: the workdir problem was found only after training started")
-    monkeypatch.setattr(fit_module, "load_splits", fail)
+    monkeypatch.setattr(loop, "load_splits", fail)
 
 
 def test_read_only_workdir_is_one_line_before_training(tmp_path, monkeypatch, capfd, one_epoch_run):
@@ -792,7 +885,7 @@ def test_disk_full_while_writing_history_is_one_line(tmp_path, monkeypatch, capf
     def full_disk(path, value):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(fit_module, "_write_json", full_disk)
+    monkeypatch.setattr(run_folder, "_write_json", full_disk)
     capfd.readouterr()
     assert cli.main(["--model", "mlp", "--epochs", "1", "--no-progress", "--workdir", str(tmp_path)]) == 1
     err = capfd.readouterr().err.strip().splitlines()
@@ -801,14 +894,14 @@ def test_disk_full_while_writing_history_is_one_line(tmp_path, monkeypatch, capf
 
 def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path, monkeypatch, capfd, uninterrupted):
     """Finding 11: Ctrl-C during epoch 2 -> exit 130 and one line; the folder is released; --resume finishes."""
-    real = fit_module._run_epoch
+    real = loop._run_epoch
 
     def interrupted(state, steps, loader, eval_loaders, epoch, *args):
         if epoch == 1:
             raise KeyboardInterrupt
         return real(state, steps, loader, eval_loaders, epoch, *args)
 
-    monkeypatch.setattr(fit_module, "_run_epoch", interrupted)
+    monkeypatch.setattr(loop, "_run_epoch", interrupted)
     args = [*CLI_ARGS, "--workdir", str(tmp_path)]
     capfd.readouterr()
     assert cli.main(args) == 130
@@ -892,7 +985,7 @@ def test_resume_from_best_continues_exactly_from_the_best_epoch(tmp_path, finish
     if epoch == 2:  # make best/ hold epoch 1, as after a run whose held-out accuracy peaked early
         shutil.rmtree(workdir / "best")
         shutil.copytree(finished_run[1] / "checkpoints" / "1", workdir / "best" / "1")
-        fit_module._write_json(workdir / "history.json", uninterrupted.history)
+        run_folder._write_json(workdir / "history.json", uninterrupted.history)
         epoch = 1
     later = (workdir / "history.json").read_bytes()
     lines = []

@@ -80,7 +80,7 @@ def test_dataset_stores_the_input_contract_and_map_resolves_an_ambiguous_order(t
     that gives the --map flags, and following it converts to the module's logits."""
     from test_interop import SwappedMLP  # noqa: PLC0415
 
-    from jaxnets.training.checkpoint import read_contract  # noqa: PLC0415
+    from jaxnets.models.saving import read_contract  # noqa: PLC0415
 
     torch.manual_seed(0)
     net = SwappedMLP().eval()

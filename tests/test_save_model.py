@@ -17,7 +17,7 @@ from jaxnets import models
 from jaxnets.contract import InputContract
 from jaxnets.data import catalog
 from jaxnets.training import CheckpointError, load_model, save_model
-from jaxnets.training.checkpoint import InterruptedSaveWarning, UnverifiedModelWarning, read_contract
+from jaxnets.models.saving import InterruptedSaveWarning, UnverifiedModelWarning, read_contract
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def test_an_exception_between_the_two_renames_puts_the_old_model_back(tmp_path, 
             raise OSError("simulated failure of the second rename")
         return real(src, dst)
 
-    monkeypatch.setattr("jaxnets.training.checkpoint.os.replace", failing_replace)
+    monkeypatch.setattr("jaxnets.models.saving.os.replace", failing_replace)
     with pytest.raises(OSError, match="simulated"):
         save_model(path, "mlp", new, overwrite=True)
     monkeypatch.undo()
@@ -98,15 +98,15 @@ _KILLED_SAVE = textwrap.dedent("""
     import os, sys
     import jax
     from jaxnets import models
-    from jaxnets.training import checkpoint
+    from jaxnets.models import saving
     real, calls = os.replace, []
     def replace(src, dst):
         calls.append(src)
         if len(calls) == int(sys.argv[2]):
             os._exit(9)  # killed at this rename: no exception handler, no finally
         return real(src, dst)
-    checkpoint.os.replace = replace
-    checkpoint.save_model(sys.argv[1], "mlp", models.init(models.create("mlp"), jax.random.key(1)), overwrite=True)
+    saving.os.replace = replace
+    saving.save_model(sys.argv[1], "mlp", models.init(models.create("mlp"), jax.random.key(1)), overwrite=True)
 """)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 from typing import Any
 
 import flax.linen as nn
@@ -17,7 +16,7 @@ from jaxnets import data, layers, models
 from jaxnets.training import TrainConfig, TrainState, fit, optimizers, precision
 from jaxnets.training.steps import eval_step, make_steps, reduce_steps, train_step
 
-fit_module = importlib.import_module("jaxnets.training.fit")  # the module; `jaxnets.training.fit` is the function
+from jaxnets.training import data_setup
 QUIET = dict(log=lambda _: None, progress=False, tensorboard=False)
 
 
@@ -100,8 +99,8 @@ def test_the_learning_rate_metric_lands_in_the_history_and_scan_matches_jit():
                          schedule="cosine", warmup_epochs=0.5)
     results = {mode: fit(TrainConfig(**{**config.__dict__, "mode": mode}), **QUIET) for mode in ("jit", "scan")}
     history = results["jit"].history
-    steps = len(fit_module.load_splits(config).train) // config.batch_size
-    schedule = fit_module.learning_rate_schedule(config, steps)
+    steps = len(data_setup.load_splits(config).train) // config.batch_size
+    schedule = data_setup.learning_rate_schedule(config, steps)
     # Float32 rounding of the cosine is relative to the peak rate, not to the (small) rate near the end; jitted
     # and eager cosines differ by a few ulps (XLA's fused cos differs from the eager op's in jax 0.12).
     assert [h["lr"] for h in history] == pytest.approx([float(schedule(e * steps - 1)) for e in (1, 2)],

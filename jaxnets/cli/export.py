@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import types
 import warnings
 from pathlib import Path
 
@@ -77,9 +76,8 @@ def from_run(folder: Path, which: str = "best", log=print) -> tuple[str, dict, d
     """
     import jax  # noqa: PLC0415
 
-    from jaxnets import models  # noqa: PLC0415
     from jaxnets.training import CheckpointError, Checkpoints, TrainConfig  # noqa: PLC0415
-    from jaxnets.training.fit import build  # noqa: PLC0415
+    from jaxnets.training.data_setup import build, learning_rate_schedule  # noqa: PLC0415
 
     if which not in ("best", "latest") and not which.isdigit():
         raise ValueError(f"--checkpoint must be best, latest or an epoch number; got {which!r}")
@@ -91,11 +89,9 @@ def from_run(folder: Path, which: str = "best", log=print) -> tuple[str, dict, d
             raise CheckpointError(f"no checkpoint in {folder}: train first, or point --from at another run")
         meta = checkpoints.read_meta(None if best else epoch)
         config = TrainConfig.from_json(meta["config"])
-        model = models.create(config.model, **config.model_kwargs)
-        # The state's structure (optimizer included) exactly as fit builds it; the stand-in data set only
-        # answers build's image-shape check, with the shape the run was built for.
-        stand_in = types.SimpleNamespace(image_shape=tuple(model.input_shape))
-        target = jax.eval_shape(lambda: build(config, stand_in, 1)[1].arrays())
+        # The state's structure (optimizer included) exactly as fit builds it: the schedule's length changes no
+        # shape, so one step per epoch stands in for the run's.
+        target = jax.eval_shape(lambda: build(config, learning_rate_schedule(config, 1))[1].arrays())
         arrays, _ = checkpoints.restore(target, epoch=epoch, best=best)
     finally:
         checkpoints.close()
@@ -106,7 +102,7 @@ def from_run(folder: Path, which: str = "best", log=print) -> tuple[str, dict, d
 
 def _run_contract(config, meta: dict, log) -> InputContract | None:
     """The run's input contract: as fit stored it, else (runs saved before it did) rebuilt as fit builds it."""
-    from jaxnets.training.fit import load_splits  # noqa: PLC0415
+    from jaxnets.training.data_setup import load_splits  # noqa: PLC0415
 
     if meta.get("input_contract") is not None:
         try:
@@ -156,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _export(args, source: Path) -> int:
     """`main` once its arguments are parsed (warnings are printed by `main`)."""
-    from jaxnets.training import CheckpointError, load_model  # noqa: PLC0415
-    from jaxnets.training.checkpoint import decode_kwargs, read_contract, recover_interrupted_save  # noqa: PLC0415
+    from jaxnets.models.saving import (CheckpointError, decode_kwargs, load_model, read_contract,  # noqa: PLC0415
+                                       recover_interrupted_save)
 
     try:
         platforms = tuple(p for p in args.platforms.split(",") if p)

@@ -7,28 +7,36 @@ prints a final test accuracy.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import os
 import sys
+import typing
 
 from jaxnets import compile_cache, data
 from jaxnets.paths import expand_path
-from jaxnets.training import CheckpointError, NonFiniteLoss, TrainConfig, distributed, fit
-from jaxnets.training.fit import RESUME_FROM_BEST, check_field
+from jaxnets.training import CheckpointError, ConfigError, NonFiniteLoss, TrainConfig, distributed, fit
+from jaxnets.training.config import RESUME_FROM_BEST, check_field
 from jaxnets.training.presets import PRESETS, preset
 
-_TYPES = {"int": int, "float": float, "bool": bool, "int | None": int}
+# Field type -> argparse value type. A field whose type is not here cannot become a flag: `config_flags` refuses
+# it when the parser is built, rather than turning it into a string flag.
+_FLAG_TYPES = {int: int, float: float, bool: bool, str: str, int | None: int, float | None: float, str | None: str}
 
 
-def _field_type(field: dataclasses.Field) -> type:
-    """int, float, bool or str, from the field's annotation (a string under `from __future__ import annotations`)."""
-    return _TYPES.get(str(field.type), str)
+def _field_type(field: dataclasses.Field, hints: dict) -> type:
+    """int, float, bool or str: what a flag for `field` parses its text into (from its resolved type hint).
+
+    Raises:
+      TypeError: the field's type has no flag type (add it to `_FLAG_TYPES`, or make the field without `option`).
+    """
+    hint = hints[field.name]
+    if hint not in _FLAG_TYPES:
+        raise TypeError(f"TrainConfig.{field.name}: no command-line flag type for {hint!r}; map it in "
+                        "jaxnets.cli.train._FLAG_TYPES or make the field with dataclasses.field (no flag)")
+    return _FLAG_TYPES[hint]
 
 
-def _value_parser(field: dataclasses.Field):
+def _value_parser(field: dataclasses.Field, kind: type):
     """text -> value of `field`, refusing what `TrainConfig.check` would refuse (so the error names the flag)."""
-    kind = _field_type(field)
 
     def parse(text: str):
         try:
@@ -37,8 +45,8 @@ def _value_parser(field: dataclasses.Field):
             raise argparse.ArgumentTypeError(f"not {'a whole' if kind is int else 'a'} number: {text!r}") from None
         try:
             check_field(field.name, value)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(err.message) from None
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
@@ -46,12 +54,16 @@ def _value_parser(field: dataclasses.Field):
 
 
 def config_flags(p: argparse.ArgumentParser) -> None:
-    """One `--field-name` flag per `TrainConfig` field made with `fit.option`: help, default and choices from there.
+    """One `--field-name` flag per `TrainConfig` field made with `config.option`: help, default and choices from there.
 
     Unset flags stay absent (`argparse.SUPPRESS`), so a preset and then the
     field's default fill them.
+
+    Raises:
+      TypeError: a flag field's type has no flag type (`_FLAG_TYPES`).
     """
     group = p.add_argument_group("run (TrainConfig fields; a preset and then these override the defaults)")
+    hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
         help_text = field.metadata.get("help")
         if not help_text:
@@ -59,7 +71,7 @@ def config_flags(p: argparse.ArgumentParser) -> None:
         flag = "--" + field.name.replace("_", "-")
         default = field.default
         shown = f"{help_text} (default {default})" if default is not None else help_text
-        kind = _field_type(field)
+        kind = _field_type(field, hints)
         choices = field.metadata.get("choices")
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=shown)
@@ -68,7 +80,7 @@ def config_flags(p: argparse.ArgumentParser) -> None:
         elif kind is str:
             group.add_argument(flag, default=argparse.SUPPRESS, help=shown)
         else:
-            group.add_argument(flag, type=_value_parser(field), default=argparse.SUPPRESS, help=shown)
+            group.add_argument(flag, type=_value_parser(field, kind), default=argparse.SUPPRESS, help=shown)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -90,10 +102,6 @@ def parser() -> argparse.ArgumentParser:
                    "($JAXNETS_CACHE/xla; JAXNETS_COMPILE_CACHE=0 does the same) nor the decoded-data caches (.npz "
                    "beside the data or in $JAXNETS_CACHE, keyed on the files' contents; JAXNETS_DATA_CACHE=0 does the "
                    "same)")
-    p.add_argument("--no-strict-data", action="store_true",
-                   help="accept MNIST/CIFAR files trimmed on purpose (missing batches, fewer examples than the "
-                        "published 60,000/10,000 or 50,000/10,000), which are refused by default "
-                        "(JAXNETS_DATA_STRICT=0 does the same)")
     p.add_argument("--no-tensorboard", action="store_true",
                    help="do not write TensorBoard logs (default: WORKDIR/tensorboard; view with "
                         "`tensorboard --logdir WORKDIR`)")
@@ -109,35 +117,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return preset(getattr(args, "preset", None), **{k: v for k, v in vars(args).items() if k in fields})
 
 
-@contextlib.contextmanager
-def _environment(variables: dict[str, str]):
-    """Set environment variables for the duration (how the data flags reach `data.load` inside `fit`)."""
-    saved = {k: os.environ.get(k) for k in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _silent(*args, **kwargs) -> None:
-    """`print` for processes other than 0."""
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status (0 done, 1 an expected failure in one line, 130 interrupted)."""
     p = parser()
     args = p.parse_args(argv)
     config = config_from_args(args)
     try:
-        config.check()  # the library's ranges; the flags' own types refuse most values earlier
-    except ValueError as err:
-        field = str(err).split()[0]
-        p.error(f"argument --{field.replace('_', '-')}: {err}")
+        config.check()  # the library's checks; the flags' own types refuse most values earlier
+    except ConfigError as err:
+        p.error(f"argument --{err.field.replace('_', '-')}: {err.message}")
     workdir = expand_path(args.workdir or f"runs/{config.model}-{config.dataset}")
     if config.distributed:  # before anything starts JAX's backend
         try:
@@ -148,18 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     elif any(v is not None for v in (args.coordinator_address, args.num_processes, args.process_id)):
         p.error("--coordinator-address, --num-processes and --process-id need --distributed")
     # One voice: only process 0 reports (fit silences the others itself); errors come from every process.
-    say = print if distributed.is_main_process() else _silent
+    say = print if distributed.is_main_process() else distributed.silent
     compile_cache.compilation_cache_for_command(args.no_cache)
     say(f"jaxnets-train: {config.model} on {config.dataset} ({config.mode}), {config.epochs} epochs, "
         f"{config.optimizer} lr {config.lr}, batch {config.batch_size} -> {workdir}", flush=True)
-    data_env = {data.files.STRICT_ENV: "0"} if args.no_strict_data else {}
-    if args.no_cache:
-        data_env[data.cache.CACHE_ENV] = "0"
     try:
         resume = RESUME_FROM_BEST if args.resume_from_best else args.resume
-        with _environment(data_env):
-            result = fit(config, workdir=workdir, resume=resume, progress=False if args.no_progress else None,
-                         tensorboard=not args.no_tensorboard)
+        result = fit(config, workdir=workdir, resume=resume, progress=False if args.no_progress else None,
+                     tensorboard=not args.no_tensorboard, data_cache=not args.no_cache)
     except (data.DataError, CheckpointError, NonFiniteLoss, FileExistsError, ValueError, OSError) as err:
         print(f"jaxnets-train: error: {err}", file=sys.stderr)
         return 1

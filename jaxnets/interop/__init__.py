@@ -861,7 +861,7 @@ def convert(checkpoint: Any, output: str | os.PathLike, name: str, *, overwrite:
       TorchCheckpointError: as `from_torch`.
       FileExistsError: `output` exists.
     """
-    from jaxnets.training.checkpoint import save_model  # noqa: PLC0415 - keeps interop light
+    from jaxnets.models.saving import save_model  # noqa: PLC0415 - keeps interop light
 
     variables, pairs = from_torch(name, checkpoint, mapping=mapping, return_mapping=True, **create_kwargs)
     path = save_model(output, name, variables, overwrite=overwrite, contract=contract, **create_kwargs)

@@ -1,114 +1,44 @@
-"""Checkpoints with orbax-checkpoint. Every orbax call of jaxnets lives here.
+"""A training run's checkpoints with orbax-checkpoint: `Checkpoints`, the run folder of TrainStates.
 
-Two PyTorch habits, the JAX way:
-  * "save the state_dict" -> `Checkpoints`, a run's folder of TrainStates
-    (params, batch_stats, optimizer state, RNG, step) plus the run's JSON
-    metadata, one per epoch: the last N and the best by held-out accuracy.
-  * "save the whole model" (`torch.save(net)`) -> `save_model` /
-    `load_model`, which store the architecture's name and arguments beside
-    the variables, so loading rebuilds the model with no user code.
+PyTorch's "save the state_dict", the JAX way: `workdir/checkpoints/<epoch>`
+holds a TrainState (params, batch_stats, optimizer state, RNG, step) plus the
+run's JSON metadata, one per epoch: the last N and, in `workdir/best/`, the
+best by held-out accuracy. Whole models (`save_model` / `load_model`) live in
+`jaxnets.models.saving`; the run folder's lock in `jaxnets.training.lock`.
 
 What is guaranteed (RELIABILITY.md lists the tests):
-  * One process at a time owns a run folder (`RunLock`: an OS file lock
-    that dies with its process, plus the holder's pid/host for messages).
   * Writes are atomic (orbax writes to a `*.orbax-checkpoint-tmp*` folder
     and renames it when complete); `Checkpoints.remove_partial_saves`
     deletes what a killed save left behind.
-  * Every checkpoint and every model folder carries a SHA-256 of its arrays
-    (orbax 0.12 verifies only its zarr shard indexes, not the data), checked
-    on every restore / `load_model`.
-  * A `save_model` killed midway is completed or rolled back by the next
-    `save_model`/`load_model` of that path (`recover_interrupted_save`).
+  * Every checkpoint carries a SHA-256 of its arrays (`arrays_checksum`:
+    orbax verifies only its zarr shard indexes, not the data), checked on
+    every restore; a checkpoint without one restores with an
+    `UnverifiedCheckpointWarning`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import errno
-import hashlib
-import json
-import logging
-import os
 import shutil
-import socket
-import sys
-import tempfile
 import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
-import filelock
 import jax
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxnets import models
-from jaxnets.contract import InputContract
+from jaxnets.models.saving import (CHECKSUM_ALGORITHM, CheckpointError, _abstract, _first_line, _quiet_orbax_logs,
+                                   arrays_checksum)
 from jaxnets.paths import expand_path
-from jaxnets.report import atomic_write_text
+from jaxnets.training.lock import WorkdirNotWritable
 
-MODEL_FORMAT = "jaxnets-model/1"
-CHECKSUM_ALGORITHM = "sha256-of-arrays/1"
 _TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax's suffix for a save in progress
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint or run folder is missing, corrupt, busy, unwritable, or does not match what is restored."""
-
-
-class RunLocked(CheckpointError):
-    """Another live process owns the run folder."""
-
-
-class WorkdirNotWritable(CheckpointError):
-    """The run folder cannot be written (read-only, a file in the way, disk full)."""
-
-
-def encode_kwargs(kwargs: dict) -> dict:
-    """Model keyword arguments -> JSON-able (dtypes by name, tuples as lists)."""
-    out = {}
-    for key, value in kwargs.items():
-        if key == "dtype":
-            value = jnp.dtype(value).name
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[key] = value
-    return out
-
-
-def decode_kwargs(kwargs: dict) -> dict:
-    """The inverse of `encode_kwargs`."""
-    out = {}
-    for key, value in kwargs.items():
-        if key == "dtype":
-            value = jnp.dtype(value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        out[key] = value
-    return out
-
-
-def _abstract(tree: Any) -> Any:
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
-def arrays_checksum(tree: Any) -> str:
-    """SHA-256 over every leaf's key path, dtype, shape and bytes (host copies), in pytree order."""
-    digest = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        value = np.ascontiguousarray(jax.device_get(leaf))
-        digest.update(f"{jax.tree_util.keystr(path)}|{value.dtype.str}|{value.shape}|".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err)
-    return f"{type(err).__name__}: {text.splitlines()[0][:300]}" if text else type(err).__name__
+class UnverifiedCheckpointWarning(UserWarning):
+    """A run checkpoint saved without a checksum of its arrays: restored, but its arrays could not be verified."""
 
 
 def _root_os_error(err: BaseException) -> OSError | None:
@@ -122,16 +52,6 @@ def _root_os_error(err: BaseException) -> OSError | None:
     return None
 
 
-@contextlib.contextmanager
-def _quiet_orbax_logs():
-    """Orbax logs every failed background write with a traceback; our exception already says it in one line."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _join_writer_threads(before: set, timeout: float = 120.0) -> None:
@@ -152,104 +72,6 @@ def _join_writer_threads(before: set, timeout: float = 120.0) -> None:
                     thread.join(max(0.0, deadline - time.monotonic()))
     finally:
         threading.excepthook = hook
-
-
-# ----------------------------------------------------------------------------- the run folder lock
-
-
-class RunLock:
-    """Exclusive ownership of a run folder by one process.
-
-    The lock itself is `filelock.FileLock` on `workdir/.lock` (an OS `flock`,
-    which the kernel drops when its process dies, even under `kill -9`; on
-    file systems without `flock`, filelock's own pid/host-stamped soft lock).
-    Beside it, `workdir/.lock-holder.json` records the holder's pid, host,
-    start time and command line, to name it in errors and to report a stale
-    holder (one whose process is gone) when its lock is taken over.
-    """
-
-    def __init__(self, workdir: str | Path):
-        self.workdir = expand_path(workdir).absolute()
-        self.lock_path = self.workdir / ".lock"
-        self.holder_path = self.workdir / ".lock-holder.json"
-        self._lock = filelock.FileLock(self.lock_path, timeout=0)
-        self.previous_holder: dict | None = None
-
-    def holder(self) -> dict | None:
-        """What `.lock-holder.json` says (None when absent or unreadable)."""
-        try:
-            value = json.loads(self.holder_path.read_text())
-        except (OSError, ValueError):
-            return None
-        return value if isinstance(value, dict) else None
-
-    def acquire(self) -> "RunLock":
-        """Take the folder, or raise.
-
-        Raises:
-          RunLocked: a live process holds it (the message names its pid, host and command).
-          WorkdirNotWritable: the folder cannot be created or written.
-        """
-        try:
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            self._lock.acquire()
-        except filelock.Timeout:
-            holder = self.holder() or {}
-            who = (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}: "
-                   f"{holder.get('command')}") if holder else "another process"
-            raise RunLocked(f"{self.workdir} is in use by another run ({who}). Wait for it to finish, or choose "
-                            "another workdir (--workdir).") from None
-        except OSError as err:
-            raise WorkdirNotWritable(f"cannot use {self.workdir} as a run folder: {_first_line(err)}. "
-                                     "Choose a writable workdir (--workdir).") from err
-        previous = self.holder()
-        here = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv)}
-        if previous and (previous.get("pid"), previous.get("host")) != (here["pid"], here["host"]):
-            # The OS lock was free, so its last holder is gone (killed, or it crashed) and left this file behind.
-            self.previous_holder = previous
-        try:
-            atomic_write_text(self.holder_path, json.dumps(here, indent=2))
-        except OSError as err:
-            self._lock.release()
-            raise WorkdirNotWritable(f"cannot write to {self.workdir}: {_first_line(err)}. "
-                                     "Choose a writable workdir (--workdir).") from err
-        return self
-
-    def release(self) -> None:
-        with contextlib.suppress(OSError):
-            if (self.holder() or {}).get("pid") == os.getpid():
-                self.holder_path.unlink()
-        self._lock.release()
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-# The name `probe_writable` gives its short-lived file; another process of the same run may be probing at the moment
-# a folder is listed, so listings of "is anything saved here" leave these files out.
-WRITE_PROBE_PREFIX = ".write-probe-"
-
-
-def probe_writable(folder: Path) -> None:
-    """Create `folder` and write (then remove) a small file in it, so an unusable workdir fails before training.
-
-    Raises:
-      WorkdirNotWritable: read-only, a file where a folder should be, or no space left.
-    """
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=WRITE_PROBE_PREFIX):
-            pass
-    except OSError as err:
-        raise WorkdirNotWritable(f"cannot write to {folder}: {_first_line(err)}. "
-                                 "Choose a writable workdir (--workdir).") from err
-
-
-# ----------------------------------------------------------------------------- a run's checkpoints
 
 
 def _steps(manager: ocp.CheckpointManager) -> list[int]:
@@ -355,7 +177,7 @@ class Checkpoints:
         if "checksum" not in meta:
             meta = {**meta, "checksum": {"algorithm": CHECKSUM_ALGORITHM, "value": arrays_checksum(state_arrays)}}
         if epoch in _steps(self._best):
-            self._best.delete(epoch)  # a copy from a timeline that was rolled back (finding: clash with best/N)
+            self._best.delete(epoch)  # left by a rolled-back timeline: orbax saves no step twice
         self._write(self._best, epoch, self._args(jax.device_get(state_arrays), meta), "best")
         for other in _steps(self._best):
             if other != epoch:
@@ -405,6 +227,10 @@ class Checkpoints:
             of its arrays differs from the one saved with them), or it does not
             match the target (a different model or optimizer). The message names
             the epoch and the older epochs one can resume from instead.
+
+        Warns:
+          UnverifiedCheckpointWarning: the checkpoint's metadata holds no checksum
+            (an older jaxnets, or edited): restored, but not verified.
         """
         manager = self._best if best else self._last
         where = self.workdir / ("best" if best else "checkpoints")
@@ -424,7 +250,11 @@ class Checkpoints:
             ) from err
         state, meta = restored["state"], restored["meta"]
         saved = (meta.get("checksum") or {}) if isinstance(meta, dict) else {}
-        if saved.get("algorithm") == CHECKSUM_ALGORITHM and saved.get("value") != arrays_checksum(state):
+        if not isinstance(saved, dict) or saved.get("algorithm") != CHECKSUM_ALGORITHM:
+            warnings.warn(f"{where / str(epoch)} (epoch {epoch}) has no checksum of its arrays (saved by an older "
+                          "jaxnets, or its metadata was edited), so they could not be verified",
+                          UnverifiedCheckpointWarning, stacklevel=2)
+        elif saved.get("value") != arrays_checksum(state):
             raise CheckpointError(f"cannot restore {where / str(epoch)} (epoch {epoch}): corrupt, its arrays do not "
                                   f"match the checksum saved with them (the files changed after they were written)."
                                   f"{hint}")
@@ -451,339 +281,3 @@ class Checkpoints:
     def close(self) -> None:
         self._last.close()
         self._best.close()
-
-
-# ----------------------------------------------------------------------------- whole models
-
-
-class InterruptedSaveWarning(UserWarning):
-    """A `save_model` interrupted between its steps was completed or rolled back, or is named for the user."""
-
-
-class UnverifiedModelWarning(UserWarning):
-    """A model folder saved without a checksum (an older jaxnets): its arrays cannot be verified."""
-
-
-# A save writes `.<name>.saving-<pid>@<host>` beside the target, then moves an existing model aside to
-# `.<name>.replaced-<pid>@<host>`, renames the new folder into place and deletes the old one. `model.json`
-# is written last, so a saving folder holding it is complete.
-_SAVING, _REPLACED = "saving", "replaced"
-_SAVES_IN_PROGRESS: set[Path] = set()  # this process's own saves (their folders are not leftovers)
-
-
-def _owner_token() -> str:
-    return f"{os.getpid()}@{socket.gethostname()}"
-
-
-def _side_folder(path: Path, kind: str) -> Path:
-    return path.parent / f".{path.name}.{kind}-{_owner_token()}"
-
-
-def _leftovers(path: Path) -> list[tuple[str, Path, bool]]:
-    """`(kind, folder, owner alive)` for every folder a save into `path` left beside it (`saving`/`replaced`).
-
-    An owner on another host counts as alive: its process cannot be checked from here.
-    """
-    import re  # noqa: PLC0415
-
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.({_SAVING}|{_REPLACED})-(\d+)(?:@(.*))?$")
-    found = []
-    try:
-        siblings = list(path.parent.iterdir())
-    except OSError:
-        return []
-    for sibling in sorted(siblings):
-        match = pattern.match(sibling.name)
-        if not match or not sibling.is_dir() or sibling.is_symlink():
-            continue
-        pid, host = int(match.group(2)), match.group(3)
-        if host not in (None, socket.gethostname()):
-            alive = True
-        elif pid == os.getpid():
-            alive = sibling in _SAVES_IN_PROGRESS
-        else:
-            try:
-                os.kill(pid, 0)
-                alive = True
-            except ProcessLookupError:
-                alive = False
-            except OSError:  # EPERM: a live process of another user
-                alive = True
-        found.append((match.group(1), sibling, alive))
-    return found
-
-
-def _legacy_staging(path: Path) -> list[Path]:
-    """Folders `.<name>.XXXXXXXX` holding model files: what save_model wrote before its folders had owner names."""
-    import re  # noqa: PLC0415
-
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.[a-z0-9_]{{8}}$")
-    try:
-        return sorted(p for p in path.parent.iterdir() if pattern.match(p.name) and p.is_dir() and not p.is_symlink()
-                      and ((p / "model.json").exists() or (p / "variables").exists()))
-    except OSError:
-        return []
-
-
-def _is_complete_save(folder: Path) -> bool:
-    try:
-        info = json.loads((folder / "model.json").read_text())
-        return isinstance(info, dict) and info.get("format") == MODEL_FORMAT and (folder / "variables").is_dir()
-    except (OSError, ValueError):
-        return False
-
-
-def recover_interrupted_save(path: str | Path) -> list[str]:
-    """Complete or roll back a `save_model` into `path` that was killed midway; say what was done.
-
-    Only folders of dead savers are touched (a live one, or one on another
-    host, is named instead). Killed between its two renames (nothing at
-    `path`; the old model moved aside, the new one complete): the new model
-    is moved into place and the old one, replaced on request, removed. No
-    complete new model: the old one is put back. Killed before it moved
-    anything (`path` intact): an incomplete new folder is removed; a complete
-    one is named with the commands to use or drop it. Killed after its second
-    rename: the old model it replaced is removed. `save_model` and
-    `load_model` call this first; each action is an `InterruptedSaveWarning`.
-
-    Returns:
-      One line per action or folder named (empty: nothing was left).
-    """
-    path = expand_path(path).absolute()
-    leftovers = _leftovers(path)
-    notes = []
-    live = [folder for _, folder, alive in leftovers if alive]
-    saving = [folder for kind, folder, alive in leftovers if kind == _SAVING and not alive]
-    replaced = [folder for kind, folder, alive in leftovers if kind == _REPLACED and not alive]
-    complete = [folder for folder in saving if _is_complete_save(folder)]
-    try:
-        if not (path.exists() or path.is_symlink()) and not live:
-            if replaced and complete:
-                os.replace(complete[-1], path)
-                notes.append(f"finished a save_model into {path} that was killed between its two renames: moved the "
-                             f"new model from {complete[-1].name} into place")
-            elif replaced:
-                os.replace(replaced[-1], path)
-                notes.append(f"put back the model a killed save_model into {path} had moved aside to "
-                             f"{replaced[-1].name} (the new one was never complete)")
-                replaced = replaced[:-1]
-            elif complete:
-                os.replace(complete[-1], path)
-                notes.append(f"finished a save_model into {path} that was killed before its rename: moved the "
-                             f"complete new model from {complete[-1].name} into place")
-        if path.exists():
-            for folder in replaced:
-                shutil.rmtree(folder)
-                notes.append(f"removed {folder}, the model a finished save_model into {path} replaced")
-            for folder in saving:
-                if not folder.exists():
-                    continue
-                if _is_complete_save(folder):
-                    notes.append(f"{folder} holds a complete model that a killed save_model never moved into "
-                                 f"place; {path} is the one from before. To use the newer one: rm -r '{path}' && "
-                                 f"mv '{folder}' '{path}'; to drop it: rm -r '{folder}'")
-                else:
-                    shutil.rmtree(folder)
-                    notes.append(f"removed {folder}, the incomplete folder of a killed save_model into {path}")
-    except OSError as err:
-        notes.append(f"could not repair what a killed save_model into {path} left ({_first_line(err)}): "
-                     + ", ".join(str(folder) for _, folder, _ in leftovers))
-    for folder in live:
-        notes.append(f"{folder} belongs to a save_model into {path} that is running (or ran on another host); "
-                     "left as it is")
-    for folder in _legacy_staging(path):
-        notes.append(f"{folder} looks like what an older jaxnets' save_model into {path} left when it was killed; "
-                     f"if no save is running, look inside and remove it: rm -r '{folder}'")
-    for note in notes:
-        warnings.warn(note, InterruptedSaveWarning, stacklevel=3)
-    return notes
-
-
-def variables_mismatch(expected: Any, given: Any, name: str) -> str | None:
-    """What differs between `given` and `expected` (pytrees of arrays or shape/dtype structs), or None.
-
-    The first missing or unexpected variable, then the first other shape,
-    then the first other dtype (saying that it is the dtype, and how to cast).
-    """
-    def leaves(tree):
-        return {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-    try:
-        want, got = leaves(expected), leaves(jax.tree.map(lambda a: a, dict(given)))
-    except (TypeError, ValueError) as err:
-        return f"not a dict of arrays ({_first_line(err)})"
-    missing = [k for k in want if k not in got]
-    extra = [k for k in got if k not in want]
-    if missing or extra:
-        first = f"{missing[0]} is missing" if missing else f"{extra[0]} is not a variable of {name}"
-        return f"wrong keys: {first} ({len(missing)} missing, {len(extra)} unexpected in all)"
-    for key, leaf in want.items():
-        if tuple(np.shape(got[key])) != tuple(leaf.shape):
-            return f"wrong shapes: {key} has shape {tuple(np.shape(got[key]))}, {name} needs {tuple(leaf.shape)}"
-    for key, leaf in want.items():
-        dtype = jnp.asarray(got[key]).dtype if not hasattr(got[key], "dtype") else np.dtype(got[key].dtype)
-        if dtype != leaf.dtype:
-            return (f"wrong dtype: {key} is {dtype}, {name}'s variables are {np.dtype(leaf.dtype)} (a model's "
-                    f"dtype= sets its computation, not its variables); cast them: "
-                    f"jax.tree.map(lambda a: a.astype('{np.dtype(leaf.dtype)}'), variables)")
-    return None
-
-
-def _is_model_folder(path: Path) -> bool:
-    """Whether `path` is a folder `save_model` wrote (and nothing else): what `overwrite=True` may replace."""
-    try:
-        if not path.is_dir() or path.is_symlink():
-            return False
-        info = json.loads((path / "model.json").read_text())
-        return (isinstance(info, dict) and info.get("format") == MODEL_FORMAT and (path / "variables").is_dir()
-                and {p.name for p in path.iterdir()} <= {"model.json", "variables"})
-    except (OSError, ValueError):
-        return False
-
-
-def save_model(path: str | Path, name: str, variables: dict, overwrite: bool = False, *,
-               contract: InputContract | None = None, dataset: str | None = None, **create_kwargs) -> Path:
-    """`torch.save(model)`, the JAX way: architecture, variables and input contract in one folder.
-
-    Args:
-      path: folder to create.
-      name: the `jaxnets.models` name the variables belong to.
-      variables: `{'params', ['batch_stats']}`.
-      overwrite: replace an existing model folder (one `save_model` wrote and
-        `load_model` would read). Any other file or folder at `path` is never
-        replaced.
-      contract: the input contract (image shape, normalisation, class names)
-        of the run that made the variables: `FitResult.contract`, or
-        `InputContract.for_dataset(...)`. Stored in `model.json`; every export
-        of the folder records it.
-      dataset: shorthand for `contract=InputContract.for_dataset(dataset)`
-        (normalised `'dataset'`, as `jaxnets-train` does by default).
-      **create_kwargs: the arguments given to `models.create` (num_classes, ...).
-
-    The folder holds `model.json` (name, arguments, contract, and the
-    SHA-256 of the arrays that `load_model` checks) and `variables/` (orbax).
-    It is written beside `path` and renamed into place; an existing model is
-    moved aside until then, so a save killed midway is completed or rolled
-    back by the next `save_model`/`load_model` (`recover_interrupted_save`).
-
-    Raises:
-      FileExistsError: `path` exists and `overwrite` is False, or it is not a
-        model folder written by `save_model`.
-      ValueError: the variables do not fit `models.create(name, **create_kwargs)`
-        (the message says whether keys, shapes or the dtype differ, and which
-        variable), or the contract does not fit the model.
-    """
-    path = expand_path(path).absolute()
-    recover_interrupted_save(path)
-    if path.exists() or path.is_symlink():
-        if not overwrite:
-            raise FileExistsError(f"{path} already exists; choose another path or pass overwrite=True")
-        if not _is_model_folder(path):
-            raise FileExistsError(f"{path} exists and is not a model folder written by save_model (only model.json "
-                                  "and variables/); overwrite=True replaces only those. Choose another path.")
-    if dataset is not None:
-        if contract is not None:
-            raise ValueError("give contract= or dataset=, not both")
-        contract = InputContract.for_dataset(dataset)
-    model = models.create(name, **create_kwargs)
-    if contract is not None:
-        contract.check_model(model, name)
-    expected = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
-    problem = variables_mismatch(expected, variables, name)
-    if problem:
-        raise ValueError(f"variables do not fit {name} with {create_kwargs}: {problem}")
-    arrays = jax.tree.map(jnp.asarray, dict(variables))
-    info = {"format": MODEL_FORMAT, "name": name, "kwargs": encode_kwargs(create_kwargs),
-            "input_contract": None if contract is None else contract.to_json(),
-            "checksum": {"algorithm": CHECKSUM_ALGORITHM, "value": arrays_checksum(arrays)}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging, old = _side_folder(path, _SAVING), _side_folder(path, _REPLACED)
-    _SAVES_IN_PROGRESS.update((staging, old))
-    moved_aside = False
-    try:
-        staging.mkdir()
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(staging / "variables", arrays)
-        (staging / "model.json").write_text(json.dumps(info, indent=2))  # last: marks the folder complete
-        if path.exists():
-            os.replace(path, old)  # moved aside, not deleted, until the new folder is in place
-            moved_aside = True
-        os.replace(staging, path)
-    except BaseException:
-        if moved_aside and not path.exists():
-            os.replace(old, path)  # put the old model back
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        _SAVES_IN_PROGRESS.difference_update((staging, old))
-    shutil.rmtree(old, ignore_errors=True)
-    for kind, folder, alive in _leftovers(path):  # a killed save's model, never moved into place: superseded now
-        if kind == _SAVING and not alive:
-            shutil.rmtree(folder, ignore_errors=True)
-            warnings.warn(f"removed {folder}, a model a killed save_model never moved into place, superseded by "
-                          "this save", InterruptedSaveWarning, stacklevel=2)
-    return path
-
-
-def _read_model_json(path: Path) -> dict:
-    info = json.loads((path / "model.json").read_text())
-    if not isinstance(info, dict) or info.get("format") != MODEL_FORMAT:
-        raise ValueError(f"format {info.get('format') if isinstance(info, dict) else info!r}")
-    return info
-
-
-def read_contract(path: str | Path) -> InputContract | None:
-    """The input contract stored in a `save_model` folder (None: saved without one).
-
-    Raises:
-      CheckpointError: not a model folder, or its contract is malformed.
-    """
-    path = expand_path(path).absolute()
-    try:
-        value = _read_model_json(path).get("input_contract")
-        return None if value is None else InputContract.from_json(value)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a model saved by jaxnets.save_model ({_first_line(err)})") from err
-
-
-def load_model(path: str | Path):
-    """The inverse of `save_model`: `(model, variables)`, no user code needed. `read_contract` gives its contract.
-
-    A save into `path` that was killed midway is first completed or rolled
-    back (`recover_interrupted_save`, with an `InterruptedSaveWarning`).
-
-    Raises:
-      CheckpointError: not a jaxnets model folder, its `model.json` is malformed
-        (any wrong type or value), or its variables are corrupt (unreadable, or
-        their SHA-256 differs from the one saved with them).
-
-    Warns:
-      UnverifiedModelWarning: the folder has no checksum (saved by an older
-        jaxnets): loaded, but its arrays could not be verified.
-    """
-    path = expand_path(path).absolute()
-    recover_interrupted_save(path)
-    try:
-        info = _read_model_json(path)
-        name, kwargs = info.get("name"), info.get("kwargs", {})
-        if not isinstance(name, str) or not isinstance(kwargs, dict):
-            raise ValueError("'name' must be a string and 'kwargs' an object")
-        if info.get("input_contract") is not None:
-            InputContract.from_json(info["input_contract"])
-        model = models.create(name, **decode_kwargs(kwargs))
-        target = _abstract(jax.eval_shape(lambda: models.init(model, jax.random.key(0))))
-    except Exception as err:  # malformed JSON values surface as many types (TypeError, ZeroDivisionError, ...)
-        raise CheckpointError(f"{path} is not a model saved by jaxnets.save_model ({_first_line(err)})") from err
-    try:
-        with _quiet_orbax_logs(), ocp.StandardCheckpointer() as checkpointer:
-            variables = checkpointer.restore(path / "variables", target)
-    except Exception as err:  # orbax/tensorstore raise many types
-        raise CheckpointError(f"cannot restore {path / 'variables'}: corrupt or mismatched ({_first_line(err)})") from err
-    saved = info.get("checksum")
-    if not isinstance(saved, dict) or saved.get("algorithm") != CHECKSUM_ALGORITHM:
-        warnings.warn(f"{path} has no checksum of its arrays (saved by an older jaxnets), so they could not be "
-                      "verified; save it again with save_model to add one", UnverifiedModelWarning, stacklevel=2)
-    elif saved.get("value") != arrays_checksum(variables):
-        raise CheckpointError(f"cannot load {path}: corrupt, its arrays do not match the checksum saved with them "
-                              "(the files changed after they were written). Save or convert the model again")
-    return model, variables

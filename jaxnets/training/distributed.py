@@ -103,6 +103,10 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
+def silent(*args, **kwargs) -> None:
+    """The `print` / log of processes other than 0: a run speaks with one voice, process 0's."""
+
+
 def data_parallel_mesh(devices=None) -> Mesh:
     """A one-axis mesh `('data',)` over `devices` (default: every device of every process).
 

@@ -48,11 +48,19 @@ LOSSES: dict[str, Callable[..., jax.Array]] = {
 }
 
 
+CLASSIFICATION_LOSSES = ("cross_entropy",)  # integer class labels: accuracy and top-5 are reported
+
+
+def is_classification(name: str) -> bool:
+    """Whether loss `name` trains a classifier on integer labels (so accuracy and top-k mean something)."""
+    return name in CLASSIFICATION_LOSSES
+
+
 def get_loss(name: str, label_smoothing: float = 0.0) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """A per-example loss by name (`LOSSES`); label smoothing applies to cross-entropy."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
-    if name == "cross_entropy":
+    if name == "cross_entropy":  # the one loss that takes label smoothing
         return lambda logits, labels: cross_entropy(logits, labels, label_smoothing)
     if label_smoothing:
         raise ValueError("label_smoothing applies to cross_entropy only")

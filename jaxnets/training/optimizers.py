@@ -16,8 +16,24 @@ from __future__ import annotations
 
 import optax
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "step", "cosine")
+
+
+def _constant(lr: float, total_steps: int, warmup_steps: int, step_every: int | None, gamma: float):
+    return optax.constant_schedule(lr)
+
+
+def _step(lr: float, total_steps: int, warmup_steps: int, step_every: int | None, gamma: float):
+    every = step_every or max(1, total_steps // 3)
+    return optax.exponential_decay(lr, transition_steps=every, decay_rate=gamma, staircase=True)
+
+
+def _cosine(lr: float, total_steps: int, warmup_steps: int, step_every: int | None, gamma: float):
+    warmup = min(warmup_steps, max(total_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, warmup, max(total_steps, warmup + 1), 0.0)
+
+
+_SCHEDULES = {"constant": _constant, "step": _step, "cosine": _cosine}
+SCHEDULES = tuple(_SCHEDULES)
 
 
 def make_schedule(kind: str, lr: float, total_steps: int, *, warmup_steps: int = 0, step_every: int | None = None,
@@ -31,16 +47,13 @@ def make_schedule(kind: str, lr: float, total_steps: int, *, warmup_steps: int =
         `total_steps`, as `CosineAnnealingLR` stepped per iteration).
       lr: peak learning rate.
       total_steps: length of the run in optimizer steps.
+
+    Raises:
+      ValueError: `kind` is not one of `SCHEDULES`.
     """
-    if kind == "constant":
-        return optax.constant_schedule(lr)
-    if kind == "step":
-        every = step_every or max(1, total_steps // 3)
-        return optax.exponential_decay(lr, transition_steps=every, decay_rate=gamma, staircase=True)
-    if kind == "cosine":
-        warmup = min(warmup_steps, max(total_steps - 1, 0))
-        return optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, warmup, max(total_steps, warmup + 1), 0.0)
-    raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
+    if kind not in _SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
+    return _SCHEDULES[kind](lr, total_steps, warmup_steps, step_every, gamma)
 
 
 def sgd(lr: float | optax.Schedule, momentum: float = 0.0, nesterov: bool = False,
@@ -67,13 +80,22 @@ def adamw(lr: float | optax.Schedule, b1: float = 0.9, b2: float = 0.999, eps: f
     return optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 
+# name -> the optimizer from (lr, momentum, nesterov, weight_decay); momentum and nesterov are SGD's only.
+_OPTIMIZERS = {
+    "sgd": lambda lr, momentum, nesterov, weight_decay: sgd(lr, momentum, nesterov, weight_decay),
+    "adam": lambda lr, momentum, nesterov, weight_decay: adam(lr, weight_decay=weight_decay),
+    "adamw": lambda lr, momentum, nesterov, weight_decay: adamw(lr, weight_decay=weight_decay),
+}
+OPTIMIZERS = tuple(_OPTIMIZERS)
+
+
 def create(name: str, lr: float | optax.Schedule, *, momentum: float = 0.9, nesterov: bool = False,
            weight_decay: float = 0.0) -> optax.GradientTransformation:
-    """An optimizer by name (`OPTIMIZERS`); `momentum`/`nesterov` apply to SGD only."""
-    if name == "sgd":
-        return sgd(lr, momentum, nesterov, weight_decay)
-    if name == "adam":
-        return adam(lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return adamw(lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+    """An optimizer by name (`OPTIMIZERS`); `momentum`/`nesterov` apply to SGD only.
+
+    Raises:
+      ValueError: `name` is not one of `OPTIMIZERS`.
+    """
+    if name not in _OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+    return _OPTIMIZERS[name](lr, momentum, nesterov, weight_decay)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from jaxnets.training.fit import TrainConfig
+from jaxnets.training.config import TrainConfig
 
 _CIFAR_SGD = dict(dataset="cifar10", batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
                   schedule="cosine", augment=True, epochs=200)

@@ -45,7 +45,7 @@ from jaxnets import backend
 from jaxnets.data import Batch, Preprocess
 from jaxnets.data.pipeline import prepare
 from jaxnets.training import precision
-from jaxnets.training.losses import correct, get_loss
+from jaxnets.training.losses import correct, get_loss, is_classification
 from jaxnets.training.state import TrainState
 
 #: How a step runs: one compiled program (`jit`), op by op (`eager`), or a whole epoch in one `lax.scan`.
@@ -99,6 +99,20 @@ def _micro_batches(x: jax.Array, k: int) -> jax.Array:
     return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
 
 
+def check_accumulate(accumulate: int, batch_size: int | None = None) -> None:
+    """Refuse an `accumulate` that is not a positive integer, or (given `batch_size`) that does not divide it.
+
+    Raises:
+      ValueError: "accumulate must be a positive integer (got ...)", or
+        "batch_size (B) must be a multiple of accumulate (K): ...".
+    """
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise ValueError(f"accumulate must be a positive integer (got {accumulate!r})")
+    if batch_size is not None and batch_size % accumulate:
+        raise ValueError(f"batch_size ({batch_size}) must be a multiple of accumulate ({accumulate}): a batch of "
+                         f"{batch_size} does not split into accumulate={accumulate} equal micro-batches")
+
+
 def train_step(state: TrainState, batch: Batch, *, loss: str = "cross_entropy", label_smoothing: float = 0.0,
                learning_rate: float | optax.Schedule | None = None,
                accumulate: int = 1) -> tuple[TrainState, Metrics]:
@@ -136,14 +150,9 @@ def train_step(state: TrainState, batch: Batch, *, loss: str = "cross_entropy", 
       ValueError: unknown loss, `accumulate < 1`, or a batch size that is not a
         multiple of `accumulate` (at trace time).
     """
-    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
-        raise ValueError(f"accumulate must be a positive integer (got {accumulate!r})")
-    batch_size = batch.label.shape[0]
-    if batch_size % accumulate:
-        raise ValueError(f"a batch of {batch_size} does not split into accumulate={accumulate} equal micro-batches; "
-                         "choose a batch size that is a multiple of accumulate")
+    check_accumulate(accumulate, batch.label.shape[0])
     loss_fn = get_loss(loss, label_smoothing)
-    classification = loss == "cross_entropy"
+    classification = is_classification(loss)
     scale = precision.loss_scale(state.opt_state)  # None unless float16 loss scaling
     dropout_key = jax.random.fold_in(state.key, state.step)
     # The whole batch's example count divides every micro-batch's loss sum: their gradients add up to the mean's.
@@ -207,7 +216,7 @@ def eval_step(state: TrainState, batch: Batch, *, loss: str = "cross_entropy") -
     """
     loss_fn = get_loss(loss)
     logits = state.apply_fn(state.variables, batch.image, train=False)
-    return _batch_metrics(logits, batch.label, loss_fn(logits, batch.label), batch.mask, loss == "cross_entropy")
+    return _batch_metrics(logits, batch.label, loss_fn(logits, batch.label), batch.mask, is_classification(loss))
 
 
 def scan_epoch(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array, key: jax.Array,
@@ -261,8 +270,7 @@ def make_steps(loss: str = "cross_entropy", mode: str = "jit", label_smoothing: 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
     get_loss(loss, label_smoothing)  # unknown names fail here, not at the first step
-    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
-        raise ValueError(f"accumulate must be a positive integer (got {accumulate!r})")
+    check_accumulate(accumulate)
     train = functools.partial(train_step, loss=loss, label_smoothing=label_smoothing, learning_rate=learning_rate,
                               accumulate=accumulate)
     evaluate_ = functools.partial(eval_step, loss=loss)
