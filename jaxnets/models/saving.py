@@ -25,6 +25,7 @@ imports no training machinery.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,43 @@ def arrays_checksum(tree: Any) -> str:
 def _first_line(err: BaseException) -> str:
     text = str(err)
     return f"{type(err).__name__}: {text.splitlines()[0][:300]}" if text else type(err).__name__
+
+
+def _is_orbax_read(unraisable: Any) -> bool:
+    """Whether an unraisable exception is the echo of an abandoned orbax read.
+
+    Either one of orbax's read coroutines finalised with an error, or a
+    callback of its (already closed) asyncio loop.
+    """
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is not None and "orbax" in code.co_filename:
+        return True
+    return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads():
+    """Drop Python's reports of the read coroutines orbax abandons when a restore fails.
+
+    When one shard of a checkpoint cannot be read, orbax gives up on the
+    others' read coroutines, and Python prints each as "Exception ignored in:
+    <coroutine ...>" (or its closed event loop's callbacks raise) with a
+    traceback whenever it is finalised, during the restore or later. The `CheckpointError` raised for the restore already says
+    the checkpoint is unreadable; these are its echoes. Reports of anything
+    else pass through; the coroutines are collected before leaving.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _is_orbax_read(unraisable):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook = previous
 
 
 @contextlib.contextmanager
@@ -449,11 +488,15 @@ def load_model(path: str | Path):
         target = _abstract(jax.eval_shape(lambda: models.init(model, jax.random.key(0))))
     except Exception as err:  # malformed JSON values surface as many types (TypeError, ZeroDivisionError, ...)
         raise CheckpointError(f"{path} is not a model saved by jaxnets.save_model ({_first_line(err)})") from err
-    try:
-        with _quiet_orbax_logs(), ocp.StandardCheckpointer() as checkpointer:
-            variables = checkpointer.restore(path / "variables", target)
-    except Exception as err:  # orbax/tensorstore raise many types
-        raise CheckpointError(f"cannot restore {path / 'variables'}: corrupt or mismatched ({_first_line(err)})") from err
+    failure = None
+    with _quiet_abandoned_reads():
+        try:
+            with _quiet_orbax_logs(), ocp.StandardCheckpointer() as checkpointer:
+                variables = checkpointer.restore(path / "variables", target)
+        except Exception as err:  # orbax/tensorstore raise many types
+            failure = _first_line(err)  # kept as text: the exception would keep the abandoned reads alive
+    if failure is not None:
+        raise CheckpointError(f"cannot restore {path / 'variables'}: corrupt or mismatched ({failure})")
     saved = info.get("checksum")
     if not isinstance(saved, dict) or saved.get("algorithm") != CHECKSUM_ALGORITHM:
         warnings.warn(f"{path} has no checksum of its arrays (saved by an older jaxnets), so they could not be "

@@ -29,8 +29,8 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from jaxnets.models.saving import (CHECKSUM_ALGORITHM, CheckpointError, _abstract, _first_line, _quiet_orbax_logs,
-                                   arrays_checksum)
+from jaxnets.models.saving import (CHECKSUM_ALGORITHM, CheckpointError, _abstract, _first_line,
+                                   _quiet_abandoned_reads, _quiet_orbax_logs, arrays_checksum)
 from jaxnets.paths import expand_path
 from jaxnets.training.lock import WorkdirNotWritable
 
@@ -239,15 +239,18 @@ class Checkpoints:
         if epoch is None:
             raise CheckpointError(f"no checkpoint in {where}")
         hint = "" if best else self._older_hint(epoch, where)
-        try:
-            with _quiet_orbax_logs():
-                restored = manager.restore(epoch, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(_abstract(target_arrays)), meta=ocp.args.JsonRestore()))
-        except Exception as err:  # orbax/tensorstore raise many types; all mean "cannot restore this"
+        failure = None
+        with _quiet_abandoned_reads():
+            try:
+                with _quiet_orbax_logs():
+                    restored = manager.restore(epoch, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(_abstract(target_arrays)), meta=ocp.args.JsonRestore()))
+            except Exception as err:  # orbax/tensorstore raise many types; all mean "cannot restore this"
+                failure = _first_line(err)  # kept as text: the exception would keep the abandoned reads alive
+        if failure is not None:
             raise CheckpointError(
                 f"cannot restore {where / str(epoch)} (epoch {epoch}): it is corrupt or was written for a different "
-                f"model/optimizer ({_first_line(err)}).{hint}"
-            ) from err
+                f"model/optimizer ({failure}).{hint}")
         state, meta = restored["state"], restored["meta"]
         saved = (meta.get("checksum") or {}) if isinstance(meta, dict) else {}
         if not isinstance(saved, dict) or saved.get("algorithm") != CHECKSUM_ALGORITHM:
