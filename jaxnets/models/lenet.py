@@ -17,9 +17,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxnets import layers
+from jaxnets.models.inputs import SquareImageInput
 
 
-class LeNet(nn.Module):
+class LeNet(SquareImageInput, nn.Module):
     """LeNet builder.
 
     Input: `[N, image_size, image_size, in_channels]` float32 (NHWC).
@@ -36,10 +37,6 @@ class LeNet(nn.Module):
     num_classes: int = 10
     dtype: Any = jnp.float32
     name_for_errors: str = "lenet"
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (self.image_size, self.image_size, self.in_channels)
 
     @property
     def input_spec(self) -> tuple[int | None, ...]:

@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxnets import layers
+from jaxnets.models.inputs import SquareImageInput
 
 
 LAYOUTS = ("cifar", "torchvision")
@@ -88,7 +89,7 @@ class Bottleneck(_Block):
         return nn.relu(out + self.shortcut(x, conv, norm))
 
 
-class ResNet(nn.Module):
+class ResNet(SquareImageInput, nn.Module):
     """ResNet builder: `block_cls` repeated `stage_sizes` times per stage.
 
     Input: `[N, H, W, in_channels]` float32 (NHWC), any H and W (32x32 for
@@ -109,10 +110,6 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     width_divisor: int = 1  # every channel count divided by this: tiny variants with the same code paths
     name_for_errors: str = "resnet"
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (self.image_size, self.image_size, self.in_channels)
 
     @property
     def input_spec(self) -> tuple[int | None, ...]:
