@@ -14,6 +14,12 @@ in `data_dir`, `'folder'` an image folder (`<dir>/[train|test/]<class>/<image>`)
 has the data: files, an image folder, a prepared tfds data set, and finally
 downloads the published files (`jaxnets.data.download`, no TensorFlow) into
 `data_dir` (default `~/.cache/jaxnets/data`). `~` and `$VARS` expand in every path.
+
+The package's modules: `loading` (`load`), `dataset` (`Dataset` and its
+splits), `catalog` (one entry per data set), `files`, `folder`,
+`tfds_source`, `download` and `embedded` (the sources), `cache` (decoded
+splits as .npz), `pipeline` (`Loader`, preprocessing, augmentation),
+`synthetic`, `errors`.
 """
 
 from jaxnets.data import catalog
