@@ -138,8 +138,9 @@ def _check_unambiguous(name: str, state_dict, pairs: list[tuple[TheirLayer, Laye
                 f"{ours_second!r}}} (jaxnets-convert --map {second}={ours_first} --map {first}={ours_second})")
 
 
-def _match_by_structure(name: str, state_dict: Mapping[str, Any], layout: list[LayoutRow], mapping: Mapping[str, str] | None = None,
-                        order_known: bool = False, why_untraced: str = "") -> dict[str, str]:
+def _match_by_structure(name: str, state_dict: Mapping[str, Any], layout: list[LayoutRow],
+                        mapping: Mapping[str, str] | None = None, order_known: bool = False,
+                        why_untraced: str = "") -> dict[str, str]:
     """{their key: our key}, pairing layers in order by role and shapes (`mapping`'s pairs pinned first).
 
     Args:

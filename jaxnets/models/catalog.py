@@ -218,7 +218,8 @@ def _register_builtins() -> None:
         register(ModelEntry(name, builder, RESNET_FAMILY, f"torchvision {name.split('_')[0]}, any HxWx3"))
     for config in CONFIGS:
         for builder, description in ((vgg(config, imagenet=True), f"torchvision {config}, any HxWx3"),
-                                     (vgg(config, batch_norm=True, imagenet=True), f"torchvision {config}_bn, any HxWx3")):
+                                     (vgg(config, batch_norm=True, imagenet=True),
+                                      f"torchvision {config}_bn, any HxWx3")):
             register(ModelEntry(builder_name(builder), builder, VGG_FAMILY, description))
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
 
-class SquareImageInput:
-    """Mixin for a flax image model with `image_size` and `in_channels` fields: gives its `input_shape`."""
 
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """One example as `models.init` builds the model: `(image_size, image_size, in_channels)`, NHWC."""
-        return (self.image_size, self.image_size, self.in_channels)  # type: ignore[attr-defined]
+def square_image_shape(model: Any) -> tuple[int, int, int]:
+    """One example as `models.init` builds the model: `(image_size, image_size, in_channels)`, NHWC.
+
+    The `input_shape` property of every image model (`input_shape = property(square_image_shape)`).
+    """
+    return (model.image_size, model.image_size, model.in_channels)

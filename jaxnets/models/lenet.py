@@ -17,10 +17,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxnets import layers
-from jaxnets.models.inputs import SquareImageInput
+from jaxnets.models.inputs import square_image_shape
 
 
-class LeNet(SquareImageInput, nn.Module):
+class LeNet(nn.Module):
     """LeNet builder.
 
     Input: `[N, image_size, image_size, in_channels]` float32 (NHWC).
@@ -36,7 +36,9 @@ class LeNet(SquareImageInput, nn.Module):
     image_size: int = 32
     num_classes: int = 10
     dtype: Any = jnp.float32
-    name_for_errors: str = "lenet"
+    name_for_errors: str = "lenet"  # the catalog name (read there from the preset), used in errors
+
+    input_shape = property(square_image_shape)
 
     @property
     def input_spec(self) -> tuple[int | None, ...]:

@@ -32,7 +32,7 @@ class MLP(nn.Module):
     output_dim: int = 10
     activation: str = "relu"
     dtype: Any = jnp.float32
-    name_for_errors: str = "mlp"
+    name_for_errors: str = "mlp"  # the catalog name (read there from the preset), used in errors
 
     @property
     def input_shape(self) -> tuple[int, ...]:

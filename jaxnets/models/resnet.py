@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxnets import layers
-from jaxnets.models.inputs import SquareImageInput
+from jaxnets.models.inputs import square_image_shape
 
 
 LAYOUTS = ("cifar", "torchvision")
@@ -89,7 +89,7 @@ class Bottleneck(_Block):
         return nn.relu(out + self.shortcut(x, conv, norm))
 
 
-class ResNet(SquareImageInput, nn.Module):
+class ResNet(nn.Module):
     """ResNet builder: `block_cls` repeated `stage_sizes` times per stage.
 
     Input: `[N, H, W, in_channels]` float32 (NHWC), any H and W (32x32 for
@@ -109,7 +109,9 @@ class ResNet(SquareImageInput, nn.Module):
     layout: str = "cifar"
     dtype: Any = jnp.float32
     width_divisor: int = 1  # every channel count divided by this: tiny variants with the same code paths
-    name_for_errors: str = "resnet"
+    name_for_errors: str = "resnet"  # the catalog name (read there from the preset), used in errors
+
+    input_shape = property(square_image_shape)
 
     @property
     def input_spec(self) -> tuple[int | None, ...]:

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxnets import layers
-from jaxnets.models.inputs import SquareImageInput
+from jaxnets.models.inputs import square_image_shape
 
 # Numbers are conv output channels (3x3, pad 1, + ReLU); "M" is a 2x2 max pool.
 CONFIGS: dict[str, tuple[int | str, ...]] = {
@@ -31,7 +31,7 @@ CONFIGS: dict[str, tuple[int | str, ...]] = {
 HEADS = ("cifar", "imagenet")
 
 
-class VGG(SquareImageInput, nn.Module):
+class VGG(nn.Module):
     """VGG builder.
 
     Input: `[N, H, W, in_channels]` float32 (NHWC; 32x32 for the CIFAR head).
@@ -50,7 +50,9 @@ class VGG(SquareImageInput, nn.Module):
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
     width_divisor: int = 1  # every channel count divided by this: tiny variants with the same code paths
-    name_for_errors: str = "vgg"
+    name_for_errors: str = "vgg"  # the catalog name (read there from the preset), used in errors
+
+    input_shape = property(square_image_shape)
 
     @property
     def input_spec(self) -> tuple[int | None, ...]:
