@@ -24,8 +24,8 @@ from jaxnets.interop.errors import StateDictMismatch
 # Our leaf name -> PyTorch's, per collection.
 _PARAM_TO_TORCH = {"kernel": "weight", "bias": "bias", "scale": "weight"}
 _STAT_TO_TORCH = {"mean": "running_mean", "var": "running_var"}
-# PyTorch's order inside a layer: weight, bias, running_mean, running_var.
-_LEAF_RANK = {"kernel": 0, "scale": 0, "bias": 1, "mean": 2, "var": 3}
+# PyTorch's order inside a layer.
+TORCH_LEAF_ORDER = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3}
 
 
 class LayoutRow(NamedTuple):
@@ -191,6 +191,14 @@ def _compute_layout(model) -> list[LayoutRow]:
     return rows
 
 
+def layer_role(torch_leaves: set[str], weight_ndim: int) -> str:
+    """How a layer's tensors are compared, on either side: 'batchnorm' (it holds running statistics),
+    'conv' (a 4-D weight), 'linear' (a 2-D weight) or 'other'."""
+    if "running_mean" in torch_leaves:
+        return "batchnorm"
+    return {4: "conv", 2: "linear"}.get(weight_ndim, "other")
+
+
 def our_layers(layout: list[LayoutRow]) -> list[Layer]:
     """Our variables grouped per layer, layers in module order (BatchNorm stats with their layer), each
     layer's rows in PyTorch's order."""
@@ -198,10 +206,9 @@ def our_layers(layout: list[LayoutRow]) -> list[Layer]:
     for row in layout:
         by_module.setdefault(row.module, Layer(row.module)).rows.append(row)
     for layer in by_module.values():
-        leaves = {row.leaf for row in layer.rows}
-        kernel = [row.torch_shape for row in layer.rows if row.leaf == "kernel"]
-        layer.role = "batchnorm" if "mean" in leaves else "conv" if kernel and len(kernel[0]) == 4 else "linear"
-        layer.rows.sort(key=lambda row: _LEAF_RANK[row.leaf])
+        weight = next((row.torch_shape for row in layer.rows if row.torch_leaf == "weight"), ())
+        layer.role = layer_role({row.torch_leaf for row in layer.rows}, len(weight))
+        layer.rows.sort(key=lambda row: TORCH_LEAF_ORDER[row.torch_leaf])
     return list(by_module.values())
 
 

@@ -11,13 +11,11 @@ from typing import Any, NamedTuple
 
 from jaxnets.errors import describe
 from jaxnets.interop.errors import AmbiguousMapping, StateDictMismatch
-from jaxnets.interop.layout import Layer, LayoutRow, build_layout, our_layers
+from jaxnets.interop.layout import TORCH_LEAF_ORDER, Layer, LayoutRow, build_layout, layer_role, our_layers
 from jaxnets.interop.state_dict import is_tensor, strip_wrappers
 
 # The package's logger (`jaxnets.interop`): the mapping found by structure is logged at INFO.
 logger = logging.getLogger("jaxnets.interop")
-# PyTorch's order inside a layer.
-_TORCH_LEAF_ORDER = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3}
 
 
 class TheirLayer(NamedTuple):
@@ -41,7 +39,7 @@ def _their_layers(state_dict: Mapping[str, Any]) -> list[TheirLayer]:
         leaves = {key.rsplit(".", 1)[-1] for key in keys}
         weight = state_dict.get(f"{module}.weight" if module else "weight")
         ndim = len(weight.shape) if weight is not None else 0
-        role = "batchnorm" if "running_mean" in leaves else "conv" if ndim == 4 else "linear" if ndim == 2 else "other"
+        role = layer_role(leaves, ndim)
         out.append(TheirLayer(module, role, keys))
     return out
 
@@ -96,7 +94,7 @@ def _pinned_pairs(name: str, state_dict, theirs, ours: list[Layer], mapping: Map
 def _pair(name: str, state_dict, their_layer: TheirLayer, mine: Layer, where: str) -> dict[str, str]:
     """{their key: our key} for one pair of layers, or `StateDictMismatch` saying how they differ."""
     module, role, keys = their_layer
-    keys = sorted(keys, key=lambda k: _TORCH_LEAF_ORDER.get(k.rsplit(".", 1)[-1], 9))
+    keys = sorted(keys, key=lambda k: TORCH_LEAF_ORDER.get(k.rsplit(".", 1)[-1], 9))
     their_leaves = [(k.rsplit(".", 1)[-1], tuple(state_dict[k].shape)) for k in keys]
     my_leaves = [(row.torch_leaf, tuple(row.torch_shape)) for row in mine.rows]
     if role != mine.role or their_leaves != my_leaves:

@@ -180,7 +180,7 @@ VGG_FAMILY = Family("vgg", "VGG", torch_flatten=lambda m: ("classifier.0", layer
                     if m.head == "imagenet" else None)
 
 
-def builder_name(builder: Callable[..., nn.Module]) -> str:
+def _builder_name(builder: Callable[..., nn.Module]) -> str:
     """The name a built-in builder gives its models in errors (`name_for_errors`): its catalog name.
 
     Read from the preset's `functools.partial` keywords, else the class's default, so each name is
@@ -206,21 +206,21 @@ def _register_builtins() -> None:
         (resnet.ResNet34, RESNET_FAMILY, "pytorch-cifar ResNet-34, any HxWx3"),
         (resnet.ResNet50, RESNET_FAMILY, "pytorch-cifar ResNet-50, any HxWx3"),
     ):
-        register(ModelEntry(builder_name(builder), builder, family, description))
+        register(ModelEntry(_builder_name(builder), builder, family, description))
     for config in CONFIGS:
         for builder, description in ((vgg(config), f"pytorch-cifar {config}, CIFAR head, 32x32x3"),
                                      (vgg(config, batch_norm=True),
                                       f"pytorch-cifar {config} with BatchNorm, CIFAR head, 32x32x3")):
-            register(ModelEntry(builder_name(builder), builder, VGG_FAMILY, description))
+            register(ModelEntry(_builder_name(builder), builder, VGG_FAMILY, description))
     # torchvision's ImageNet layouts, key names and init (1,000 classes, 224x224).
     for builder in (resnet.ResNet18ImageNet, resnet.ResNet34ImageNet, resnet.ResNet50ImageNet):
-        name = builder_name(builder)
+        name = _builder_name(builder)
         register(ModelEntry(name, builder, RESNET_FAMILY, f"torchvision {name.split('_')[0]}, any HxWx3"))
     for config in CONFIGS:
         for builder, description in ((vgg(config, imagenet=True), f"torchvision {config}, any HxWx3"),
                                      (vgg(config, batch_norm=True, imagenet=True),
                                       f"torchvision {config}_bn, any HxWx3")):
-            register(ModelEntry(builder_name(builder), builder, VGG_FAMILY, description))
+            register(ModelEntry(_builder_name(builder), builder, VGG_FAMILY, description))
 
 
 _register_builtins()
