@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnets import backend
+from jaxnets import backend, errors
 from jaxnets.paths import expand_path
 
 #: The format tag written in every sidecar; `load` refuses any other.
@@ -348,7 +348,7 @@ def load(path: str | Path) -> ExportedModel:
     try:
         exported = jax.export.deserialize(bytearray(artifact))
     except Exception as err:  # flatbuffers/MLIR raise many types
-        raise ExportError(f"cannot deserialize {path} ({type(err).__name__}: {err}); was it written by a newer jax "
+        raise ExportError(f"cannot deserialize {path} ({errors.describe(err)}); was it written by a newer jax "
                           f"than {jax.__version__}? The sidecar says {info.get('jax_version')}") from err
     return ExportedModel(exported, info, path)
 

@@ -609,7 +609,7 @@ def test_uncompressed_idx_images_beside_gzipped_labels_are_found(tmp_path, monke
     gz = tmp_path / "t10k-images-idx3-ubyte.gz"
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(gzip.decompress(gz.read_bytes()))
     gz.unlink()
-    monkeypatch.setattr(data, "download_files", lambda *a, **k: pytest.fail("tried to download"))
+    monkeypatch.setattr(data.loading, "download_files", lambda *a, **k: pytest.fail("tried to download"))
     ds = data.load("mnist", "test", data_dir=tmp_path, strict=False)
     np.testing.assert_array_equal(ds.labels, labels)
 

@@ -14,37 +14,31 @@ in `data_dir`, `'folder'` an image folder (`<dir>/[train|test/]<class>/<image>`)
 has the data: files, an image folder, a prepared tfds data set, and finally
 downloads the published files (`jaxnets.data.download`, no TensorFlow) into
 `data_dir` (default `~/.cache/jaxnets/data`). `~` and `$VARS` expand in every path.
+
+The package's modules: `loading` (`load`), `dataset` (`Dataset` and its
+splits), `catalog` (one entry per data set), `files`, `folder`,
+`tfds_source`, `download` and `embedded` (the sources), `cache` (decoded
+splits as .npz), `pipeline` (`Loader`, preprocessing, augmentation),
+`synthetic`, `errors`.
 """
 
-from __future__ import annotations
-
-import dataclasses
-from collections.abc import Sequence
-from pathlib import Path
-
-import numpy as np
-
-from jaxnets.data import cache as npz_cache
-from jaxnets.data import catalog, files
-from jaxnets.paths import expand_path
+from jaxnets.data import catalog
 from jaxnets.data.catalog import DatasetEntry, FileLayout, register
+from jaxnets.data.dataset import Dataset, random_split, train_val_split
 from jaxnets.data.download import (DOWNLOADABLE, MIRROR_ENV, ChecksumMismatch, DownloadTimeout, Timeouts,
                                    default_data_dir, download_files)
 from jaxnets.data.errors import CorruptDataFile, DataError, DataNotFound, UnsafePickle
-from jaxnets.data.files import expected_files, load_files
-from jaxnets.data.folder import has_split_folders, load_folder
+from jaxnets.data.files import load_files
+from jaxnets.data.folder import load_folder
+from jaxnets.data.loading import SOURCES, SPLITS, available, load
 from jaxnets.data.pipeline import (RESIDENT_MAX_BYTES, Batch, Loader, Preprocess, channel_stats, keeps_data_on_device,
                                    preprocess, random_crop, random_flip)
 from jaxnets.data.synthetic import synthetic_batch, synthetic_batches
 from jaxnets.data.tfds_source import load_tfds
-
-#: The splits `load` accepts.
-SPLITS = ("train", "test")
-#: Where `load` reads from; `auto` tries files, an image folder, tfds, then a download.
-SOURCES = ("auto", "tfds", "files", "folder")
+from jaxnets.paths import expand_path
 
 # Views of the catalog, computed when read (so a registered entry shows up): the data set names, those with
-# standard files, their tfds names, their tabled normalisation.
+# standard files, their tfds names, their tabled normalisation. The module `__getattr__` must live here.
 _VIEWS = {"DATASETS": catalog.names, "FILE_DATASETS": catalog.with_files, "TFDS_NAMES": catalog.tfds_names,
           "NORMALIZATION": catalog.normalizations}
 
@@ -53,191 +47,6 @@ def __getattr__(name: str):
     if name in _VIEWS:
         return _VIEWS[name]()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def available() -> tuple[str, ...]:
-    """The data set names `load` accepts (the catalog's names)."""
-    return catalog.names()
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """An in-memory split: what `load` returns."""
-
-    images: np.ndarray  # [N, H, W, C] uint8
-    labels: np.ndarray  # [N] int32
-    class_names: tuple[str, ...]
-    name: str
-    split: str
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
-
-    def subset(self, indices: np.ndarray, split: str | None = None) -> "Dataset":
-        """The examples at `indices` (e.g. from `random_split`)."""
-        return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices],
-                                   split=split or self.split)
-
-
-def load(name: str, split: str = "train", *, source: str = "auto", data_dir: str | Path | None = None,
-         download: bool = True, mirror: str | None = None, image_size: int | tuple[int, int] | None = None,
-         strict: bool | None = None, cache: bool | None = None, **options) -> Dataset:
-    """Load a whole split into memory.
-
-    Args:
-      name: one of `available()` (the catalog, `jaxnets.data.catalog`): 'digits' (embedded, scikit-learn's real 8x8
-        digits framed as 28x28), 'mnist', 'fashion_mnist', 'cifar10',
-        'cifar100', 'synthetic' (seeded; `options` shape, num_examples,
-        num_classes, seed), or 'folder' (any image folder in `data_dir`).
-      split: 'train' or 'test'.
-      source: 'files' (the standard files already in `data_dir`), 'folder'
-        (an image folder in `data_dir`), 'tfds', or 'auto': the standard
-        files in `data_dir` (default `default_data_dir()`), else an image
-        folder with train/ or test/ in `data_dir`, else a prepared tfds data
-        set, else (with `download`) the published files fetched into the
-        data directory.
-      data_dir: folder with the files or image folder, or tfds's data_dir;
-        `~` and `$VARS` expand.
-      download: with source 'auto', fetch the published files when nothing
-        is on disk (needs internet or a mirror); with 'tfds', let tfds
-        download and prepare.
-      mirror: base URL to download from instead of the published ones
-        (`<mirror>/<name>/<file>`); None: `$JAXNETS_DATA_MIRROR` when set;
-        '': the published URLs.
-      image_size: image folders only: resize every image to (height, width)
-        (an int means square); None requires one size throughout.
-      strict: the standard files must be the published layout: every file
-        (CIFAR-10's five batches) and the published number of examples
-        (`DatasetEntry.files.examples`); False accepts data trimmed on purpose.
-        None: `$JAXNETS_DATA_STRICT` ('0' means False), else True.
-      cache: read / write the decoded split's .npz cache (keyed on the files'
-        contents). None: `$JAXNETS_DATA_CACHE` ('0' means False), else True.
-
-    Returns:
-      a `Dataset` with uint8 `[N, H, W, C]` images and int32 `[N]` labels.
-
-    Raises:
-      DataError: unknown name, split or source; standard files that are not
-        the published layout (with `strict`; the message says how to opt
-        out), or a file named like a batch that is not a standard one; an
-        image folder whose classes do not fit `name`, whose split has a class
-        the training split lacks, with an empty class folder, a symlink loop
-        or dangling symlink, or images of different sizes (without
-        `image_size`).
-      DataNotFound: not on disk and not obtainable; says what to put where.
-      CorruptDataFile / UnsafePickle / ChecksumMismatch: a damaged or hostile
-        file, or a download with the wrong checksum (named; nothing kept).
-    """
-    entry = catalog.get(name)
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; use one of {SPLITS} (split 'train' further with train_val_split)")
-    if source not in SOURCES:
-        raise DataError(f"unknown source {source!r}; use one of {SOURCES}")
-    if options and not entry.takes_options:
-        raise DataError(f"{name} takes no options; got {sorted(options)}")
-    folder = expand_path(data_dir) if data_dir is not None else None  # resolved once, used by every reader below
-    strict, cache = files.strict_default(strict), npz_cache.enabled(cache)
-    if entry.reader is not None:
-        if image_size is not None:
-            raise DataError(f"image_size applies to image folders only; {name} from {source!r} has one image size")
-        images, labels, classes = entry.reader(split, **options)
-        return Dataset(images, labels.astype(np.int32), tuple(classes), name, split)
-    # The standard files, looked for once: in data_dir, or (source 'auto' without one) the download folder.
-    local = folder if folder is not None else (default_data_dir() if source == "auto" else None)
-    located = files.locate(name, split, local) if local is not None and source in ("auto", "files") else None
-    use_folder = entry.folder_only or source == "folder" or (
-        source == "auto" and entry.files is not None and folder is not None and located is None
-        and has_split_folders(folder))
-    if image_size is not None and not use_folder:
-        raise DataError(f"image_size applies to image folders only; {name} from {source!r} has one image size")
-    if use_folder:
-        if folder is None:
-            raise DataNotFound(f"{name} as an image folder needs data_dir: a folder laid out as <dir>/<class>/<image> "
-                               "or <dir>/train/<class>/<image>")
-        images, labels, classes = load_folder(folder, split, image_size=image_size, name=name, cache=cache)
-        if not entry.folder_only:
-            _check_folder_classes(entry, classes, folder)
-    elif source == "files":
-        if folder is None:
-            raise DataNotFound(f"source='files' needs data_dir: a folder holding {expected_files(name, split)}")
-        if located is None:
-            raise DataNotFound(f"{name} ({split}) not found in {folder}: expected {expected_files(name, split)}")
-        images, labels, classes = files.read(located, use_cache=cache, strict=strict)
-    elif source == "tfds":
-        images, labels, classes = load_tfds(name, split, folder, download=download, use_cache=cache)
-    else:
-        images, labels, classes = _load_auto(entry, split, folder, local, located, download, mirror, strict, cache)
-    return Dataset(images, labels.astype(np.int32), tuple(classes), name, split)
-
-
-def _load_auto(entry: DatasetEntry, split: str, data_dir: Path | None, local: Path, located: files.Located | None,
-               allow_download: bool, mirror: str | None, strict: bool, cache: bool):
-    """Files on disk (already `located` in `local`), else a prepared tfds data set, else the published files
-    downloaded into `local`."""
-    name = entry.name
-    if located is not None:
-        return files.read(located, use_cache=cache, strict=strict)
-    tfds_error: Exception | None = None
-    if entry.tfds_name is not None:
-        try:
-            return load_tfds(name, split, data_dir, download=False, use_cache=cache)
-        except DataNotFound as err:
-            tfds_error = err
-    if not allow_download:
-        raise DataNotFound(
-            f"{name} ({split}) not found in {local} (files this loader reads: {expected_files(name, split)}) nor "
-            f"prepared for tensorflow-datasets; pass download=True to fetch the published files, or put them "
-            f"there.") from tfds_error
-    download_files(name, split, local, mirror=mirror)
-    return files.load_files(name, split, local, cache=cache, strict=strict)
-
-
-def _check_folder_classes(entry: DatasetEntry, classes: tuple[str, ...], data_dir: Path) -> None:
-    """A named data set read from an image folder keeps its label order (sorted names = CIFAR-10's order)."""
-    if entry.folder_names_must_match and classes != entry.class_names:
-        raise DataError(f"image folder {data_dir} has classes {list(classes)}, not {entry.description}'s "
-                        f"{list(entry.class_names)}; load it as data set 'folder' instead")
-    if entry.num_classes is not None and len(classes) != entry.num_classes:
-        raise DataError(f"image folder {data_dir} has {len(classes)} class folders, but {entry.name} has "
-                        f"{entry.num_classes}; load it as data set 'folder' instead")
-
-
-def random_split(n: int, fractions: Sequence[float] = (0.8, 0.2), seed: int = 0) -> list[np.ndarray]:
-    """`torch.utils.data.random_split(range(n), fractions, generator=seed)` as index arrays.
-
-    Lengths are `floor(n * f)`, with the remainder dealt one by one to the
-    first parts (PyTorch's rule); the permutation is seeded.
-
-    Raises:
-      ValueError: fractions not positive or not summing to 1.
-    """
-    fractions = [float(f) for f in fractions]
-    if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"fractions must be >= 0 and sum to 1; got {fractions}")
-    lengths = [int(np.floor(n * f)) for f in fractions]
-    for i in range(n - sum(lengths)):
-        lengths[i % len(lengths)] += 1
-    order = np.random.default_rng(seed).permutation(n)
-    return [np.sort(part) for part in np.split(order, np.cumsum(lengths)[:-1])]
-
-
-def train_val_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """Split a training set into train and held-out parts (the texts' 80/20).
-
-    The held-out part is for model selection; the test split stays untouched.
-    """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1); got {val_fraction}")
-    train_index, val_index = random_split(len(dataset), (1.0 - val_fraction, val_fraction), seed)
-    return dataset.subset(train_index, "train"), dataset.subset(val_index, "validation")
 
 
 __all__ = [

@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 
 from jaxnets.data import cache, files
 from jaxnets.data.errors import CorruptDataFile, DataNotFound
+from jaxnets.errors import first_line
 from jaxnets.paths import expand_path
 
 #: The environment variable naming a mirror: files are fetched from `$JAXNETS_DATA_MIRROR/<name>/<file>`.
@@ -495,8 +496,7 @@ def _fetch_first(name, split, filename, md5, destination, data_dir, mirror, prog
 def _describe(err: Exception) -> str:
     """`Type: reason`, without urllib3's 'Max retries exceeded' wrapping around the reason."""
     reason = getattr(err.args[0], "reason", None) if err.args else None
-    text = str(reason or err).splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"
+    return f"{type(err).__name__}: {first_line(reason or err)}"
 
 
 def _unpack(archive: Path, folder: Path, extracts_to: str) -> None:

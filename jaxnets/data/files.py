@@ -43,7 +43,7 @@ from jaxnets.paths import expand_path
 from jaxnets.data.catalog import CIFAR10_CLASSES, FASHION_MNIST_CLASSES  # noqa: F401 - re-exported
 from jaxnets.data.errors import CorruptDataFile, DataError, DataNotFound, UnsafePickle, check_labels
 
-_CACHE_VERSION = "v3"  # bump when what a cache may hold changes (v2: labels checked; v3: keyed on content)
+_CACHE_VERSION = "v3"  # bump when what a cache may hold changes: caches of another version are not read
 STRICT_ENV = "JAXNETS_DATA_STRICT"  # '0': accept trimmed standard files (what strict=None means)
 _OPT_OUT = f"pass strict=False to data.load (jaxnets-train --no-strict-data, or set {STRICT_ENV}=0)"
 _IDX_IMAGE_SIZE = (28, 28)  # MNIST and Fashion-MNIST

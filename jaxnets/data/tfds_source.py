@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from jaxnets.data import cache, catalog
 from jaxnets.data.errors import DataNotFound
+from jaxnets.errors import describe
 
 
 def load_tfds(name: str, split: str, data_dir: Path | None = None, download: bool = True,
@@ -41,7 +42,7 @@ def load_tfds(name: str, split: str, data_dir: Path | None = None, download: boo
         where = data_dir or "~/tensorflow_datasets"
         raise DataNotFound(
             f"{name} ({split}) is not available through tensorflow-datasets in {where} "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Offline, either put the "
+            f"({describe(err)}). Offline, either put the "
             f"original files in a folder and pass data_dir=/--data-dir with source='files', or prepare it once "
             f"with internet access (tfds build {tfds_name} --file_format=array_record)."
         ) from err

@@ -180,33 +180,47 @@ VGG_FAMILY = Family("vgg", "VGG", torch_flatten=lambda m: ("classifier.0", layer
                     if m.head == "imagenet" else None)
 
 
+def _builder_name(builder: Callable[..., nn.Module]) -> str:
+    """The name a built-in builder gives its models in errors (`name_for_errors`): its catalog name.
+
+    Read from the preset's `functools.partial` keywords, else the class's default, so each name is
+    written once, in the model's file.
+    """
+    keywords = builder.keywords if isinstance(builder, functools.partial) else {}
+    if "name_for_errors" in keywords:
+        return keywords["name_for_errors"]
+    model_class = builder.func if isinstance(builder, functools.partial) else builder
+    return next(f.default for f in dataclasses.fields(model_class) if f.name == "name_for_errors")
+
+
 def _register_builtins() -> None:
     from jaxnets.models import lenet, mlp, resnet  # noqa: PLC0415 - the model files import nothing of this
     from jaxnets.models.vgg import CONFIGS, vgg  # noqa: PLC0415 - `models.vgg` is also the name of this function
 
-    for name, builder, family, description in (
-        ("mlp", mlp.MLP, MLP_FAMILY, "text 000 MyModel: num_layers x (Linear -> ReLU), Linear; any input, flattened"),
-        ("lenet", lenet.LeNetMNIST, LENET_FAMILY, "text 000 Net: MNIST LeNet, 28x28x1"),
-        ("lenet5", lenet.LeNet5, LENET_FAMILY, "text 003 CNN: LeNet-5, 32x32x3"),
-        ("lenet-cifar", lenet.LeNetCIFAR, LENET_FAMILY, "text 002 LeNet: wide CIFAR LeNet, 32x32x3"),
-        ("resnet18", resnet.ResNet18, RESNET_FAMILY, "pytorch-cifar ResNet-18, any HxWx3"),
-        ("resnet34", resnet.ResNet34, RESNET_FAMILY, "pytorch-cifar ResNet-34, any HxWx3"),
-        ("resnet50", resnet.ResNet50, RESNET_FAMILY, "pytorch-cifar ResNet-50, any HxWx3"),
+    for builder, family, description in (
+        (mlp.MLP, MLP_FAMILY, "text 000 MyModel: num_layers x (Linear -> ReLU), Linear; any input, flattened"),
+        (lenet.LeNetMNIST, LENET_FAMILY, "text 000 Net: MNIST LeNet, 28x28x1"),
+        (lenet.LeNet5, LENET_FAMILY, "text 003 CNN: LeNet-5, 32x32x3"),
+        (lenet.LeNetCIFAR, LENET_FAMILY, "text 002 LeNet: wide CIFAR LeNet, 32x32x3"),
+        (resnet.ResNet18, RESNET_FAMILY, "pytorch-cifar ResNet-18, any HxWx3"),
+        (resnet.ResNet34, RESNET_FAMILY, "pytorch-cifar ResNet-34, any HxWx3"),
+        (resnet.ResNet50, RESNET_FAMILY, "pytorch-cifar ResNet-50, any HxWx3"),
     ):
-        register(ModelEntry(name, builder, family, description))
+        register(ModelEntry(_builder_name(builder), builder, family, description))
     for config in CONFIGS:
-        register(ModelEntry(config, vgg(config), VGG_FAMILY, f"pytorch-cifar {config}, CIFAR head, 32x32x3"))
-        register(ModelEntry(config + "_bn", vgg(config, batch_norm=True), VGG_FAMILY,
-                            f"pytorch-cifar {config} with BatchNorm, CIFAR head, 32x32x3"))
+        for builder, description in ((vgg(config), f"pytorch-cifar {config}, CIFAR head, 32x32x3"),
+                                     (vgg(config, batch_norm=True),
+                                      f"pytorch-cifar {config} with BatchNorm, CIFAR head, 32x32x3")):
+            register(ModelEntry(_builder_name(builder), builder, VGG_FAMILY, description))
     # torchvision's ImageNet layouts, key names and init (1,000 classes, 224x224).
-    for name, builder in (("resnet18_imagenet", resnet.ResNet18ImageNet), ("resnet34_imagenet", resnet.ResNet34ImageNet),
-                          ("resnet50_imagenet", resnet.ResNet50ImageNet)):
+    for builder in (resnet.ResNet18ImageNet, resnet.ResNet34ImageNet, resnet.ResNet50ImageNet):
+        name = _builder_name(builder)
         register(ModelEntry(name, builder, RESNET_FAMILY, f"torchvision {name.split('_')[0]}, any HxWx3"))
     for config in CONFIGS:
-        register(ModelEntry(config + "_imagenet", vgg(config, imagenet=True), VGG_FAMILY,
-                            f"torchvision {config}, any HxWx3"))
-        register(ModelEntry(config + "_bn_imagenet", vgg(config, batch_norm=True, imagenet=True), VGG_FAMILY,
-                            f"torchvision {config}_bn, any HxWx3"))
+        for builder, description in ((vgg(config, imagenet=True), f"torchvision {config}, any HxWx3"),
+                                     (vgg(config, batch_norm=True, imagenet=True),
+                                      f"torchvision {config}_bn, any HxWx3")):
+            register(ModelEntry(_builder_name(builder), builder, VGG_FAMILY, description))
 
 
 _register_builtins()

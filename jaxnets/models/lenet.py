@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxnets import layers
+from jaxnets.models.inputs import square_image_shape
 
 
 class LeNet(nn.Module):
@@ -35,11 +36,9 @@ class LeNet(nn.Module):
     image_size: int = 32
     num_classes: int = 10
     dtype: Any = jnp.float32
-    name_for_errors: str = "lenet"
+    name_for_errors: str = "lenet"  # the catalog name (read there from the preset), used in errors
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (self.image_size, self.image_size, self.in_channels)
+    input_shape = property(square_image_shape)
 
     @property
     def input_spec(self) -> tuple[int | None, ...]:

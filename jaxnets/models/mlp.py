@@ -32,9 +32,11 @@ class MLP(nn.Module):
     output_dim: int = 10
     activation: str = "relu"
     dtype: Any = jnp.float32
+    name_for_errors: str = "mlp"  # the catalog name (read there from the preset), used in errors
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """One example as `models.init` builds the model: `(input_dim,)`."""
         return (self.input_dim,)
 
     @property
@@ -49,7 +51,7 @@ class MLP(nn.Module):
         shape = tuple(getattr(x, "shape", ()))
         if len(shape) < 2 or math.prod(shape[1:]) != math.prod(self.input_spec):
             raise ValueError(
-                f"mlp expects input of shape (N, {self.input_dim}) (or (N, ...) holding {self.input_dim} "
+                f"{self.name_for_errors} expects input of shape (N, {self.input_dim}) (or (N, ...) holding {self.input_dim} "
                 f"values per example); got {shape}. Set input_dim= to match your data."
             )
         x = layers.flatten(x).astype(self.dtype)

@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxnets import layers
+from jaxnets.models.inputs import square_image_shape
 
 
 LAYOUTS = ("cifar", "torchvision")
@@ -108,11 +109,9 @@ class ResNet(nn.Module):
     layout: str = "cifar"
     dtype: Any = jnp.float32
     width_divisor: int = 1  # every channel count divided by this: tiny variants with the same code paths
-    name_for_errors: str = "resnet"
+    name_for_errors: str = "resnet"  # the catalog name (read there from the preset), used in errors
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (self.image_size, self.image_size, self.in_channels)
+    input_shape = property(square_image_shape)
 
     @property
     def input_spec(self) -> tuple[int | None, ...]:

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxnets import layers
+from jaxnets.models.inputs import square_image_shape
 
 # Numbers are conv output channels (3x3, pad 1, + ReLU); "M" is a 2x2 max pool.
 CONFIGS: dict[str, tuple[int | str, ...]] = {
@@ -49,10 +50,9 @@ class VGG(nn.Module):
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
     width_divisor: int = 1  # every channel count divided by this: tiny variants with the same code paths
+    name_for_errors: str = "vgg"  # the catalog name (read there from the preset), used in errors
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (self.image_size, self.image_size, self.in_channels)
+    input_shape = property(square_image_shape)
 
     @property
     def input_spec(self) -> tuple[int | None, ...]:
@@ -63,7 +63,7 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        name = self.config + ("_bn" if self.batch_norm else "")
+        name = self.name_for_errors
         if self.head not in HEADS:
             raise ValueError(f"{name}: unknown head {self.head!r}; choose one of {HEADS}")
         layers.check_input(x, name, self.input_spec)
@@ -103,9 +103,11 @@ def vgg(config: str, batch_norm: bool = False, imagenet: bool = False):
     """`VGG` preset for one config of the table (e.g. `vgg('vgg16', True)`).
 
     `imagenet=True` gives torchvision's model: `head='imagenet'`, 1,000
-    classes, 224x224 inputs.
+    classes, 224x224 inputs. The preset's name (`vgg16_bn_imagenet`) is its
+    catalog name, used in its error messages.
     """
+    name = config + ("_bn" if batch_norm else "") + ("_imagenet" if imagenet else "")
     if imagenet:
         return functools.partial(VGG, config=config, batch_norm=batch_norm, head="imagenet", num_classes=1000,
-                                 image_size=224)
-    return functools.partial(VGG, config=config, batch_norm=batch_norm)
+                                 image_size=224, name_for_errors=name)
+    return functools.partial(VGG, config=config, batch_norm=batch_norm, name_for_errors=name)
