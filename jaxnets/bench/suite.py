@@ -11,14 +11,12 @@ import jax.numpy as jnp
 from jaxnets import data, models, report
 from jaxnets.bench import cases, host, timing
 from jaxnets.training import TrainState, make_steps, optimizers
+from jaxnets.errors import describe
 
 # The two ways `make_steps` runs the same step; `numerics` and `vary_batch` compare them.
 STEP_MODES = ("eager", "jit")
 
 
-def _skip_reason(err: Exception) -> str:
-    first_line = str(err).splitlines()[0][:200] if str(err) else ""
-    return f"{type(err).__name__}: {first_line}"
 
 
 def run(model_names: Sequence[str] = ("mlp", "lenet", "resnet18", "vgg16"), modes: Sequence[str] = cases.MODES,
@@ -64,7 +62,7 @@ def run(model_names: Sequence[str] = ("mlp", "lenet", "resnet18", "vgg16"), mode
                 try:
                     row.update(cases.measure_case(mode, case))
                 except Exception as err:  # report and continue: one broken backend must not hide the rest
-                    row["skipped"] = _skip_reason(err)
+                    row["skipped"] = describe(err)
             if "step_s_median" in row:
                 row["images_per_s"] = batch_size / row["step_s_median"]
                 if row.get("flops_per_step"):

@@ -45,6 +45,7 @@ import orbax.checkpoint as ocp
 
 from jaxnets import models
 from jaxnets.contract import InputContract
+from jaxnets.errors import describe
 from jaxnets.paths import expand_path
 
 MODEL_FORMAT = "jaxnets-model/1"
@@ -91,11 +92,6 @@ def arrays_checksum(tree: Any) -> str:
         digest.update(f"{jax.tree_util.keystr(path)}|{value.dtype.str}|{value.shape}|".encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err)
-    return f"{type(err).__name__}: {text.splitlines()[0][:300]}" if text else type(err).__name__
 
 
 def _is_orbax_read(unraisable: Any) -> bool:
@@ -276,7 +272,7 @@ def recover_interrupted_save(path: str | Path) -> list[str]:
                     shutil.rmtree(folder)
                     notes.append(f"removed {folder}, the incomplete folder of a killed save_model into {path}")
     except OSError as err:
-        notes.append(f"could not repair what a killed save_model into {path} left ({_first_line(err)}): "
+        notes.append(f"could not repair what a killed save_model into {path} left ({describe(err)}): "
                      + ", ".join(str(folder) for _, folder, _ in leftovers))
     for folder in live:
         notes.append(f"{folder} belongs to a save_model into {path} that is running (or ran on another host); "
@@ -302,7 +298,7 @@ def variables_mismatch(expected: Any, given: Any, name: str) -> str | None:
     try:
         want, got = leaves(expected), leaves(jax.tree.map(lambda a: a, dict(given)))
     except (TypeError, ValueError) as err:
-        return f"not a dict of arrays ({_first_line(err)})"
+        return f"not a dict of arrays ({describe(err)})"
     missing = [k for k in want if k not in got]
     extra = [k for k in got if k not in want]
     if missing or extra:
@@ -457,7 +453,7 @@ def read_contract(path: str | Path) -> InputContract | None:
         value = _read_model_json(path).get("input_contract")
         return None if value is None else InputContract.from_json(value)
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a model saved by jaxnets.save_model ({_first_line(err)})") from err
+        raise CheckpointError(f"{path} is not a model saved by jaxnets.save_model ({describe(err)})") from err
 
 
 def load_model(path: str | Path):
@@ -487,14 +483,14 @@ def load_model(path: str | Path):
         model = models.create(name, **decode_kwargs(kwargs))
         target = _abstract(jax.eval_shape(lambda: models.init(model, jax.random.key(0))))
     except Exception as err:  # malformed JSON values surface as many types (TypeError, ZeroDivisionError, ...)
-        raise CheckpointError(f"{path} is not a model saved by jaxnets.save_model ({_first_line(err)})") from err
+        raise CheckpointError(f"{path} is not a model saved by jaxnets.save_model ({describe(err)})") from err
     failure = None
     with _quiet_abandoned_reads():
         try:
             with _quiet_orbax_logs(), ocp.StandardCheckpointer() as checkpointer:
                 variables = checkpointer.restore(path / "variables", target)
         except Exception as err:  # orbax/tensorstore raise many types
-            failure = _first_line(err)  # kept as text: the exception would keep the abandoned reads alive
+            failure = describe(err)  # kept as text: the exception would keep the abandoned reads alive
     if failure is not None:
         raise CheckpointError(f"cannot restore {path / 'variables'}: corrupt or mismatched ({failure})")
     saved = info.get("checksum")

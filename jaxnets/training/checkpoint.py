@@ -29,7 +29,8 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from jaxnets.models.saving import (CHECKSUM_ALGORITHM, CheckpointError, _abstract, _first_line,
+from jaxnets.errors import describe
+from jaxnets.models.saving import (CHECKSUM_ALGORITHM, CheckpointError, _abstract,
                                    _quiet_abandoned_reads, _quiet_orbax_logs, arrays_checksum)
 from jaxnets.paths import expand_path
 from jaxnets.training.lock import WorkdirNotWritable
@@ -149,9 +150,9 @@ class Checkpoints:
             if cause is not None:
                 space = " (the disk is full)" if cause.errno == errno.ENOSPC else ""
                 raise WorkdirNotWritable(f"cannot save epoch {epoch} to {self.workdir / where}{space}: "
-                                         f"{_first_line(cause)}.{kept} Free space or fix permissions, then "
+                                         f"{describe(cause)}.{kept} Free space or fix permissions, then "
                                          "resume with --resume.") from err
-            raise CheckpointError(f"cannot save epoch {epoch} to {self.workdir / where}: {_first_line(err)}.{kept}") from err
+            raise CheckpointError(f"cannot save epoch {epoch} to {self.workdir / where}: {describe(err)}.{kept}") from err
 
     def save(self, epoch: int, state_arrays: dict, meta: dict, is_best: bool) -> None:
         """Write epoch `epoch` to `checkpoints/` (and to `best/` when `is_best`), with the arrays' checksum.
@@ -217,7 +218,7 @@ class Checkpoints:
         except Exception as err:  # orbax raises many types
             hint = "" if best else self._older_hint(epoch, where)
             raise CheckpointError(f"cannot read {where / str(epoch)} (epoch {epoch}): corrupt metadata "
-                                  f"({_first_line(err)}).{hint}") from err
+                                  f"({describe(err)}).{hint}") from err
 
     def restore(self, target_arrays: dict, epoch: int | None = None, best: bool = False) -> tuple[dict, dict]:
         """Restore `(state_arrays, meta)` against `target_arrays`' structure, shapes and dtypes; verify the checksum.
@@ -246,7 +247,7 @@ class Checkpoints:
                     restored = manager.restore(epoch, args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(_abstract(target_arrays)), meta=ocp.args.JsonRestore()))
             except Exception as err:  # orbax/tensorstore raise many types; all mean "cannot restore this"
-                failure = _first_line(err)  # kept as text: the exception would keep the abandoned reads alive
+                failure = describe(err)  # kept as text: the exception would keep the abandoned reads alive
         if failure is not None:
             raise CheckpointError(
                 f"cannot restore {where / str(epoch)} (epoch {epoch}): it is corrupt or was written for a different "

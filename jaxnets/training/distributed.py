@@ -33,6 +33,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jaxnets import backend
+from jaxnets.errors import first_line
 from jaxnets.data.pipeline import check_batch_divides
 
 DATA_AXIS = "data"
@@ -70,7 +71,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                    process_id=process_id)
     except (ValueError, TypeError) as err:  # JAX checks its arguments before it connects to anything
-        raise ValueError(f"cannot join a multi-process run: {str(err).splitlines()[0] if str(err) else err!r} "
+        raise ValueError(f"cannot join a multi-process run: {first_line(err) or repr(err)} "
                          f"(coordinator {coordinator_address!r}, {num_processes!r} processes, process id "
                          f"{process_id!r}). {SETUP_HINT}") from None
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import filelock
 
-from jaxnets.models.saving import CheckpointError, _first_line
+from jaxnets.errors import describe
+from jaxnets.models.saving import CheckpointError
 from jaxnets.paths import expand_path
 from jaxnets.report import atomic_write_text
 
@@ -69,7 +70,7 @@ class RunLock:
             raise RunLocked(f"{self.workdir} is in use by another run ({who}). Wait for it to finish, or choose "
                             "another workdir (--workdir).") from None
         except OSError as err:
-            raise WorkdirNotWritable(f"cannot use {self.workdir} as a run folder: {_first_line(err)}. "
+            raise WorkdirNotWritable(f"cannot use {self.workdir} as a run folder: {describe(err)}. "
                                      "Choose a writable workdir (--workdir).") from err
         previous = self.holder()
         here = {"pid": os.getpid(), "host": socket.gethostname(),
@@ -81,7 +82,7 @@ class RunLock:
             atomic_write_text(self.holder_path, json.dumps(here, indent=2))
         except OSError as err:
             self._lock.release()
-            raise WorkdirNotWritable(f"cannot write to {self.workdir}: {_first_line(err)}. "
+            raise WorkdirNotWritable(f"cannot write to {self.workdir}: {describe(err)}. "
                                      "Choose a writable workdir (--workdir).") from err
         return self
 
@@ -114,5 +115,5 @@ def probe_writable(folder: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=WRITE_PROBE_PREFIX):
             pass
     except OSError as err:
-        raise WorkdirNotWritable(f"cannot write to {folder}: {_first_line(err)}. "
+        raise WorkdirNotWritable(f"cannot write to {folder}: {describe(err)}. "
                                  "Choose a writable workdir (--workdir).") from err
