@@ -22,7 +22,7 @@ import jaxnets  # noqa: E402
 
 project = "jaxnets"
 author = "the jaxnets authors"
-copyright = "the jaxnets authors"  # noqa: A001 - Sphinx's name
+copyright = "the jaxnets authors"
 version = release = jaxnets.__version__
 
 extensions = [

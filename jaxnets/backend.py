@@ -78,11 +78,11 @@ def cpu_path_setting(environ: dict | None = None) -> str:
     return value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jaxlib_knows(option: str) -> bool:
     """Whether this jaxlib's XLA defines `option` (an unknown flag in XLA_FLAGS aborts the process)."""
     try:
-        import jaxlib  # noqa: PLC0415
+        import jaxlib
 
         folder = Path(jaxlib.__file__).parent
     except (ImportError, TypeError):
@@ -105,7 +105,7 @@ def backend_started() -> bool:
     when that API has moved, assumes the worst: the per-jit compiler options still apply then.
     """
     try:
-        from jax._src import xla_bridge  # noqa: PLC0415
+        from jax._src import xla_bridge
     except ImportError:
         return True
     probe = getattr(xla_bridge, "backends_are_initialized", None)

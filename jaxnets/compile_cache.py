@@ -29,7 +29,7 @@ CACHE_MAX_BYTES = 2 * 1024**3  # least recently used entries go beyond this
 
 def default_compilation_cache_dir() -> Path:
     """`<jaxnets' user cache dir>/xla`: `$JAXNETS_CACHE/xla`, else `~/.cache/jaxnets/xla`."""
-    from jaxnets.data import cache  # noqa: PLC0415  (jaxnets.data imports this module)
+    from jaxnets.data import cache  # jaxnets.data imports this module
 
     return cache.user_cache_dir() / "xla"
 
@@ -76,7 +76,7 @@ def enable_compilation_cache(path: str | Path | None = None, *, min_compile_time
     Raises:
       OSError: the folder cannot be created.
     """
-    from jax.experimental.compilation_cache import compilation_cache  # noqa: PLC0415
+    from jax.experimental.compilation_cache import compilation_cache
 
     path = Path(default_compilation_cache_dir() if path is None else path).expanduser().absolute()
     path.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,7 @@ class InputContract:
 
     @classmethod
     def for_dataset(cls, dataset: str, normalize: str = "dataset",
-                    image_shape: Sequence[int] | None = None) -> "InputContract":
+                    image_shape: Sequence[int] | None = None) -> InputContract:
         """The contract of a model trained on catalog data set `dataset` (its shape, classes, normalisation).
 
         Everything is asked of `jaxnets.data.catalog`. A data set without
@@ -78,7 +78,7 @@ class InputContract:
           ValueError: `normalize` is unknown, or the catalog has no image
             shape for it and `image_shape` is not given.
         """
-        from jaxnets.data import catalog  # noqa: PLC0415 - keeps this module light
+        from jaxnets.data import catalog  # keeps this module light
 
         if normalize not in NORMALIZE:
             raise ValueError(f"normalize must be one of {NORMALIZE}; got {normalize!r}")
@@ -121,7 +121,7 @@ class InputContract:
                 "dataset": self.dataset, "normalize": self.normalize}
 
     @classmethod
-    def from_json(cls, value: Any) -> "InputContract":
+    def from_json(cls, value: Any) -> InputContract:
         """The inverse of `to_json`.
 
         Raises:

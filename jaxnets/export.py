@@ -85,7 +85,7 @@ def normalization_for(dataset: str | None, normalize: str = "dataset",
     not known without the training images (a data set without tabled
     statistics, with `normalize='dataset'`) or no data set is given.
     """
-    from jaxnets.contract import InputContract  # noqa: PLC0415
+    from jaxnets.contract import InputContract
 
     if dataset is None:
         return None
@@ -155,7 +155,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def stablehlo_text(exported: jax.export.Exported, elide_above: int = _ELIDE_ABOVE) -> str:
     """The exported program as StableHLO text, constants larger than `elide_above` elements elided (for reading)."""
-    from jax.interpreters import mlir  # noqa: PLC0415
+    from jax.interpreters import mlir
 
     with mlir.make_ir_context():
         module = exported.mlir_module(serialized=False)
@@ -199,8 +199,8 @@ def save(path: str | Path, name: str, variables: dict, *, model_kwargs: dict | N
       ValueError: unknown model or platforms, variables that do not fit the model, or
         an input shape the model refuses.
     """
-    from jaxnets import models  # noqa: PLC0415  (only saving needs model code)
-    from jaxnets.models import saving  # noqa: PLC0415
+    from jaxnets import models  # only saving needs model code
+    from jaxnets.models import saving
 
     path = expand_path(path).absolute()
     platforms = _check_platforms(platforms)

@@ -187,14 +187,14 @@ def check_input(
     """
     shape = tuple(getattr(x, "shape", ()))
     want = tuple(expected)
-    ok = len(shape) == len(want) + 1 and all(w is None or w == s for w, s in zip(want, shape[1:]))
+    ok = len(shape) == len(want) + 1 and all(w is None or w == s for w, s in zip(want, shape[1:], strict=True))
     if ok:
         return
     pretty = "(N, " + ", ".join("any" if w is None else str(w) for w in want) + ")"
     hint = ""
 
     def fits(dims, wanted) -> bool:
-        return len(dims) == len(wanted) and all(w is None or w == d for w, d in zip(wanted, dims))
+        return len(dims) == len(wanted) and all(w is None or w == d for w, d in zip(wanted, dims, strict=True))
 
     if len(shape) == 4 and len(want) == 3 and want[-1] is not None and shape[1] == want[-1]:
         hint = " It looks like NCHW (PyTorch) input: use x.transpose(0, 2, 3, 1)."

@@ -7,7 +7,6 @@ the lessons can't silently drift.
 from __future__ import annotations
 
 import functools
-
 import time
 from typing import Any, NamedTuple
 

@@ -71,10 +71,10 @@ def write_json(path: str | Path, value: Any, *, default: Callable[[Any], Any] | 
 
 
 def _pyplot():
-    import matplotlib  # noqa: PLC0415 - only the plots need it
+    import matplotlib  # only the plots need it
 
     matplotlib.use("Agg", force=False)  # no display needed; a notebook's own backend stays
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     return plt
 
@@ -120,7 +120,7 @@ def plot_history(history: list[dict], path: str | Path, title: str = "") -> Path
       title: the figure's title.
     """
     plt = _pyplot()
-    import matplotlib.ticker  # noqa: PLC0415
+    import matplotlib.ticker
 
     epochs = [h["epoch"] for h in history]
     with_lr = any(h.get("lr") is not None for h in history)
@@ -197,7 +197,7 @@ def ratio_line(ratio: dict) -> str:
 
 def speed_chart(rows: list[dict], path: str | Path, title: str = "eager vs jit vs PyTorch") -> Path:
     """Bar chart of images/s per (model, what, batch) and mode, log scale, written atomically as a PNG."""
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     plt = _pyplot()
     done = [r for r in rows if "images_per_s" in r]

@@ -20,4 +20,4 @@ def train_state(name: str, tx=None, seed: int = 0, **kwargs) -> TrainState:
 
 
 def max_abs_diff(a, b) -> float:
-    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))

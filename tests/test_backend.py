@@ -92,7 +92,7 @@ def test_cpu_path_equals_lax_forward_and_gradients(name, shape):
 
     cotangent = jnp.asarray(np.random.default_rng(7).normal(size=jax.eval_shape(reference, x, w).shape), jnp.float32)
     got, want = both(x, w, cotangent)
-    for a, b, what in zip(got, want, ("forward", "input gradient", "weight gradient")):
+    for a, b, what in zip(got, want, ("forward", "input gradient", "weight gradient"), strict=True):
         assert _relative(a, b) < 1e-4, what
 
 

@@ -75,7 +75,7 @@ def test_cli_runs_mlp_in_every_mode_and_its_report_adds_up(tmp_path, capsys, mon
     assert rows["eager"]["flops_per_step"] == rows["jit"]["flops_per_step"] == rows["jit-xla"]["flops_per_step"]
     mlp = cases.BENCH_KWARGS["mlp"]
     widths = [28 * 28] + [mlp["hidden_size"]] * mlp["num_layers"] + [10]
-    weights = [a * b for a, b in zip(widths, widths[1:])]
+    weights = [a * b for a, b in zip(widths, widths[1:], strict=False)]
     matmul_flops = 2 * BATCH * (2 * sum(weights) + sum(weights[1:]))
     assert matmul_flops < rows["jit"]["flops_per_step"] < 1.25 * matmul_flops
     for mode in bench.TORCH_MODES:
@@ -199,8 +199,8 @@ def test_pipeline_takes_one_batch_size(capsys):
 
 
 def test_pipeline_benchmark_report_times_both_placements_and_picks_the_loaders_default():
-    from jaxnets import data  # noqa: PLC0415
-    from jaxnets.bench import pipeline  # noqa: PLC0415
+    from jaxnets import data
+    from jaxnets.bench import pipeline
 
     result = pipeline.run(batch_size=32, step_steps=2, model="lenet-cifar", num_examples=128)
     assert result["dataset"] == "synthetic (128 images)" and result["model"] == "lenet-cifar"
@@ -215,7 +215,7 @@ def test_pipeline_benchmark_report_times_both_placements_and_picks_the_loaders_d
 
 @pytest.mark.slow  # a benchmark tool's bookkeeping (times real layers): CI runs it, the quick lane does not
 def test_conv_layers_reads_each_models_convolutions_from_the_model_and_counts_them():
-    from jaxnets.bench import conv_layers  # noqa: PLC0415
+    from jaxnets.bench import conv_layers
 
     specs = conv_layers.model_convolutions("resnet18", 4)
     resnet = {spec[0]: spec[-1] for spec in specs}
@@ -236,7 +236,7 @@ def test_conv_layers_reads_each_models_convolutions_from_the_model_and_counts_th
 @pytest.mark.slow  # trains LeNet in both frameworks: CI runs it, the quick lane does not
 @pytest.mark.skipif(not bench.torch_available(), reason="needs PyTorch (the torch extra)")
 def test_same_start_trains_both_frameworks_from_the_same_weights_on_the_same_batches():
-    from jaxnets.bench import same_start  # noqa: PLC0415
+    from jaxnets.bench import same_start
 
     data_batches = same_start.batches("digits", None, steps=3, batch_size=32)
     assert len(data_batches) == 3 and data_batches[0][0].shape == (32, 28, 28, 1)

@@ -20,8 +20,7 @@ from jaxnets.cli import train as cli
 from jaxnets.data import catalog as data_catalog
 from jaxnets.data import files
 from jaxnets.models import catalog as model_catalog
-from jaxnets.training import Checkpoints, TrainConfig, TrainState, optimizers
-from jaxnets.training import presets
+from jaxnets.training import Checkpoints, TrainConfig, TrainState, optimizers, presets
 from jaxnets.training.data_setup import resolve
 
 

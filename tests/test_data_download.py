@@ -38,7 +38,7 @@ IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-i
 class _Mirror(http.server.SimpleHTTPRequestHandler):
     """Serves the mirror root; `server.cuts[path]` transfers of `path` stop half-way."""
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         server = self.server
         with server.lock:
             server.requests.append(self.path)
@@ -326,7 +326,7 @@ def test_already_present_files_are_not_fetched_again(shared_data, mirror, tmp_pa
 
 
 def test_the_cli_mirror_flag_reaches_the_downloader(tmp_path, monkeypatch, capsys):
-    from jaxnets.cli import train as cli  # noqa: PLC0415
+    from jaxnets.cli import train as cli
 
     with socket.socket() as s:  # a port nobody listens on: the download fails at once, naming the URL it tried
         s.bind(("127.0.0.1", 0))
@@ -436,8 +436,8 @@ def test_timeouts_from_the_environment_are_checked():
 
 def test_partial_files_of_a_killed_download_are_removed_by_the_next_try(shared_data, mirror, tmp_path):
     """`.part` files and unpack folders named after a dead process go; those of a live process stay."""
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
+    import subprocess
+    import sys
 
     url, root, _ = mirror
     _serve_mnist(root, shared_data)
@@ -465,7 +465,7 @@ def test_a_mistyped_data_dir_leaves_no_folder_behind(tmp_path, monkeypatch, caps
     with pytest.raises(data.DataNotFound, match="could not download"):
         data.load("mnist", "test", data_dir=tmp_path / "dtaa" / "mnist", mirror=dead)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
-    from jaxnets.cli import train as cli  # noqa: PLC0415
+    from jaxnets.cli import train as cli
 
     code = cli.main(["--dataset", "cifar10", "--data-dir", str(tmp_path / "dtaa"), "--mirror", dead,
                      "--workdir", str(tmp_path / "run"), "--no-progress", "--no-tensorboard"])

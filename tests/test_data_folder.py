@@ -157,7 +157,7 @@ def test_readme_data_example_runs_as_written(tmp_path, monkeypatch):
     namespace: dict = {}
     try:
         for snippet in snippets:
-            exec(compile(snippet, str(README), "exec"), namespace)  # noqa: S102 - our own README
+            exec(compile(snippet, str(README), "exec"), namespace)
     finally:
         if "stripes" in data.available():  # the catalog example registers a data set: leave the catalog as it was
             data.catalog.unregister("stripes")
@@ -185,7 +185,7 @@ def test_real_cifar10_image_folder(shared_data, tmp_path):
 
 
 def test_cli_resizes_an_odd_sized_folder_with_image_size(pets, tmp_path, capsys):
-    from jaxnets.cli import train as cli  # noqa: PLC0415
+    from jaxnets.cli import train as cli
 
     _save(pets / "ant" / "wide.png", _pixels(4, size=(8, 12)))
     base = ["--dataset", "folder", "--data-dir", str(pets), "--model", "mlp", "--epochs", "1", "--batch-size", "2",
@@ -228,7 +228,7 @@ def test_a_test_class_the_training_split_lacks_is_refused_naming_it(tmp_path, ca
     with pytest.raises(data.DataError, match=r"test has class folder\(s\) \['bee'\] that the training split does "
                                              r"not have \(its classes: \['ant', 'cat'\]\)"):
         data.load("folder", "test", data_dir=tmp_path / "pets")
-    from jaxnets.cli import train as cli  # noqa: PLC0415
+    from jaxnets.cli import train as cli
 
     code = cli.main(["--dataset", "folder", "--data-dir", str(tmp_path / "pets"), "--model", "mlp", "--epochs", "1",
                      "--batch-size", "2", "--no-progress", "--no-tensorboard", "--workdir", str(tmp_path / "run")])
@@ -311,7 +311,7 @@ def test_a_symlink_loop_or_a_dangling_symlink_is_one_line_naming_it(pets, tmp_pa
     (pets / "zebra" / "gone.png").symlink_to(tmp_path / "nowhere.png")
     with pytest.raises(data.DataError, match=r"zebra/gone.png is a dangling symlink \(to .*nowhere.png"):
         data.load("folder", data_dir=pets)
-    from jaxnets.cli import train as cli  # noqa: PLC0415
+    from jaxnets.cli import train as cli
 
     code = cli.main(["--dataset", "folder", "--data-dir", str(pets), "--model", "mlp", "--epochs", "1",
                      "--no-progress", "--no-tensorboard", "--workdir", str(tmp_path / "run")])

@@ -251,13 +251,13 @@ def _transfer_guard_checks(mesh_of) -> dict:
                     state, metrics = steps.train(state, batch)
                 jax.block_until_ready(metrics)
             out[name] = "ok"
-        except Exception as err:  # noqa: BLE001 - reported to the test
+        except Exception as err:
             out[name] = f"{type(err).__name__}: {err}"
     try:
         with jax.transfer_guard("disallow"):
             steps.train(state, jax.device_get(batch))
         out["host_batch"] = "no error"
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         out["host_batch"] = str(err)
     return out
 
@@ -268,8 +268,8 @@ def _checks(out_path: str, tmp: str) -> None:
 
     import jax
 
-    from jaxnets.training import distributed, fit
     from jaxnets.cli.train import config_from_args, main, parser
+    from jaxnets.training import distributed, fit
 
     assert jax.device_count() == 4, jax.devices()
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from jaxnets import data, export, models
-from jaxnets.data import catalog
 from jaxnets.cli import export as export_cli
+from jaxnets.data import catalog
 from jaxnets.training import Checkpoints, TrainConfig, save_model
 from jaxnets.training.data_setup import build, learning_rate_schedule
 

@@ -21,15 +21,27 @@ import numpy as np
 import pytest
 
 from jaxnets import data, interop, models
-from jaxnets.training import (CheckpointError, Checkpoints, NonFiniteLoss, RunLocked, TrainConfig, TrainState, fit,
-                              load_model, optimizers, save_model)
 from jaxnets.cli import train as cli
+from jaxnets.models.saving import arrays_checksum
+from jaxnets.training import (
+    CheckpointError,
+    Checkpoints,
+    NonFiniteLoss,
+    RunLocked,
+    TrainConfig,
+    TrainState,
+    data_setup,
+    fit,
+    load_model,
+    loop,
+    optimizers,
+    run_folder,
+    save_model,
+)
+from jaxnets.training import config as train_config
+from jaxnets.training.checkpoint import UnverifiedCheckpointWarning
 
 REPO = Path(__file__).resolve().parents[1]
-from jaxnets.training import config as train_config
-from jaxnets.training import data_setup, loop, run_folder
-from jaxnets.models.saving import arrays_checksum
-from jaxnets.training.checkpoint import UnverifiedCheckpointWarning
 
 
 def tree_hash(folder: Path) -> str:
@@ -41,7 +53,7 @@ def tree_hash(folder: Path) -> str:
 
 
 def assert_same_params(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
@@ -285,8 +297,9 @@ def assert_ends_like(workdir: Path, straight):
 def assert_tensorboard_is_history(workdir: Path) -> None:
     """The TensorBoard log in `workdir` has exactly one point per epoch of history.json, with its values, for every
     scalar (read back with TensorBoard's own reader, keeping every event)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: PLC0415
-    from jaxnets.training.tensorboard import SCALARS  # noqa: PLC0415
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from jaxnets.training.tensorboard import SCALARS
 
     history = strict_json(workdir / "history.json")
     events = EventAccumulator(str(workdir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
@@ -1050,7 +1063,7 @@ def test_distributed_without_a_coordinator_is_one_line(capfd, monkeypatch):
 def test_resume_writes_back_the_tensorboard_points_a_killed_run_never_logged(tmp_path, finished_run, uninterrupted):
     """In-process: a folder whose TensorBoard log stops at epoch 1 while epoch 2 is saved (a kill between the two)
     and holds a stray second event file; --resume (nothing left to train) rebuilds it: one point per epoch."""
-    from jaxnets.training.tensorboard import TensorBoard  # noqa: PLC0415
+    from jaxnets.training.tensorboard import TensorBoard
 
     workdir = copy_run(finished_run[1], tmp_path / "run")
     TensorBoard(workdir / "tensorboard", {"model": "mlp"}, history=uninterrupted.history[:1]).close()

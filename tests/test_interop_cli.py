@@ -78,9 +78,9 @@ def test_a_bad_model_option_is_one_line(tmp_path, capsys, value, message):
 def test_dataset_stores_the_input_contract_and_map_resolves_an_ambiguous_order(tmp_path, capsys):
     """--dataset puts the catalog's contract in the folder; an ambiguous state_dict is refused in one line
     that gives the --map flags, and following it converts to the module's logits."""
-    from test_interop import SwappedMLP  # noqa: PLC0415
+    from test_interop import SwappedMLP
 
-    from jaxnets.models.saving import read_contract  # noqa: PLC0415
+    from jaxnets.models.saving import read_contract
 
     torch.manual_seed(0)
     net = SwappedMLP().eval()

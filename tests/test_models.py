@@ -111,7 +111,7 @@ def test_shapes_in_eval_and_train_mode(name, compiled, getkey):
     if has_bn and compiled:
         old = jax.tree_util.tree_leaves(variables["batch_stats"])
         new = jax.tree_util.tree_leaves(updates["batch_stats"])
-        assert any(not np.allclose(a, b) for a, b in zip(old, new)), "running statistics did not move"
+        assert any(not np.allclose(a, b) for a, b in zip(old, new, strict=True)), "running statistics did not move"
         assert not np.allclose(train_logits, logits), "train mode must use the batch's statistics"
 
 
@@ -211,7 +211,7 @@ def test_width_divisor_narrows_every_layer_and_keeps_the_layer_names(name):
     tiny_model = models.create(name, width_divisor=8)
     tiny = jax.eval_shape(lambda key: models.init(tiny_model, key), jax.random.key(0))  # runs: the shapes test
     assert jax.tree.structure(tiny) == jax.tree.structure(full)
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(full), jax.tree.leaves(tiny)):
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(full), jax.tree.leaves(tiny), strict=True):
         if "kernel" in jax.tree_util.keystr(path) and a.ndim == 4:
             assert b.shape[-1] * 8 == a.shape[-1], jax.tree_util.keystr(path)
     assert models.count_params(tiny) < sum(x.size for x in jax.tree.leaves(full["params"])) / 30
@@ -226,7 +226,7 @@ def test_init_reuses_its_compiled_program_for_an_equal_model():
     again = models.init(models.create("mlp", hidden_size=8), jax.random.key(0))  # an equal, separately built model
     other_seed = models.init(models.create("mlp", hidden_size=8), jax.random.key(1))
     assert models._jitted_init.cache_info().hits == hits + 2
-    assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again))) == 0
+    assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again), strict=True)) == 0
     assert not np.allclose(jax.tree.leaves(first)[0], jax.tree.leaves(other_seed)[0])
     other = models.init(models.create("mlp", hidden_size=8, num_classes=3), jax.random.key(0))  # its own program
     assert other["params"]["output"]["kernel"].shape[-1] == 3

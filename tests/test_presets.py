@@ -6,8 +6,8 @@ import jax
 import pytest
 
 from jaxnets import data, models
-from jaxnets.training import TrainConfig, optimizers
 from jaxnets.cli import train as cli
+from jaxnets.training import TrainConfig, optimizers
 from jaxnets.training.presets import PRESETS
 
 

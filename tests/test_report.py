@@ -8,10 +8,10 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import pytest
 
-from jaxnets import report  # noqa: E402
+from jaxnets import report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -16,8 +16,8 @@ import pytest
 from jaxnets import models
 from jaxnets.contract import InputContract
 from jaxnets.data import catalog
-from jaxnets.training import CheckpointError, load_model, save_model
 from jaxnets.models.saving import InterruptedSaveWarning, UnverifiedModelWarning, read_contract
+from jaxnets.training import CheckpointError, load_model, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def _mlp(seed: int = 0) -> dict:
 
 
 def _same(a, b) -> bool:
-    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def _array_file(folder: Path) -> Path:
@@ -190,9 +190,9 @@ def test_a_runs_contract_reaches_the_model_folder_and_every_export(tmp_path, cap
     """fit returns its contract (digits: normalisation computed from the run's own training images); it goes into
     the checkpoints' metadata and, via save_model(contract=...), into the model folder; exports from the run
     folder and from the model folder record that same normalisation and the class names, with no note."""
-    from jaxnets import export  # noqa: PLC0415
-    from jaxnets.cli import export as export_cli  # noqa: PLC0415
-    from jaxnets.training import TrainConfig, fit  # noqa: PLC0415
+    from jaxnets import export
+    from jaxnets.cli import export as export_cli
+    from jaxnets.training import TrainConfig, fit
 
     config = TrainConfig(model="mlp", dataset="digits", epochs=1, batch_size=64, seed=3)
     result = fit(config, workdir=tmp_path / "run", log=lambda _: None)
@@ -212,7 +212,7 @@ def test_a_runs_contract_reaches_the_model_folder_and_every_export(tmp_path, cap
 
 def test_the_cli_reports_a_repaired_save_in_one_line(tmp_path, capsys):
     """jaxnets-export on a path a killed save left empty: the repair is one `warning:` line, then the export runs."""
-    from jaxnets.cli import export as export_cli  # noqa: PLC0415
+    from jaxnets.cli import export as export_cli
 
     save_model(tmp_path / "keep", "mlp", _mlp(0)).rename(tmp_path / ".net.replaced-999999")
     assert export_cli.main(["--from", str(tmp_path / "net"), "-o", str(tmp_path / "m.jaxexport"), "--no-stablehlo"]) == 0

@@ -13,10 +13,9 @@ import pytest
 
 from helpers import batches, max_abs_diff
 from jaxnets import data, layers, models
-from jaxnets.training import TrainConfig, TrainState, fit, optimizers, precision
+from jaxnets.training import TrainConfig, TrainState, data_setup, fit, optimizers, precision
 from jaxnets.training.steps import eval_step, make_steps, reduce_steps, train_step
 
-from jaxnets.training import data_setup
 QUIET = dict(log=lambda _: None, progress=False, tensorboard=False)
 
 
@@ -107,7 +106,7 @@ def test_the_learning_rate_metric_lands_in_the_history_and_scan_matches_jit():
                                                        rel=1e-6, abs=1e-6 * config.lr)
     assert history[0]["lr"] != history[1]["lr"]
     assert {"val_top5", "test_top5"} <= set(history[-1])
-    for jit_epoch, scan_epoch in zip(history, results["scan"].history):
+    for jit_epoch, scan_epoch in zip(history, results["scan"].history, strict=True):
         assert scan_epoch["lr"] == jit_epoch["lr"]
         assert scan_epoch["train_loss"] == pytest.approx(jit_epoch["train_loss"], rel=1e-6)
         assert scan_epoch["train_acc"] == jit_epoch["train_acc"]
@@ -140,7 +139,7 @@ def test_scan_gives_what_jit_gives_over_two_augmented_epochs(name):
         out[mode] = state, per_epoch
     (jit_state, jit_metrics), (scan_state, scan_metrics) = out["jit"], out["scan"]
     assert int(scan_state.step) == int(jit_state.step) == 6
-    for a, b in zip(jit_metrics, scan_metrics):
+    for a, b in zip(jit_metrics, scan_metrics, strict=True):
         np.testing.assert_array_equal(a["correct"], b["correct"])
         np.testing.assert_array_equal(a["count"], b["count"])
         np.testing.assert_allclose(a["loss_sum"], b["loss_sum"], rtol=1e-6)

@@ -8,9 +8,9 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from jaxnets.cli import train as cli
 from jaxnets.training import TrainConfig, fit
 from jaxnets.training.tensorboard import SCALARS
-from jaxnets.cli import train as cli
 
 
 def _scalars(logdir) -> dict[str, list[tuple[int, float]]]:
@@ -56,8 +56,8 @@ def test_no_tensorboard_and_resume_purges_later_epochs(tmp_path):
 @pytest.mark.slow  # fresh processes: mostly Python and JAX start-up
 def test_the_writer_loads_without_pytorch_and_pytorch_still_loads_after(tmp_path):
     """tensorboardX's own `import torch` (1-2 s per run) is skipped; the user's later `import torch` works."""
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
+    import subprocess
+    import sys
 
     torch_installed = __import__("importlib.util").util.find_spec("torch") is not None
     code = (

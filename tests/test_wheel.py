@@ -27,7 +27,7 @@ _LEAKY_PREFIXES = ("JAXNETS_", "JAX_")
 
 def _version_in_checkout() -> str:
     namespace: dict = {}
-    exec((ROOT / "jaxnets" / "_version.py").read_text(), namespace)  # noqa: S102 - our own one-line file
+    exec((ROOT / "jaxnets" / "_version.py").read_text(), namespace)
     return namespace["__version__"]
 
 

@@ -223,7 +223,7 @@ class NamedResNet(nn.Module):
         else:
             self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
         stages, cin = [], 64
-        for i, (blocks, planes) in enumerate(zip(stage_sizes, (64, 128, 256, 512))):
+        for i, (blocks, planes) in enumerate(zip(stage_sizes, (64, 128, 256, 512), strict=True)):
             units = []
             for j in range(blocks):
                 units.append(_Unit(cin, planes, 2 if i > 0 and j == 0 else 1, bottleneck))

@@ -16,7 +16,7 @@ import importlib
 import importlib.util
 import inspect
 import pkgutil
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 PACKAGES = ("jaxnets.models", "jaxnets.data", "jaxnets.training", "jaxnets.interop", "jaxnets.export",
@@ -46,7 +46,7 @@ def own_docstring(value) -> str:
     return inspect.cleandoc(doc)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _constant_docs(package: str) -> dict[str, str]:
     """{NAME: comment} for every top-level assignment in the package's modules that carries a comment."""
     module = importlib.import_module(package)
@@ -84,7 +84,7 @@ def _comment_for(node, following, lines: list[str]) -> str:
     return " ".join(above)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _init_names(package: str) -> tuple[dict[str, str], dict[str, str]]:
     """From the package's `__init__`: ({alias: original} of `import X as alias`, {key: function doc} of views).
 
@@ -97,9 +97,9 @@ def _init_names(package: str) -> tuple[dict[str, str], dict[str, str]]:
         if isinstance(node, ast.ImportFrom):
             aliases.update({alias.asname: alias.name for alias in node.names if alias.asname})
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
-            for key, value in zip(node.value.keys, node.value.values):
+            for key, value in zip(node.value.keys, node.value.values, strict=True):
                 if isinstance(key, ast.Constant) and isinstance(key.value, str):
-                    target = eval(compile(ast.Expression(value), package, "eval"), vars(module))  # noqa: S307
+                    target = eval(compile(ast.Expression(value), package, "eval"), vars(module))
                     if callable(target) and own_docstring(target):
                         views[key.value] = "Computed when read: " + own_docstring(target)
     return aliases, views

@@ -193,10 +193,10 @@ def torch_case(case: Case, *, compiled: bool) -> dict:
     FLOPs come from PyTorch's `FlopCounterMode` on the uncompiled net (the same
     model FLOPs); `compile_s` is the first step (torch.compile compiles then).
     """
-    import torch  # noqa: PLC0415
-    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
-    from jaxnets.interop import torch_models  # noqa: PLC0415
+    from jaxnets.interop import torch_models
 
     torch.manual_seed(case.seed)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[jnp.dtype(case.dtype).name]

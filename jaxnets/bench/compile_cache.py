@@ -33,13 +33,13 @@ def measure_step_compile(name: str, batch_size: int, width_divisor: int = 1) -> 
       {'model', 'batch_size', 'lower_s', 'compile_s', 'cache_hits', 'cache_misses'} for the step's
       program (events counted from JAX's monitoring during `.compile()` only).
     """
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-    from jax import monitoring  # noqa: PLC0415
+    import jax
+    import jax.numpy as jnp
+    from jax import monitoring
 
-    from jaxnets import models  # noqa: PLC0415
-    from jaxnets.data import Batch  # noqa: PLC0415
-    from jaxnets.training import TrainState, make_steps, optimizers  # noqa: PLC0415
+    from jaxnets import models
+    from jaxnets.data import Batch
+    from jaxnets.training import TrainState, make_steps, optimizers
 
     model = models.create(name)
     if "width_divisor" in {f.name for f in dataclasses.fields(model)}:
@@ -71,7 +71,7 @@ def measure_step_compile(name: str, batch_size: int, width_divisor: int = 1) -> 
 
 
 def _child(args: argparse.Namespace) -> int:
-    from jaxnets import compile_cache  # noqa: PLC0415
+    from jaxnets import compile_cache
 
     compile_cache.enable_compilation_cache(args.cache_dir)
     print(json.dumps(measure_step_compile(args.child, args.batch_size, args.width_divisor)))
@@ -127,13 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.child:
         return _child(args)
-    from jaxnets import bench  # noqa: PLC0415
+    from jaxnets import bench
 
     report = {"machine": bench.machine(), "command": " ".join(sys.argv),
               "rows": compare([m for m in args.models.split(",") if m], args.batch_size, args.width_divisor)}
     print_table(report["rows"])
     if args.json:
-        from jaxnets.report import write_json  # noqa: PLC0415
+        from jaxnets.report import write_json
 
         write_json(args.json, report)
         print(f"json: {args.json}")

@@ -24,6 +24,7 @@ right after an untimed one), so a noisy neighbour hurts every variant alike.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -85,7 +86,7 @@ def model_convolutions(name: str, batch_size: int = 128) -> list[tuple]:
     `(name, H, W, C, O, kernel, stride, padding, model, count)` tuples in
     order of first appearance.
     """
-    from jaxnets import models  # noqa: PLC0415
+    from jaxnets import models
 
     model = models.create(name)
     variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
@@ -126,7 +127,7 @@ def _jax_layer(conv: Callable, x, w, stem: bool) -> Callable[[], None]:
 
 
 def _torch_layer(x_np, w_np, stride: int, pad: int, stem: bool) -> Callable[[], None]:
-    import torch  # noqa: PLC0415
+    import torch
 
     x = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy()).requires_grad_(not stem)
     w = torch.from_numpy(w_np.transpose(3, 2, 0, 1).copy()).requires_grad_(True)
@@ -159,11 +160,11 @@ def run(batch_size: int = 128, rounds: int = 5, log=print, layer_specs=LAYERS) -
         dims = lax.conv_dimension_numbers(x.shape, w.shape, DIMS)
         padding = ((pad, pad), (pad, pad))
         variants = {
-            "jaxnets": _jax_layer(lambda x, w: convolution.conv_general_dilated(
-                x, w, (stride, stride), padding, dimension_numbers=dims), x, w, stem),
-            "lax": _jax_layer(lambda x, w: lax.conv_general_dilated(
-                x, w, (stride, stride), padding, dimension_numbers=dims), x, w, stem),
-            "im2col": _jax_layer(lambda x, w: im2col_conv(x, w, stride, pad), x, w, stem),
+            "jaxnets": _jax_layer(functools.partial(convolution.conv_general_dilated, window_strides=(stride, stride),
+                                                    padding=padding, dimension_numbers=dims), x, w, stem),
+            "lax": _jax_layer(functools.partial(lax.conv_general_dilated, window_strides=(stride, stride),
+                                                padding=padding, dimension_numbers=dims), x, w, stem),
+            "im2col": _jax_layer(functools.partial(im2col_conv, stride=stride, pad=pad), x, w, stem),
         }
         if have_torch:
             variants["torch"] = _torch_layer(x_np, w_np, stride, pad, stem)
@@ -201,7 +202,7 @@ def table(rows: list[dict]) -> str:
     align = "llrrr" + ("rr" if torch_col else "")
     if counted:
         header += ["count", "jaxnets per step (ms)"] + (["torch per step (ms)"] if torch_col else [])
-        for cell, r in zip(cells, rows):
+        for cell, r in zip(cells, rows, strict=True):
             cell += [str(r["count"]), f"{r['jaxnets_ms_per_step']:.0f}"] + (
                 [f"{r['torch_ms_per_step']:.0f}"] if torch_col else [])
         totals = totals_per_step(rows)

@@ -37,7 +37,7 @@ def use_virtual_cpu_devices(count: int) -> None:
     Raises:
       RuntimeError: the backend already started with fewer CPU devices.
     """
-    import jax  # noqa: PLC0415
+    import jax
 
     if backend.backend_started():
         if jax.default_backend() == "cpu" and jax.device_count() < count:
@@ -50,9 +50,9 @@ def use_virtual_cpu_devices(count: int) -> None:
 def host_variables(model, seed: int = 0):
     """Seeded host-side weights of `model`'s shapes (throughput does not depend on the values; this skips
     compiling the PRNG for every layer)."""
-    import jax  # noqa: PLC0415
+    import jax
 
-    from jaxnets import models  # noqa: PLC0415
+    from jaxnets import models
 
     rng = np.random.default_rng(seed)
 
@@ -79,10 +79,10 @@ def measure(model_name: str, devices: int, batch_size: int, steps: int, *, width
     Raises:
       ValueError: fewer devices than asked for, or a batch that does not divide over them.
     """
-    import jax  # noqa: PLC0415
+    import jax
 
-    from jaxnets import data, models  # noqa: PLC0415
-    from jaxnets.training import TrainState, distributed, make_steps, optimizers  # noqa: PLC0415
+    from jaxnets import data, models
+    from jaxnets.training import TrainState, distributed, make_steps, optimizers
 
     if devices > jax.device_count():
         raise ValueError(f"{devices} devices asked for, {jax.device_count()} available")
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the rows (and the machine) to this JSON file")
     args = p.parse_args(argv)
     use_virtual_cpu_devices(max(args.devices))
-    import jax  # noqa: PLC0415
+    import jax
 
     rows = run(args.models, args.devices, args.batch_size, args.steps, args.width_divisor)
     print(table(rows))

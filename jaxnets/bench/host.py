@@ -18,7 +18,7 @@ PEAK_MATMUL_SIZE = 2048  # the side of the square float32 matmul that `peak_gflo
 def torch_available() -> bool:
     """Whether PyTorch can be imported (the torch modes need it; `pip install 'jaxnets[torch]'`)."""
     try:
-        import torch  # noqa: F401, PLC0415
+        import torch  # noqa: F401
     except ImportError:
         return False
     return True
@@ -40,14 +40,14 @@ def machine() -> dict:
             "jax": jax.__version__, "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
             **backend.describe()}
     if torch_available():
-        import torch  # noqa: PLC0415
+        import torch
 
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
     return info
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def peak_gflops(n: int = PEAK_MATMUL_SIZE, dtype: str = "float32", repeats: int = 10) -> float:
     """This machine's practical peak: GFLOP/s of a jitted `n` x `n` matmul, best of `repeats` (cached per process)."""
     a = jnp.ones((n, n), dtype)

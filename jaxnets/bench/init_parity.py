@@ -68,9 +68,9 @@ def run_jaxnets(data, seed: int, epochs: int, batch_size: int, lr: float) -> flo
 
 
 def run_pytorch(data, seed: int, epochs: int, batch_size: int, lr: float) -> float:
-    import torch  # noqa: PLC0415 - optional
+    import torch  # optional
 
-    from jaxnets.interop import torch_models  # noqa: PLC0415
+    from jaxnets.interop import torch_models
 
     x_train, y_train, x_test, y_test = (np.ascontiguousarray(a.transpose(0, 3, 1, 2)) if a.ndim == 4 else a
                                         for a in data)

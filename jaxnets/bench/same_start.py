@@ -50,10 +50,10 @@ def run(model_name: str, data_batches: list[tuple], lr: float = 0.1, momentum: f
     Returns:
       `{"model", "lr", "momentum", "weight_decay", "jaxnets": [...], "torch": [...]}`, one loss per batch.
     """
-    import torch  # noqa: PLC0415 - optional
+    import torch  # optional
 
-    from jaxnets import interop  # noqa: PLC0415
-    from jaxnets.interop import torch_models  # noqa: PLC0415
+    from jaxnets import interop
+    from jaxnets.interop import torch_models
 
     model = models.create(model_name)
     state = TrainState.create(model, optimizers.sgd(lr, momentum=momentum, weight_decay=weight_decay), seed=seed)
@@ -78,7 +78,7 @@ def run(model_name: str, data_batches: list[tuple], lr: float = 0.1, momentum: f
 def table(result: dict) -> str:
     """Markdown: step, both losses, their difference."""
     cells = [[str(i + 1), f"{a:.4f}", f"{b:.4f}", f"{abs(a - b):.1e}"]
-             for i, (a, b) in enumerate(zip(result["jaxnets"], result["torch"]))]
+             for i, (a, b) in enumerate(zip(result["jaxnets"], result["torch"], strict=True))]
     return report.markdown_table(["step", "jaxnets loss", "PyTorch loss", "|diff|"], cells, "rrrr")
 
 

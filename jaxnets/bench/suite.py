@@ -10,8 +10,8 @@ import jax.numpy as jnp
 
 from jaxnets import data, models, report
 from jaxnets.bench import cases, host, timing
-from jaxnets.training import TrainState, make_steps, optimizers
 from jaxnets.errors import describe
+from jaxnets.training import TrainState, make_steps, optimizers
 
 # The two ways `make_steps` runs the same step; `numerics` and `vary_batch` compare them.
 STEP_MODES = ("eager", "jit")
@@ -125,7 +125,7 @@ def numerics(model_name: str, k: int = 3, batch_size: int = 16, seed: int = 0) -
             state, metrics = steps.train(state, batch)
         out[mode] = (float(metrics["loss_sum"] / metrics["count"]), state.params)
     diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(out["eager"][1]),
-                                                               jax.tree.leaves(out["jit"][1])))
+                                                               jax.tree.leaves(out["jit"][1]), strict=True))
     return {"model": model_name, "steps": k, "loss_eager": out["eager"][0], "loss_jit": out["jit"][0],
             "loss_abs_diff": abs(out["eager"][0] - out["jit"][0]), "params_max_abs_diff": diff}
 

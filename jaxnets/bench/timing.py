@@ -39,7 +39,7 @@ class CompileCounter:
             self.seconds += duration
 
     @contextlib.contextmanager
-    def counting(self) -> Iterator["CompileCounter"]:
+    def counting(self) -> Iterator[CompileCounter]:
         """Reset the count and seconds, then count until the block ends."""
         self.count, self.seconds, self._active = 0, 0.0, True
         try:

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"machine": bench.machine(), "peak_gflops": bench.peak_gflops(), "command": " ".join(sys.argv)}
     print(f"machine: {report['machine']}  peak {report['peak_gflops']:.1f} GFLOP/s (jitted 2048^2 matmul)")
     if args.what == ["pipeline"]:
-        from jaxnets.bench import pipeline  # noqa: PLC0415
+        from jaxnets.bench import pipeline
 
         (batch_size,) = args.batch_size
         result = pipeline.run(args.data_dir, batch_size)

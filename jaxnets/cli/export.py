@@ -74,10 +74,10 @@ def from_run(folder: Path, which: str = "best", log=print) -> tuple[str, dict, d
       CheckpointError: no such checkpoint, or it is corrupt.
       ValueError: `which` is not best, latest or an epoch number.
     """
-    import jax  # noqa: PLC0415
+    import jax
 
-    from jaxnets.training import CheckpointError, Checkpoints, TrainConfig  # noqa: PLC0415
-    from jaxnets.training.data_setup import build, learning_rate_schedule  # noqa: PLC0415
+    from jaxnets.training import CheckpointError, Checkpoints, TrainConfig
+    from jaxnets.training.data_setup import build, learning_rate_schedule
 
     if which not in ("best", "latest") and not which.isdigit():
         raise ValueError(f"--checkpoint must be best, latest or an epoch number; got {which!r}")
@@ -102,7 +102,7 @@ def from_run(folder: Path, which: str = "best", log=print) -> tuple[str, dict, d
 
 def _run_contract(config, meta: dict, log) -> InputContract | None:
     """The run's input contract: as fit stored it, else (runs saved before it did) rebuilt as fit builds it."""
-    from jaxnets.training.data_setup import load_splits  # noqa: PLC0415
+    from jaxnets.training.data_setup import load_splits
 
     if meta.get("input_contract") is not None:
         try:
@@ -152,8 +152,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _export(args, source: Path) -> int:
     """`main` once its arguments are parsed (warnings are printed by `main`)."""
-    from jaxnets.models.saving import (CheckpointError, decode_kwargs, load_model, read_contract,  # noqa: PLC0415
-                                       recover_interrupted_save)
+    from jaxnets.models.saving import (
+        CheckpointError,
+        decode_kwargs,
+        load_model,
+        read_contract,
+        recover_interrupted_save,
+    )
 
     try:
         platforms = tuple(p for p in args.platforms.split(",") if p)

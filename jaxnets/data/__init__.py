@@ -25,14 +25,30 @@ splits as .npz), `pipeline` (`Loader`, preprocessing, augmentation),
 from jaxnets.data import catalog
 from jaxnets.data.catalog import DatasetEntry, FileLayout, register
 from jaxnets.data.dataset import Dataset, random_split, train_val_split
-from jaxnets.data.download import (DOWNLOADABLE, MIRROR_ENV, ChecksumMismatch, DownloadTimeout, Timeouts,
-                                   default_data_dir, download_files)
+from jaxnets.data.download import (
+    DOWNLOADABLE,
+    MIRROR_ENV,
+    ChecksumMismatch,
+    DownloadTimeout,
+    Timeouts,
+    default_data_dir,
+    download_files,
+)
 from jaxnets.data.errors import CorruptDataFile, DataError, DataNotFound, UnsafePickle
 from jaxnets.data.files import load_files
 from jaxnets.data.folder import load_folder
 from jaxnets.data.loading import SOURCES, SPLITS, available, load
-from jaxnets.data.pipeline import (RESIDENT_MAX_BYTES, Batch, Loader, Preprocess, channel_stats, keeps_data_on_device,
-                                   preprocess, random_crop, random_flip)
+from jaxnets.data.pipeline import (
+    RESIDENT_MAX_BYTES,
+    Batch,
+    Loader,
+    Preprocess,
+    channel_stats,
+    keeps_data_on_device,
+    preprocess,
+    random_crop,
+    random_flip,
+)
 from jaxnets.data.synthetic import synthetic_batch, synthetic_batches
 from jaxnets.data.tfds_source import load_tfds
 from jaxnets.paths import expand_path

@@ -29,7 +29,7 @@ class Dataset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
-    def subset(self, indices: np.ndarray, split: str | None = None) -> "Dataset":
+    def subset(self, indices: np.ndarray, split: str | None = None) -> Dataset:
         """The examples at `indices` (e.g. from `random_split`)."""
         return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices],
                                    split=split or self.split)

@@ -129,7 +129,7 @@ class Timeouts:
     total: float = 1800.0
 
     @classmethod
-    def from_env(cls) -> "Timeouts":
+    def from_env(cls) -> Timeouts:
         """`$JAXNETS_DOWNLOAD_TIMEOUTS` ('connect,stall,total' seconds), else the defaults.
 
         Raises:
@@ -267,9 +267,9 @@ def fetch(url: str, destination: Path, md5: str, *, retries: int = 2, progress: 
       OSError (requests.RequestException): the server could not be reached,
         answered with an error status, or kept cutting the transfer.
     """
-    import requests  # noqa: PLC0415 - only needed on the download path
-    from requests.adapters import HTTPAdapter  # noqa: PLC0415
-    from urllib3.util.retry import Retry  # noqa: PLC0415
+    import requests  # only needed on the download path
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
 
     timeouts = timeouts or Timeouts.from_env()
     deadline = time.monotonic() + timeouts.total
@@ -303,20 +303,20 @@ def fetch(url: str, destination: Path, md5: str, *, retries: int = 2, progress: 
 
 
 def _urllib3_cut() -> type[Exception]:
-    from urllib3.exceptions import ProtocolError  # noqa: PLC0415
+    from urllib3.exceptions import ProtocolError
 
     return ProtocolError
 
 
 def _cut_mid_body(err: Exception) -> bool:
-    import requests  # noqa: PLC0415
+    import requests
 
     return isinstance(err, (requests.exceptions.ChunkedEncodingError, _urllib3_cut())) or "IncompleteRead" in str(err)
 
 
 def _as_timeout(err: Exception, url: str, timeouts: Timeouts) -> Exception:
     """A connect or read timeout from requests as a `DownloadTimeout` saying what it waited for; other errors as is."""
-    import requests  # noqa: PLC0415
+    import requests
 
     host = urlsplit(url).netloc
     if isinstance(err, requests.exceptions.ConnectTimeout):
@@ -332,7 +332,7 @@ def _as_timeout(err: Exception, url: str, timeouts: Timeouts) -> Exception:
 
 def _stream(session, url: str, part: Path, label: str, progress: bool, timeouts: Timeouts, deadline: float) -> str:
     """GET `url` into `part` within the bounds; returns the md5 of the bytes."""
-    from urllib3.exceptions import ReadTimeoutError  # noqa: PLC0415
+    from urllib3.exceptions import ReadTimeoutError
 
     digest = hashlib.md5()
     host = urlsplit(url).netloc
@@ -375,7 +375,7 @@ def _stream(session, url: str, part: Path, label: str, progress: bool, timeouts:
                                 f"{TIMEOUTS_ENV}=connect,stall,total changes it")
                         window_start, window_bytes = now, 0
             if total is not None and received < total:
-                from urllib3.exceptions import ProtocolError  # noqa: PLC0415
+                from urllib3.exceptions import ProtocolError
 
                 raise ProtocolError(f"IncompleteRead({received} bytes read, {total - received} more expected)")
     return digest.hexdigest()

@@ -30,7 +30,7 @@ def load_digits(split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     Returns:
       images uint8 `[N, 28, 28, 1]`, labels int32 `[N]`, class names '0'..'9'.
     """
-    from sklearn.datasets import load_digits as sklearn_digits  # noqa: PLC0415 - heavy import
+    from sklearn.datasets import load_digits as sklearn_digits  # heavy import
 
     bunch = sklearn_digits()
     small = bunch.images.astype(np.float32) / 16.0

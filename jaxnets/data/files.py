@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from jaxnets.data import cache, catalog
-from jaxnets.paths import expand_path
 from jaxnets.data.catalog import CIFAR10_CLASSES, FASHION_MNIST_CLASSES  # noqa: F401 - re-exported
 from jaxnets.data.errors import CorruptDataFile, DataError, DataNotFound, UnsafePickle, check_labels
+from jaxnets.paths import expand_path
 
 _CACHE_VERSION = "v3"  # bump when what a cache may hold changes: caches of another version are not read
 STRICT_ENV = "JAXNETS_DATA_STRICT"  # '0': accept trimmed standard files (what strict=None means)
@@ -371,7 +371,7 @@ def check_layout(located: Located, num_examples: int | None = None) -> None:
         raise DataError(f"{entry.name} ({split}) in {where} lacks {', '.join(located.missing)} of the published "
                         f"split's files (found only {', '.join(p.name for p in located.paths)}); fetch what is "
                         f"missing, or if you removed it on purpose {_OPT_OUT}")
-    expected = None if entry.files.examples is None else dict(zip(("train", "test"), entry.files.examples))[split]
+    expected = None if entry.files.examples is None else dict(zip(("train", "test"), entry.files.examples, strict=True))[split]
     if num_examples is not None and expected is not None and num_examples != expected:
         raise DataError(f"{entry.name} ({split}) in {where} holds {num_examples:,} examples "
                         f"({', '.join(p.name for p in located.paths)}); the published split has {expected:,}: "

@@ -45,8 +45,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxnets.data import cache as npz_cache
-from jaxnets.paths import expand_path
 from jaxnets.data.errors import CorruptDataFile, DataError, DataNotFound
+from jaxnets.paths import expand_path
 
 SPLIT_FOLDERS = ("train", "test")
 _GRAY_8BIT_MODES = {"1", "L", "LA", "La"}
@@ -189,7 +189,7 @@ def _scan(folder: str, relative: str, records: list[str], ancestors: set[str]) -
 
 def _to_8bit(img, path: str):
     """`img` as an 8-bit Pillow image, mode 'L' or 'RGB', scaled from its bit depth (module docstring)."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     mode = img.mode
     if mode in ("L", "RGB"):
@@ -225,7 +225,7 @@ def decode_image(path: str, image_size: tuple[int, int] | None = None) -> np.nda
       CorruptDataFile: not an image Pillow can decode (the file is named).
       DataError: 32-bit integer pixels outside [0, 65535], or float pixels outside [0, 1] (named).
     """
-    from PIL import Image  # noqa: PLC0415 - Pillow comes with matplotlib; only this path needs it
+    from PIL import Image  # Pillow comes with matplotlib; only this path needs it
 
     try:
         with Image.open(path) as img:
@@ -248,7 +248,7 @@ def _stack(paths: list[str], arrays: list[np.ndarray], root: Path) -> np.ndarray
     sizes = collections.Counter(a.shape[:2] for a in arrays)
     if len(sizes) > 1:
         (common, count), = sizes.most_common(1)
-        odd = [p for p, a in zip(paths, arrays) if a.shape[:2] != common]
+        odd = [p for p, a in zip(paths, arrays, strict=True) if a.shape[:2] != common]
         h, w = next(a.shape[:2] for a in arrays if a.shape[:2] != common)
         raise DataError(
             f"{odd[0]}: {h}x{w} pixels (height x width), but {count} of the {len(arrays)} images in {root} are "

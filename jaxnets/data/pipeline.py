@@ -25,6 +25,7 @@ import numpy as np
 from jaxnets import backend
 from jaxnets.data import catalog
 
+
 class Batch(NamedTuple):
     """One batch on the device."""
 
@@ -212,7 +213,7 @@ def cut_epoch(images, labels, index):
     return images[index], labels[index]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_cuts(sharding: jax.sharding.Sharding | None):
     """`(cut_and_prepare, cut_epoch)` jitted to leave their results with `sharding` (batch axis first)."""
     if sharding is None:  # where the data set is

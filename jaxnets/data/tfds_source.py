@@ -30,7 +30,7 @@ def load_tfds(name: str, split: str, data_dir: Path | None = None, download: boo
       DataNotFound: the data set has no tfds name, or is not prepared in `data_dir` and cannot be
         downloaded and prepared here (offline, or tfds lacks what it needs).
     """
-    import tensorflow_datasets as tfds  # noqa: PLC0415 - heavy import, only on this path
+    import tensorflow_datasets as tfds  # heavy import, only on this path
 
     tfds_name = catalog.get(name).tfds_name
     if tfds_name is None:

@@ -61,8 +61,13 @@ order), `state_dict` (files, containers, prefixes, value checks), `errors`.
 """
 
 from jaxnets.interop.conversion import convert, from_torch, to_torch
-from jaxnets.interop.errors import (AmbiguousMapping, NonFiniteWeights, StateDictMismatch, TorchCheckpointError,
-                                    UnsafeCheckpoint)
+from jaxnets.interop.errors import (
+                                    AmbiguousMapping,
+                                    NonFiniteWeights,
+                                    StateDictMismatch,
+                                    TorchCheckpointError,
+                                    UnsafeCheckpoint,
+)
 from jaxnets.interop.state_dict import CONTAINER_KEYS, load_state_dict
 
 __all__ = [

@@ -11,8 +11,16 @@ import numpy as np
 
 from jaxnets.interop.layout import LayoutRow, build_layout, flax_to_torch, our_layers, set_leaf, torch_to_flax
 from jaxnets.interop.matching import resolve
-from jaxnets.interop.state_dict import (check_finite, check_tensors_have_data, find_module, load_state_dict,
-                                        strip_wrappers, to_numpy, unwrap)
+from jaxnets.interop.state_dict import (
+    check_finite,
+    check_tensors_have_data,
+    find_module,
+    load_state_dict,
+    strip_wrappers,
+    to_numpy,
+    unwrap,
+)
+
 
 def from_torch(name: str, source: Any, *, mapping: Mapping[str, str] | None = None, return_mapping: bool = False,
                **create_kwargs):
@@ -109,7 +117,7 @@ def to_torch(name: str, variables: Mapping[str, Any], *, like: Any = None, mappi
       AmbiguousMapping: `like` is a state_dict whose layer order is ambiguous.
       ValueError: `variables` do not fit the model (naming the first variable missing or mis-shaped).
     """
-    import torch  # noqa: PLC0415 - torch is optional
+    import torch  # torch is optional
 
     _, layout = build_layout(name, create_kwargs)
     _check_variables_fit(name, variables, layout, create_kwargs)
@@ -162,7 +170,7 @@ def convert(checkpoint: Any, output: str | os.PathLike, name: str, *, overwrite:
       TorchCheckpointError: as `from_torch`.
       FileExistsError: `output` exists.
     """
-    from jaxnets.models.saving import save_model  # noqa: PLC0415 - keeps interop light (orbax loads on use)
+    from jaxnets.models.saving import save_model  # keeps interop light (orbax loads on use)
 
     variables, pairs = from_torch(name, checkpoint, mapping=mapping, return_mapping=True, **create_kwargs)
     path = save_model(output, name, variables, overwrite=overwrite, contract=contract, **create_kwargs)

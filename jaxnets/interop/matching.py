@@ -103,7 +103,7 @@ def _pair(name: str, state_dict, their_layer: TheirLayer, mine: Layer, where: st
             f"theirs {module!r} ({_describe_theirs(state_dict, role, keys)}) vs ours {mine.module!r} "
             f"({mine.describe()}). Is this checkpoint a {name}? (create options such as num_classes must "
             "match too)")
-    return {key: row.torch_key for key, row in zip(keys, mine.rows)}
+    return {key: row.torch_key for key, row in zip(keys, mine.rows, strict=True)}
 
 
 def _check_unambiguous(name: str, state_dict, pairs: list[tuple[TheirLayer, Layer]], why_untraced: str) -> None:
@@ -164,7 +164,7 @@ def _match_by_structure(name: str, state_dict: Mapping[str, Any], layout: list[L
                                 f"mapping {layer.module!r} -> {pinned[layer.module]!r}"))
     ours = [layer for layer in ours if layer.module not in set(pinned.values())]
     theirs = [layer for layer in theirs if layer.module not in pinned]
-    for index, (mine, layer) in enumerate(zip(ours, theirs)):
+    for index, (mine, layer) in enumerate(zip(ours, theirs, strict=False)):
         result.update(_pair(name, state_dict, layer, mine, f"first mismatch at layer {index}"))
     if len(theirs) != len(ours):
         if len(theirs) > len(ours):
@@ -177,7 +177,7 @@ def _match_by_structure(name: str, state_dict: Mapping[str, Any], layout: list[L
         raise StateDictMismatch(f"{name}: the state_dict does not match by structure: {len(theirs)} layers in the "
                                 f"state_dict, {len(ours)} in {name}; {extra}")
     if not order_known:
-        _check_unambiguous(name, state_dict, list(zip(theirs, ours)), why_untraced)
+        _check_unambiguous(name, state_dict, list(zip(theirs, ours, strict=True)), why_untraced)
     return {key: result[key] for key in state_dict if key in result}  # in the state_dict's order
 
 
@@ -211,7 +211,7 @@ def _call_order(module: Any, model) -> tuple[list[str] | None, str]:
       forward failed, or some layers were not called as modules (weights
       used through `torch.nn.functional`).
     """
-    import torch  # noqa: PLC0415 - a module was given, so torch is there
+    import torch  # a module was given, so torch is there
 
     def owns_tensors(layer) -> bool:
         return next(itertools.chain(layer.parameters(recurse=False), layer.buffers(recurse=False)), None) is not None

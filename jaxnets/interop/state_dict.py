@@ -44,10 +44,10 @@ def is_tensor(value: Any) -> bool:
 def _load_file(path: Path) -> Any:
     """`torch.load(path, weights_only=True)`, its failures as our errors."""
     try:
-        import torch  # noqa: PLC0415 - torch is optional
+        import torch  # torch is optional
     except ImportError as err:
         raise ImportError("reading a .pt/.pth file needs PyTorch: pip install 'jaxnets[torch]'") from err
-    import pickle  # noqa: PLC0415
+    import pickle
 
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")

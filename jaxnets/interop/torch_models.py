@@ -24,12 +24,12 @@ class MLP(nn.Module):
     def __init__(self, num_layers=2, hidden_size=10, input_dim=784, output_dim=10, activation="relu"):
         super().__init__()
         sizes = [input_dim] + [hidden_size] * num_layers
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         self.act = _ACTIVATIONS[activation]()
         self.output = nn.Linear(sizes[-1], output_dim)
 
     @classmethod
-    def from_flax(cls, m: models.MLP) -> "MLP":
+    def from_flax(cls, m: models.MLP) -> MLP:
         return cls(m.num_layers, m.hidden_size, m.input_dim, m.output_dim, m.activation)
 
     def forward(self, x):
@@ -51,12 +51,12 @@ class LeNet(nn.Module):
         for _ in range(2):
             size = (size + 2 * padding - kernel_size + 1) // 2
         sizes = [conv_channels[1] * size * size, *hidden_sizes, num_classes]
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             setattr(self, f"fc{i + 1}", nn.Linear(a, b))
         self.num_fc = len(sizes) - 1
 
     @classmethod
-    def from_flax(cls, m: models.LeNet) -> "LeNet":
+    def from_flax(cls, m: models.LeNet) -> LeNet:
         return cls(tuple(m.conv_channels), m.kernel_size, m.padding, tuple(m.hidden_sizes), m.in_channels,
                    m.image_size, m.num_classes)
 
@@ -136,7 +136,7 @@ class ResNet(nn.Module):
         else:
             self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        for i, (planes, blocks) in enumerate(zip(widths, num_blocks)):
+        for i, (planes, blocks) in enumerate(zip(widths, num_blocks, strict=True)):
             setattr(self, f"layer{i + 1}", self._make_layer(block, planes, blocks, 1 if i == 0 else 2))
         head = nn.Linear(widths[-1] * block.expansion, num_classes)
         if layout == "torchvision":
@@ -148,7 +148,7 @@ class ResNet(nn.Module):
             self.linear = head
 
     @classmethod
-    def from_flax(cls, m: models.ResNet) -> "ResNet":
+    def from_flax(cls, m: models.ResNet) -> ResNet:
         block = Bottleneck if m.block_cls is models.Bottleneck else BasicBlock
         return cls(block, list(m.stage_sizes), m.num_classes, m.in_channels, m.layout, m.width_divisor)
 
@@ -207,7 +207,7 @@ class VGG(nn.Module):
                     nn.init.constant_(module.bias, 0)
 
     @classmethod
-    def from_flax(cls, m: models.VGG) -> "VGG":
+    def from_flax(cls, m: models.VGG) -> VGG:
         return cls(m.config, m.batch_norm, m.head, m.num_classes, m.in_channels, m.dropout_rate, m.width_divisor)
 
     def forward(self, x):

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxnets import backend
-
+from jaxnets.models import catalog
+from jaxnets.models.catalog import Family, ModelEntry, register
 from jaxnets.models.lenet import LeNet, LeNet5, LeNetCIFAR, LeNetMNIST
 from jaxnets.models.mlp import MLP
 from jaxnets.models.resnet import (
@@ -38,9 +39,7 @@ from jaxnets.models.resnet import (
     ResNet50ImageNet,
 )
 from jaxnets.models.vgg import CONFIGS as VGG_CONFIGS
-from jaxnets.models.vgg import VGG, vgg
-from jaxnets.models import catalog
-from jaxnets.models.catalog import Family, ModelEntry, register
+from jaxnets.models.vgg import VGG
 
 
 def available() -> list[str]:

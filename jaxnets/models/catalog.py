@@ -194,8 +194,8 @@ def _builder_name(builder: Callable[..., nn.Module]) -> str:
 
 
 def _register_builtins() -> None:
-    from jaxnets.models import lenet, mlp, resnet  # noqa: PLC0415 - the model files import nothing of this
-    from jaxnets.models.vgg import CONFIGS, vgg  # noqa: PLC0415 - `models.vgg` is also the name of this function
+    from jaxnets.models import lenet, mlp, resnet  # the model files import nothing of this
+    from jaxnets.models.vgg import CONFIGS, vgg  # `models.vgg` is also the name of this function
 
     for builder, family, description in (
         (mlp.MLP, MLP_FAMILY, "text 000 MyModel: num_layers x (Linear -> ReLU), Linear; any input, flattened"),

@@ -28,7 +28,6 @@ import jax.numpy as jnp
 from jaxnets import layers
 from jaxnets.models.inputs import square_image_shape
 
-
 LAYOUTS = ("cifar", "torchvision")
 
 
@@ -134,7 +133,7 @@ class ResNet(nn.Module):
         x = nn.relu(layers.BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x))
         if torchvision:  # nn.MaxPool2d(3, stride=2, padding=1): pads with -inf
             x = layers.max_pool(x, 3, 2, padding=1)
-        for stage, (blocks, planes) in enumerate(zip(self.stage_sizes, widths)):
+        for stage, (blocks, planes) in enumerate(zip(self.stage_sizes, widths, strict=True)):
             for j in range(blocks):
                 stride = 2 if stage > 0 and j == 0 else 1
                 x = self.block_cls(planes, stride, dtype=self.dtype, layout=self.layout,

@@ -16,8 +16,17 @@ from jaxnets.training.data_setup import Splits, load_splits
 from jaxnets.training.lock import RunLock, RunLocked, WorkdirNotWritable
 from jaxnets.training.loop import FitResult, NonFiniteLoss, fit
 from jaxnets.training.state import TrainState
-from jaxnets.training.steps import (MODES, Steps, eval_step, evaluate, make_steps, predict, scan_epoch, summarize,
-                                    train_step)
+from jaxnets.training.steps import (
+                                    MODES,
+                                    Steps,
+                                    eval_step,
+                                    evaluate,
+                                    make_steps,
+                                    predict,
+                                    scan_epoch,
+                                    summarize,
+                                    train_step,
+)
 
 __all__ = [
     "MODES", "CheckpointError", "Checkpoints", "ConfigError", "FitResult", "InputContract", "NonFiniteLoss",

@@ -30,8 +30,14 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxnets.errors import describe
-from jaxnets.models.saving import (CHECKSUM_ALGORITHM, CheckpointError, _abstract,
-                                   _quiet_abandoned_reads, _quiet_orbax_logs, arrays_checksum)
+from jaxnets.models.saving import (
+    CHECKSUM_ALGORITHM,
+    CheckpointError,
+    _abstract,
+    _quiet_abandoned_reads,
+    _quiet_orbax_logs,
+    arrays_checksum,
+)
 from jaxnets.paths import expand_path
 from jaxnets.training.lock import WorkdirNotWritable
 

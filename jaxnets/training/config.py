@@ -159,7 +159,7 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_json(cls, values: dict) -> "TrainConfig":
+    def from_json(cls, values: dict) -> TrainConfig:
         """A config saved by `to_json`, by this or an older version (fields it lacks take today's defaults;
         old checkpoints store every field they had, so their runs resume as they were)."""
         values = {k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(cls)}}

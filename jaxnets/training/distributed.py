@@ -33,8 +33,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jaxnets import backend
-from jaxnets.errors import first_line
 from jaxnets.data.pipeline import check_batch_divides
+from jaxnets.errors import first_line
 
 DATA_AXIS = "data"
 
@@ -176,6 +176,6 @@ def describe(mesh: Mesh) -> str:
 def sync(name: str) -> None:
     """Wait until every process reaches the barrier `name` (nothing to wait for in a single process)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils  # noqa: PLC0415
+        from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)

@@ -53,7 +53,7 @@ class RunLock:
             return None
         return value if isinstance(value, dict) else None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Take the folder, or raise.
 
         Raises:
@@ -92,7 +92,7 @@ class RunLock:
                 self.holder_path.unlink()
         self._lock.release()
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import optax
 
 
-
 def _constant(lr: float, total_steps: int, warmup_steps: int, step_every: int | None, gamma: float):
     return optax.constant_schedule(lr)
 

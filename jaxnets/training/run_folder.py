@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnets import data
+
 # Module-level names on purpose: the kill -9 tests replace `_write_json` / `plot_history` here to die mid-write.
 from jaxnets.report import plot_history
 from jaxnets.report import write_json as _write_json

@@ -30,7 +30,7 @@ class TrainState(flax.struct.PyTreeNode):
 
     @classmethod
     def create(cls, model: nn.Module, tx: optax.GradientTransformation, seed: int = 0,
-               variables: dict | None = None) -> "TrainState":
+               variables: dict | None = None) -> TrainState:
         """Initialise a model (or adopt given `variables`) and its optimizer state.
 
         `seed` gives both the initial weights (when `variables` is None) and the
@@ -59,7 +59,7 @@ class TrainState(flax.struct.PyTreeNode):
         return {"step": self.step, "params": self.params, "batch_stats": self.batch_stats,
                 "opt_state": self.opt_state, "key": jax.random.key_data(self.key)}
 
-    def replace_arrays(self, arrays: dict) -> "TrainState":
+    def replace_arrays(self, arrays: dict) -> TrainState:
         """This state with its array fields taken from `arrays` (the inverse of `arrays()`: a restored checkpoint).
 
         The raw key data is wrapped back into a typed key (`jax.random.wrap_key_data`).

@@ -53,9 +53,9 @@ def _import_tensorboardx():
     if block:
         sys.modules["torch"] = None  # type: ignore[assignment] # `import torch` raises ImportError
     try:
-        from tensorboardX import summary  # noqa: PLC0415 - only when logging
-        from tensorboardX.event_file_writer import EventsWriter  # noqa: PLC0415
-        from tensorboardX.proto.event_pb2 import Event  # noqa: PLC0415
+        from tensorboardX import summary  # only when logging
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event
     finally:
         if block:
             del sys.modules["torch"]
@@ -80,7 +80,7 @@ class TensorBoard:
     """
 
     def __init__(self, logdir: str | Path, config: dict, history: list[dict] = ()):
-        EventsWriter, self._Event, self._summary = _import_tensorboardx()  # noqa: N806 - a class
+        EventsWriter, self._Event, self._summary = _import_tensorboardx()
 
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
