@@ -306,7 +306,8 @@ def read_info(path: str | Path) -> dict:
     try:
         info = json.loads(where.read_text())
     except FileNotFoundError as err:
-        raise ExportError(f"{where} is missing: {path} was not written by jaxnets.export.save (or only in part)") from err
+        raise ExportError(f"{where} is missing: {path} was not written by jaxnets.export.save "
+                          "(or only in part)") from err
     except (OSError, ValueError) as err:
         raise ExportError(f"cannot read {where}: {err}") from err
     if not isinstance(info, dict) or info.get("format") != FORMAT:

@@ -180,7 +180,8 @@ def speed_line(row: dict) -> str:
         return f"{head} skipped: {row['skipped']}"
     return (f"{head} compile/first {row['compile_s']:8.2f}s  step {1e3 * row['step_s_median']:9.2f}ms "
             f"[{1e3 * row['step_s_min']:.2f}-{1e3 * row['step_s_max']:.2f}]  {row['images_per_s']:10,.0f} img/s  "
-            f"{row.get('gflops_per_s', float('nan')):7.1f} GFLOP/s ({row.get('pct_of_peak', float('nan')):4.1f}% peak)  "
+            f"{row.get('gflops_per_s', float('nan')):7.1f} GFLOP/s "
+            f"({row.get('pct_of_peak', float('nan')):4.1f}% peak)  "
             f"cpu {100 * row['cpu_util']:.0f}%")
 
 

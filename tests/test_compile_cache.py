@@ -78,7 +78,8 @@ def test_plan(tmp_path, monkeypatch):
     for off in ("0", "off", "False", "no"):
         assert compile_cache.compilation_cache_plan(environ={"JAXNETS_COMPILE_CACHE": off}) is None
     assert compile_cache.compilation_cache_plan(environ={"JAXNETS_COMPILE_CACHE": "on"}) == tmp_path / "xla"
-    assert compile_cache.compilation_cache_plan(environ={"JAXNETS_COMPILE_CACHE": str(tmp_path / "c")}) == tmp_path / "c"
+    assert compile_cache.compilation_cache_plan(
+        environ={"JAXNETS_COMPILE_CACHE": str(tmp_path / "c")}) == tmp_path / "c"
 
 
 class _Stop(Exception):

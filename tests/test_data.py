@@ -209,7 +209,8 @@ def _write_mnist(folder, n=12, labels=None, images_shape=None, gz=True):
     labels = rng.integers(0, 10, n) if labels is None else np.asarray(labels)
     shape = images_shape or (n, 28, 28)
     suffix = ".gz" if gz else ""
-    write = (lambda path, raw: path.write_bytes(gzip.compress(raw))) if gz else (lambda path, raw: path.write_bytes(raw))
+    write = ((lambda path, raw: path.write_bytes(gzip.compress(raw))) if gz
+             else (lambda path, raw: path.write_bytes(raw)))
     write(folder / f"t10k-images-idx3-ubyte{suffix}", _idx(shape, rng.integers(0, 256, int(np.prod(shape)))))
     write(folder / f"t10k-labels-idx1-ubyte{suffix}", _idx((len(labels),), labels))
     return labels
@@ -467,7 +468,8 @@ def test_random_crop_is_a_window_of_the_padded_image(getkey):
     padded = np.pad(np.asarray(x), ((0, 0), (2, 2), (2, 2), (0, 0)))
     offsets = set()
     for i in range(6):
-        found = [(dy, dx) for dy in range(5) for dx in range(5) if np.array_equal(padded[i, dy:dy + 8, dx:dx + 8], y[i])]
+        found = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if np.array_equal(padded[i, dy:dy + 8, dx:dx + 8], y[i])]
         assert found, f"image {i} is not a crop"
         offsets.add(found[0])
     assert len(offsets) > 1

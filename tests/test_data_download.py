@@ -112,7 +112,8 @@ def test_mnist_downloaded_verified_loaded_and_trained(shared_data, mirror, tmp_p
     assert sorted(server.requests) == ["/mnist/t10k-images-idx3-ubyte.gz", "/mnist/t10k-labels-idx1-ubyte.gz"]
     assert not (raw / "train-images-idx3-ubyte.gz").exists(), "only the requested split is fetched"
     assert _leftovers(data_dir) == []
-    assert result.history[-1]["val_acc"] > 0.7  # one epoch of the 784-10-10-10 MLP on 8,000 real digits: 0.87 (chance 0.1)
+    # one epoch of the 784-10-10-10 MLP on 8,000 real digits: 0.87 (chance 0.1)
+    assert result.history[-1]["val_acc"] > 0.7
     ds = data.load("mnist", "test", data_dir=data_dir)  # now on disk: no request
     assert len(server.requests) == 2
     assert np.bincount(ds.labels).tolist() == MNIST_TEST_HISTOGRAM

@@ -68,7 +68,8 @@ def test_corrupt_and_non_image_files_are_named(pets):
 
 def test_odd_size_is_named_unless_a_size_is_requested(pets):
     _save(pets / "ant" / "wide.png", _pixels(4, size=(8, 12)))
-    with pytest.raises(data.DataError, match=r"ant/wide.png: 8x12 pixels.*4 of the 5 images .* are 8x8.*image_size=\(8, 8\)"):
+    with pytest.raises(data.DataError,
+                       match=r"ant/wide.png: 8x12 pixels.*4 of the 5 images .* are 8x8.*image_size=\(8, 8\)"):
         data.load("folder", data_dir=pets)
     ds = data.load("folder", data_dir=pets, image_size=6)
     assert ds.images.shape == (5, 6, 6, 3)

@@ -175,7 +175,8 @@ def _resnet_checks(mesh_of) -> dict:
     batches = [jax.device_get(b) for b in loader.epoch(0)]
     steps = make_steps()
     one, four = mesh_of(1), mesh_of(4)
-    state_one, state_four = jax.device_put(host, one.devices.flat[0], may_alias=False), distributed.replicate(host, four)
+    state_one, state_four = (jax.device_put(host, one.devices.flat[0], may_alias=False),
+                             distributed.replicate(host, four))
     loss_diffs = []
     for batch in batches:
         state_one, m_one = steps.train(state_one, jax.device_put(batch, one.devices.flat[0]))
@@ -243,7 +244,8 @@ def _transfer_guard_checks(mesh_of) -> dict:
         batch = next(data.Loader(train.images, train.labels, 32, preprocess=preprocess, train=True,
                                  sharding=sharding).epoch(0))
         # a fresh state per mesh: the step donates its input, and a typed key stays a device array under device_get
-        host = jax.device_get(TrainState.create(model, optimizers.create("adam", 1e-3), variables=host_variables(model)))
+        host = jax.device_get(TrainState.create(model, optimizers.create("adam", 1e-3),
+                                                variables=host_variables(model)))
         state = distributed.replicate(host, mesh)
         try:
             with jax.transfer_guard("disallow"):  # the first call compiles too: still nothing may cross

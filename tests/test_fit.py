@@ -605,7 +605,8 @@ def test_non_finite_weights_without_a_held_out_set_are_never_saved(tmp_path, mon
     """Finding 4: no held-out loss to look at (val_fraction=0): the weights themselves are checked."""
     config = mlp_config(epochs=1, val_fraction=0.0)
     blow_up_at(monkeypatch, steps_per_epoch(config), field="opt_state")  # last step: Adam's moments go inf, weights not
-    with pytest.raises(NonFiniteLoss, match=r"of [\d,]+ weights and optimizer values became NaN or infinite at epoch 1"):
+    with pytest.raises(NonFiniteLoss,
+                       match=r"of [\d,]+ weights and optimizer values became NaN or infinite at epoch 1"):
         fit(config, workdir=tmp_path, **QUIET)
     checkpoints = Checkpoints(tmp_path)
     assert checkpoints.epochs() == []
@@ -671,7 +672,9 @@ def largest_file(folder: Path) -> Path:
 
 def test_a_one_bit_flip_is_caught_and_the_advice_to_resume_from_the_older_epoch_works(tmp_path, finished_run,
                                                                                       uninterrupted):
-    """Findings 7 and 10: flip one bit of epoch 2's arrays; the error names epoch 2 and offers epoch 1; do as it says."""
+    """Findings 7 and 10: flip one bit of epoch 2's arrays; the error names epoch 2 and offers epoch 1;
+    do as it says.
+    """
     copy_run(finished_run[1], tmp_path)
     target = largest_file(tmp_path / "checkpoints" / "2" / "state")
     raw = bytearray(target.read_bytes())

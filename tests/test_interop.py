@@ -22,7 +22,8 @@ import torch_reference  # noqa: E402  (tests/torch_reference.py, needs torch)
 # table apart) gets the logits check of form (a) alone. The ImageNet-head VGGs (133-144M parameters, ~50 s
 # a form test on 2 cores) are checked once, at 224x224 in torchvision's own names (test_torchvision_layout_...).
 FORM_NAMES = ["mlp", "lenet", "lenet5", "lenet-cifar", "resnet18", "resnet50", "resnet18_imagenet", "vgg11_bn", "vgg16"]
-_BIG = {"resnet34", "resnet50", "resnet34_imagenet", "resnet50_imagenet", "vgg19", "vgg19_bn"}  # `slow`: over ~20M parameters
+# `slow`: over ~20M parameters
+_BIG = {"resnet34", "resnet50", "resnet34_imagenet", "resnet50_imagenet", "vgg19", "vgg19_bn"}
 # The quick lane tries the forms on one model per family; plain VGG-16 and the torchvision ResNet (its names are
 # also checked at 224x224 below) join in the slow lane.
 _SLOW_FORMS = _BIG | {"vgg16", "resnet18_imagenet"}
@@ -182,7 +183,8 @@ def test_numpy_state_dict_and_kwargs():
     net = randomize(torch_models.create("lenet5", num_classes=7), x)
     numpy_sd = {k: v.numpy() for k, v in net.state_dict().items()}
     variables = interop.from_torch("lenet5", numpy_sd, num_classes=7)
-    np.testing.assert_allclose(models.create("lenet5", num_classes=7).apply(variables, x), torch_logits(net, x), atol=1e-4)
+    np.testing.assert_allclose(models.create("lenet5", num_classes=7).apply(variables, x), torch_logits(net, x),
+                               atol=1e-4)
 
 
 @pytest.mark.slow  # full size; the quick lane has the tiny twin at 48x48 (test_catalog)
@@ -252,8 +254,9 @@ def test_other_architecture_names_first_mismatch():
                              r"bias \(16,\)\) vs ours 'conv1' \(conv weight \(6, 3, 5, 5\), bias \(6,\)\)"):
         interop.from_torch("lenet5", net.state_dict())
     # A deeper network: the first layer that differs is named, not the first key.
-    with pytest.raises(interop.StateDictMismatch, match=r"layer 10: theirs 'stages.1.0.c_a' \(conv weight \(128, 64, 3, 3\)\) "
-                                                         r"vs ours 'layer1.2.conv1' \(conv weight \(64, 64, 3, 3\)\)"):
+    with pytest.raises(interop.StateDictMismatch,
+                       match=r"layer 10: theirs 'stages.1.0.c_a' \(conv weight \(128, 64, 3, 3\)\) "
+                             r"vs ours 'layer1.2.conv1' \(conv weight \(64, 64, 3, 3\)\)"):
         interop.from_torch("resnet34", torch_reference.renamed("resnet18").state_dict())
     with pytest.raises(interop.StateDictMismatch, match=r"ours has 1 more layer\(s\), the first 'output'"):
         interop.from_torch("mlp", {k: v for k, v in torch_reference.renamed("mlp").state_dict().items()
@@ -275,7 +278,8 @@ def test_unexpected_key_is_named():
 
 
 def test_misshaped_key_is_named():
-    with pytest.raises(interop.StateDictMismatch, match=r"'conv1.weight' has shape \(6, 3, 5, 5\), expected \(16, 3, 5, 5\)"):
+    with pytest.raises(interop.StateDictMismatch,
+                       match=r"'conv1.weight' has shape \(6, 3, 5, 5\), expected \(16, 3, 5, 5\)"):
         interop.from_torch("lenet-cifar", torch_models.create("lenet5").state_dict())
 
 

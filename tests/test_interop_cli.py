@@ -50,7 +50,8 @@ def test_errors_are_one_line_and_nothing_is_written(tmp_path, capsys):
     torch.save(torch_reference.renamed("lenet5").state_dict(), path)
     assert cli.main([str(path), str(tmp_path / "out"), "--model", "lenet-cifar"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("jaxnets-convert: error: lenet-cifar: the state_dict does not match") and "Traceback" not in err
+    assert (err.startswith("jaxnets-convert: error: lenet-cifar: the state_dict does not match")
+            and "Traceback" not in err)
     assert not (tmp_path / "out").exists()
     assert cli.main([str(tmp_path / "missing.pth"), str(tmp_path / "out"), "--model", "lenet"]) == 2
     assert "no checkpoint file" in capsys.readouterr().err

@@ -149,7 +149,8 @@ def test_mlp_flattens_images(getkey):
 
 def test_bfloat16_compute_returns_float32_logits(getkey):
     model = models.create("lenet5", dtype=jnp.bfloat16)
-    variables = jax.eval_shape(lambda key: models.init(model, key), getkey())  # dtypes are decided at trace time: nothing to run
+    # dtypes are decided at trace time: nothing to run
+    variables = jax.eval_shape(lambda key: models.init(model, key), getkey())
     assert jax.tree_util.tree_leaves(variables)[0].dtype == jnp.float32  # params stay float32
     assert jax.eval_shape(model.apply, variables, jnp.ones((2, 32, 32, 3))).dtype == jnp.float32
 
@@ -226,7 +227,8 @@ def test_init_reuses_its_compiled_program_for_an_equal_model():
     again = models.init(models.create("mlp", hidden_size=8), jax.random.key(0))  # an equal, separately built model
     other_seed = models.init(models.create("mlp", hidden_size=8), jax.random.key(1))
     assert models._jitted_init.cache_info().hits == hits + 2
-    assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again), strict=True)) == 0
+    assert max(float(jnp.max(jnp.abs(a - b)))
+               for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again), strict=True)) == 0
     assert not np.allclose(jax.tree.leaves(first)[0], jax.tree.leaves(other_seed)[0])
     other = models.init(models.create("mlp", hidden_size=8, num_classes=3), jax.random.key(0))  # its own program
     assert other["params"]["output"]["kernel"].shape[-1] == 3

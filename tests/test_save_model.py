@@ -49,7 +49,9 @@ def test_a_flipped_byte_in_a_saved_model_is_caught_by_its_checksum(tmp_path):
 
 
 def test_a_changed_checksum_is_caught_and_a_missing_one_warns(tmp_path):
-    """Arrays that differ from the saved checksum are refused; an older folder without a checksum loads with a warning."""
+    """Arrays that differ from the saved checksum are refused; an older folder without a checksum loads with
+    a warning.
+    """
     variables = _mlp()
     path = save_model(tmp_path / "net", "mlp", variables)
     info = json.loads((path / "model.json").read_text())
@@ -215,6 +217,7 @@ def test_the_cli_reports_a_repaired_save_in_one_line(tmp_path, capsys):
     from jaxnets.cli import export as export_cli
 
     save_model(tmp_path / "keep", "mlp", _mlp(0)).rename(tmp_path / ".net.replaced-999999")
-    assert export_cli.main(["--from", str(tmp_path / "net"), "-o", str(tmp_path / "m.jaxexport"), "--no-stablehlo"]) == 0
+    assert export_cli.main(["--from", str(tmp_path / "net"), "-o", str(tmp_path / "m.jaxexport"),
+                            "--no-stablehlo"]) == 0
     err = capsys.readouterr().err
     assert "jaxnets-export: warning: put back the model a killed save_model" in err and "Warning:" not in err

@@ -137,7 +137,8 @@ def _tv_features(cfg, batch_norm):
             layers += [nn.MaxPool2d(kernel_size=2, stride=2)]
         else:
             conv2d = nn.Conv2d(in_channels, v, kernel_size=3, padding=1)
-            layers += [conv2d, nn.BatchNorm2d(v), nn.ReLU(inplace=True)] if batch_norm else [conv2d, nn.ReLU(inplace=True)]
+            layers += ([conv2d, nn.BatchNorm2d(v), nn.ReLU(inplace=True)] if batch_norm
+                       else [conv2d, nn.ReLU(inplace=True)])
             in_channels = v
     return nn.Sequential(*layers)
 

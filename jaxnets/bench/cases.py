@@ -173,7 +173,8 @@ def in_child(case: Case, *, mode: str, cpu_conv: str) -> dict:
       RuntimeError: the child failed; the message has its last line of output.
     """
     code = ("import json, sys; from jaxnets.bench import cases; "
-            "print(cases.ROW_MARK + json.dumps(cases.measure_case(sys.argv[1], cases.Case(**json.loads(sys.argv[2])))))")
+            "print(cases.ROW_MARK + json.dumps("
+            "cases.measure_case(sys.argv[1], cases.Case(**json.loads(sys.argv[2])))))")
     env = backend.child_environment(cpu_conv)  # not the XLA_FLAGS this process was given by jaxnets
     done = subprocess.run([sys.executable, "-c", code, mode, json.dumps(case._asdict())], env=env,
                           capture_output=True, text=True, check=False)

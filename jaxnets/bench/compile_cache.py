@@ -109,7 +109,8 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         name = r["model"] + (f"/{r['width_divisor']}" if r["width_divisor"] != 1 else "")
         print(f"{name:<12} {r['batch_size']:>5} {r['cold']['lower_s']:>8.2f} {r['cold']['compile_s']:>15.2f} "
-              f"{r['cached']['compile_s']:>17.3f} {r['speedup'] or float('nan'):>7.1f}x {r['cached']['cache_hits']:>18}")
+              f"{r['cached']['compile_s']:>17.3f} {r['speedup'] or float('nan'):>7.1f}x "
+              f"{r['cached']['cache_hits']:>18}")
 
 
 def parser() -> argparse.ArgumentParser:

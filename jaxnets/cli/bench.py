@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         report["numerics"] = [bench.numerics(n) for n in names]
         for n in report["numerics"]:
             print(f"numerics {n['model']}: after {n['steps']} steps loss eager {n['loss_eager']:.6f} jit "
-                  f"{n['loss_jit']:.6f} (|diff| {n['loss_abs_diff']:.2e}), params max |diff| {n['params_max_abs_diff']:.2e}")
+                  f"{n['loss_jit']:.6f} (|diff| {n['loss_abs_diff']:.2e}), "
+                  f"params max |diff| {n['params_max_abs_diff']:.2e}")
     if args.vary_batch:
         report["vary_batch"] = bench.vary_batch(names[0] if names else "lenet")
         for r in report["vary_batch"]:

@@ -96,7 +96,8 @@ def from_run(folder: Path, which: str = "best", log=print) -> tuple[str, dict, d
     finally:
         checkpoints.close()
     log(f"restored {folder / ('best' if best else 'checkpoints') / str(epoch)} ({config.model}, epoch {epoch})")
-    variables = {"params": arrays["params"], **({"batch_stats": arrays["batch_stats"]} if arrays["batch_stats"] else {})}
+    variables = {"params": arrays["params"],
+                 **({"batch_stats": arrays["batch_stats"]} if arrays["batch_stats"] else {})}
     return config.model, config.model_kwargs, variables, _run_contract(config, meta, log)
 
 

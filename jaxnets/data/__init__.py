@@ -67,9 +67,9 @@ def __getattr__(name: str):
 
 __all__ = [
     "Batch", "ChecksumMismatch", "CorruptDataFile", "DATASETS", "DOWNLOADABLE", "DataError", "DataNotFound", "Dataset",
-    "DatasetEntry", "DownloadTimeout", "FILE_DATASETS", "FileLayout", "Loader", "MIRROR_ENV", "NORMALIZATION", "Preprocess",
-    "RESIDENT_MAX_BYTES", "SOURCES", "SPLITS", "TFDS_NAMES", "Timeouts", "UnsafePickle", "available", "catalog", "channel_stats",
-    "default_data_dir", "download_files", "expand_path", "keeps_data_on_device", "load", "load_files", "load_folder",
-    "load_tfds", "preprocess", "random_crop", "random_flip", "random_split", "register", "synthetic_batch",
-    "synthetic_batches", "train_val_split",
+    "DatasetEntry", "DownloadTimeout", "FILE_DATASETS", "FileLayout", "Loader", "MIRROR_ENV", "NORMALIZATION",
+    "Preprocess", "RESIDENT_MAX_BYTES", "SOURCES", "SPLITS", "TFDS_NAMES", "Timeouts", "UnsafePickle", "available",
+    "catalog", "channel_stats", "default_data_dir", "download_files", "expand_path", "keeps_data_on_device", "load",
+    "load_files", "load_folder", "load_tfds", "preprocess", "random_crop", "random_flip", "random_split", "register",
+    "synthetic_batch", "synthetic_batches", "train_val_split",
 ]

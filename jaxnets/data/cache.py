@@ -81,7 +81,8 @@ def read_cache(candidates: list[Path]):
                 with open(candidate, "rb") as f, np.load(f, allow_pickle=False) as z:  # closed on every error
                     images, labels, classes = z["images"], z["labels"], tuple(str(c) for c in z["classes"])
                 if images.dtype != np.uint8 or images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
-                    raise ValueError(f"arrays of the wrong kind: images {images.dtype}{images.shape}, labels {labels.shape}")
+                    raise ValueError(f"arrays of the wrong kind: images {images.dtype}{images.shape}, "
+                                     f"labels {labels.shape}")
                 check_labels(labels, len(classes), candidate)
                 return images, labels, classes
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:

@@ -66,7 +66,8 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:
-        raise CorruptDataFile(f"{path}: cannot read ({type(err).__name__}: {err}); delete it and fetch it again") from err
+        raise CorruptDataFile(f"{path}: cannot read ({type(err).__name__}: {err}); "
+                              "delete it and fetch it again") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise CorruptDataFile(f"{path}: not an IDX file of unsigned bytes (magic {raw[:4].hex() or 'empty'})")
     ndim = raw[3]
@@ -371,7 +372,8 @@ def check_layout(located: Located, num_examples: int | None = None) -> None:
         raise DataError(f"{entry.name} ({split}) in {where} lacks {', '.join(located.missing)} of the published "
                         f"split's files (found only {', '.join(p.name for p in located.paths)}); fetch what is "
                         f"missing, or if you removed it on purpose {_OPT_OUT}")
-    expected = None if entry.files.examples is None else dict(zip(("train", "test"), entry.files.examples, strict=True))[split]
+    expected = (None if entry.files.examples is None
+                else dict(zip(("train", "test"), entry.files.examples, strict=True))[split])
     if num_examples is not None and expected is not None and num_examples != expected:
         raise DataError(f"{entry.name} ({split}) in {where} holds {num_examples:,} examples "
                         f"({', '.join(p.name for p in located.paths)}); the published split has {expected:,}: "

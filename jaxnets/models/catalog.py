@@ -176,7 +176,8 @@ MLP_FAMILY = Family("mlp", "MLP", arguments=_mlp_arguments, aliases=MappingProxy
                     flat_input=True)
 LENET_FAMILY = Family("lenet", "LeNet", torch_flatten=lambda m: ("fc1", m.conv_channels[-1]))
 RESNET_FAMILY = Family("resnet", "ResNet")
-VGG_FAMILY = Family("vgg", "VGG", torch_flatten=lambda m: ("classifier.0", layers.divide_width(512, m.width_divisor, "vgg"))
+VGG_FAMILY = Family("vgg", "VGG",
+                    torch_flatten=lambda m: ("classifier.0", layers.divide_width(512, m.width_divisor, "vgg"))
                     if m.head == "imagenet" else None)
 
 

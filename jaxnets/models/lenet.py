@@ -50,7 +50,8 @@ class LeNet(nn.Module):
         layers.check_input(x, self.name_for_errors, self.input_spec)
         x = x.astype(self.dtype)
         for i, channels in enumerate(self.conv_channels):
-            x = layers.Conv(channels, (self.kernel_size,) * 2, padding=self.padding, dtype=self.dtype, name=f"conv{i + 1}")(x)
+            x = layers.Conv(channels, (self.kernel_size,) * 2, padding=self.padding, dtype=self.dtype,
+                            name=f"conv{i + 1}")(x)
             x = layers.max_pool(nn.relu(x), 2)
         x = layers.flatten(x)
         for i, size in enumerate(self.hidden_sizes):

@@ -51,7 +51,8 @@ class MLP(nn.Module):
         shape = tuple(getattr(x, "shape", ()))
         if len(shape) < 2 or math.prod(shape[1:]) != math.prod(self.input_spec):
             raise ValueError(
-                f"{self.name_for_errors} expects input of shape (N, {self.input_dim}) (or (N, ...) holding {self.input_dim} "
+                f"{self.name_for_errors} expects input of shape (N, {self.input_dim}) "
+                f"(or (N, ...) holding {self.input_dim} "
                 f"values per example); got {shape}. Set input_dim= to match your data."
             )
         x = layers.flatten(x).astype(self.dtype)

@@ -126,8 +126,8 @@ class ResNet(nn.Module):
         torchvision = self.layout == "torchvision"
         widths = [layers.divide_width(w, self.width_divisor, self.name_for_errors) for w in (64, 128, 256, 512)]
         if torchvision:
-            x = layers.Conv(widths[0], (7, 7), strides=2, padding=3, use_bias=False, kernel_init=layers.torchvision_conv_init,
-                            dtype=self.dtype, name="conv1")(x)
+            x = layers.Conv(widths[0], (7, 7), strides=2, padding=3, use_bias=False,
+                            kernel_init=layers.torchvision_conv_init, dtype=self.dtype, name="conv1")(x)
         else:
             x = layers.Conv(widths[0], (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="conv1")(x)
         x = nn.relu(layers.BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x))

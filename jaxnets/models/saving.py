@@ -113,9 +113,10 @@ def _quiet_abandoned_reads():
     When one shard of a checkpoint cannot be read, orbax gives up on the
     others' read coroutines, and Python prints each as "Exception ignored in:
     <coroutine ...>" (or its closed event loop's callbacks raise) with a
-    traceback whenever it is finalised, during the restore or later. The `CheckpointError` raised for the restore already says
-    the checkpoint is unreadable; these are its echoes. Reports of anything
-    else pass through; the coroutines are collected before leaving.
+    traceback whenever it is finalised, during the restore or later. The
+    `CheckpointError` raised for the restore already says the checkpoint is
+    unreadable; these are its echoes. Reports of anything else pass through;
+    the coroutines are collected before leaving.
     """
     previous = sys.unraisablehook
 

@@ -69,7 +69,8 @@ class VGG(nn.Module):
         layers.check_input(x, name, self.input_spec)
         x = x.astype(self.dtype)
         if self.head == "imagenet":  # torchvision.models.VGG._initialize_weights
-            conv = functools.partial(layers.Conv, kernel_init=layers.torchvision_conv_init, bias_init=nn.initializers.zeros)
+            conv = functools.partial(layers.Conv, kernel_init=layers.torchvision_conv_init,
+                                     bias_init=nn.initializers.zeros)
             dense = functools.partial(layers.Dense, kernel_init=layers.torchvision_linear_init,
                                       bias_init=nn.initializers.zeros)
         else:
@@ -80,7 +81,8 @@ class VGG(nn.Module):
                 x = layers.max_pool(x, 2)
                 index += 1
                 continue
-            x = conv(layers.divide_width(item, self.width_divisor, name), (3, 3), padding=1, dtype=self.dtype, name=f"features.{index}")(x)
+            x = conv(layers.divide_width(item, self.width_divisor, name), (3, 3), padding=1, dtype=self.dtype,
+                     name=f"features.{index}")(x)
             index += 1
             if self.batch_norm:
                 x = layers.BatchNorm(use_running_average=not train, dtype=self.dtype, name=f"features.{index}")(x)

@@ -158,7 +158,8 @@ class Checkpoints:
                 raise WorkdirNotWritable(f"cannot save epoch {epoch} to {self.workdir / where}{space}: "
                                          f"{describe(cause)}.{kept} Free space or fix permissions, then "
                                          "resume with --resume.") from err
-            raise CheckpointError(f"cannot save epoch {epoch} to {self.workdir / where}: {describe(err)}.{kept}") from err
+            raise CheckpointError(f"cannot save epoch {epoch} to {self.workdir / where}: "
+                                  f"{describe(err)}.{kept}") from err
 
     def save(self, epoch: int, state_arrays: dict, meta: dict, is_best: bool) -> None:
         """Write epoch `epoch` to `checkpoints/` (and to `best/` when `is_best`), with the arrays' checksum.
@@ -191,7 +192,10 @@ class Checkpoints:
                 self._best.delete(other)
 
     def drop_best_after(self, epoch: int) -> list[int]:
-        """Delete `best/` entries newer than `epoch` (left by a run rolled back to `epoch`). Only for the lock holder."""
+        """Delete `best/` entries newer than `epoch` (left by a run rolled back to `epoch`).
+
+        Only for the lock holder.
+        """
         dropped = [e for e in _steps(self._best) if e > epoch]
         for e in dropped:
             self._best.delete(e)

@@ -288,7 +288,8 @@ def _format_epoch(h: dict, epochs: int) -> str:
     if h.get("train_acc") is not None:
         parts.append(f"acc {h['train_acc']:.2%}")
     if h.get("val_loss") is not None:
-        parts.append(f"| held-out loss {h['val_loss']:.4f}" + (f" acc {h['val_acc']:.2%}" if h.get("val_acc") is not None else ""))
+        parts.append(f"| held-out loss {h['val_loss']:.4f}"
+                     + (f" acc {h['val_acc']:.2%}" if h.get("val_acc") is not None else ""))
     if h.get("test_acc") is not None:
         parts.append(f"| test acc {h['test_acc']:.2%}")
     if h.get("lr") is not None:

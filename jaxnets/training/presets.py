@@ -9,11 +9,11 @@ flags (or keyword arguments of `preset`) override a preset.
 
 | preset | text | recipe |
 |---|---|---|
-| `digits-lenet` | default | `TrainConfig()`: LeNet on the embedded digits, Adam 3e-3 + cosine, batch 64, 15 epochs (no download, ~15 s) |
+| `digits-lenet` | default | `TrainConfig()`: LeNet, embedded digits, Adam 3e-3 + cosine, batch 64, 15 epochs (~15 s) |
 | `mnist-lenet` | 000 `Net` | LeNet on MNIST, batch 32, SGD 0.05/0.9/5e-4 + cosine, 5 epochs |
 | `mnist-lenet-full` | 000 `Net` | the same on all 60,000 MNIST images (no held-out cut), 8 epochs, official test |
-| `mnist-mlp` | 000 `MyModel` | MLP 784-512-512-10 on all 60,000 MNIST images, batch 128, Adam 1e-3 + cosine, 10 epochs |
-| `fashion-mnist-lenet` | 000 `Net` | LeNet on all 60,000 Fashion-MNIST images, batch 32, SGD 0.05/0.9/5e-4 + cosine, 10 epochs |
+| `mnist-mlp` | 000 `MyModel` | MLP 784-512-512-10, all 60,000 MNIST images, batch 128, Adam 1e-3 + cosine, 10 epochs |
+| `fashion-mnist-lenet` | 000 `Net` | LeNet, all 60,000 Fashion-MNIST, batch 32, SGD 0.05/0.9/5e-4 + cosine, 10 epochs |
 | `cifar10-lenet5` | 003 `CNN` | LeNet-5 on CIFAR-10, batch 128, SGD 0.01/0.9/5e-4, cosine |
 | `cifar10-lenet-adam` | 002 `LeNet` | wide LeNet on CIFAR-10, batch 36, Adam 1e-4, Normalize(0.5, 0.5) |
 | `cifar10-resnet18` | 000 ResNet-18 | ResNet-18, batch 128, SGD 0.1/0.9/5e-4 + cosine, crop+flip |
