@@ -22,7 +22,7 @@ import pytest
 
 from jaxnets import data, interop, models
 from jaxnets.cli import train as cli
-from jaxnets.models.saving import arrays_checksum
+from jaxnets.orbax_io import arrays_checksum
 from jaxnets.training import (
     CheckpointError,
     Checkpoints,

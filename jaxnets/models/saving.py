@@ -24,16 +24,11 @@ imports no training machinery.
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import hashlib
 import json
-import logging
 import os
 import re
 import shutil
 import socket
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -46,10 +41,10 @@ import orbax.checkpoint as ocp
 from jaxnets import models
 from jaxnets.contract import InputContract
 from jaxnets.errors import describe
+from jaxnets.orbax_io import CHECKSUM_ALGORITHM, abstract, arrays_checksum, quiet_abandoned_reads, quiet_orbax_logs
 from jaxnets.paths import expand_path
 
 MODEL_FORMAT = "jaxnets-model/1"
-CHECKSUM_ALGORITHM = "sha256-of-arrays/1"
 
 
 class CheckpointError(RuntimeError):
@@ -78,70 +73,6 @@ def decode_kwargs(kwargs: dict) -> dict:
             value = tuple(value)
         out[key] = value
     return out
-
-
-def _abstract(tree: Any) -> Any:
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
-def arrays_checksum(tree: Any) -> str:
-    """SHA-256 over every leaf's key path, dtype, shape and bytes (host copies), in pytree order."""
-    digest = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        value = np.ascontiguousarray(jax.device_get(leaf))
-        digest.update(f"{jax.tree_util.keystr(path)}|{value.dtype.str}|{value.shape}|".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
-
-
-def _is_orbax_read(unraisable: Any) -> bool:
-    """Whether an unraisable exception is the echo of an abandoned orbax read.
-
-    Either one of orbax's read coroutines finalised with an error, or a
-    callback of its (already closed) asyncio loop.
-    """
-    code = getattr(unraisable.object, "cr_code", None)
-    if code is not None and "orbax" in code.co_filename:
-        return True
-    return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
-
-
-@contextlib.contextmanager
-def _quiet_abandoned_reads():
-    """Drop Python's reports of the read coroutines orbax abandons when a restore fails.
-
-    When one shard of a checkpoint cannot be read, orbax gives up on the
-    others' read coroutines, and Python prints each as "Exception ignored in:
-    <coroutine ...>" (or its closed event loop's callbacks raise) with a
-    traceback whenever it is finalised, during the restore or later. The
-    `CheckpointError` raised for the restore already says the checkpoint is
-    unreadable; these are its echoes. Reports of anything else pass through;
-    the coroutines are collected before leaving.
-    """
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-        if not _is_orbax_read(unraisable):
-            previous(unraisable)
-
-    sys.unraisablehook = hook
-    try:
-        yield
-    finally:
-        gc.collect()
-        sys.unraisablehook = previous
-
-
-@contextlib.contextmanager
-def _quiet_orbax_logs():
-    """Orbax logs every failed background write with a traceback; our exception already says it in one line."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- whole models
@@ -482,13 +413,13 @@ def load_model(path: str | Path):
         if info.get("input_contract") is not None:
             InputContract.from_json(info["input_contract"])
         model = models.create(name, **decode_kwargs(kwargs))
-        target = _abstract(jax.eval_shape(lambda: models.init(model, jax.random.key(0))))
+        target = abstract(jax.eval_shape(lambda: models.init(model, jax.random.key(0))))
     except Exception as err:  # malformed JSON values surface as many types (TypeError, ZeroDivisionError, ...)
         raise CheckpointError(f"{path} is not a model saved by jaxnets.save_model ({describe(err)})") from err
     failure = None
-    with _quiet_abandoned_reads():
+    with quiet_abandoned_reads():
         try:
-            with _quiet_orbax_logs(), ocp.StandardCheckpointer() as checkpointer:
+            with quiet_orbax_logs(), ocp.StandardCheckpointer() as checkpointer:
                 variables = checkpointer.restore(path / "variables", target)
         except Exception as err:  # orbax/tensorstore raise many types
             failure = describe(err)  # kept as text: the exception would keep the abandoned reads alive

@@ -30,14 +30,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxnets.errors import describe
-from jaxnets.models.saving import (
-    CHECKSUM_ALGORITHM,
-    CheckpointError,
-    _abstract,
-    _quiet_abandoned_reads,
-    _quiet_orbax_logs,
-    arrays_checksum,
-)
+from jaxnets.models.saving import CheckpointError
+from jaxnets.orbax_io import CHECKSUM_ALGORITHM, abstract, arrays_checksum, quiet_abandoned_reads, quiet_orbax_logs
 from jaxnets.paths import expand_path
 from jaxnets.training.lock import WorkdirNotWritable
 
@@ -72,7 +66,7 @@ def _join_writer_threads(before: set, timeout: float = 120.0) -> None:
     hook = threading.excepthook
     threading.excepthook = lambda args: None  # their errors are the one we already raise
     try:
-        with _quiet_orbax_logs():
+        with quiet_orbax_logs():
             deadline = time.monotonic() + timeout
             for thread in set(threading.enumerate()) - before:
                 if not thread.daemon and thread is not threading.current_thread():
@@ -140,7 +134,7 @@ class Checkpoints:
     def _write(self, manager, epoch: int, args, where: str) -> None:
         before = set(threading.enumerate())
         try:
-            with _quiet_orbax_logs():
+            with quiet_orbax_logs():
                 try:
                     manager.save(epoch, args=args, force=True)
                 finally:
@@ -251,11 +245,11 @@ class Checkpoints:
             raise CheckpointError(f"no checkpoint in {where}")
         hint = "" if best else self._older_hint(epoch, where)
         failure = None
-        with _quiet_abandoned_reads():
+        with quiet_abandoned_reads():
             try:
-                with _quiet_orbax_logs():
+                with quiet_orbax_logs():
                     restored = manager.restore(epoch, args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(_abstract(target_arrays)), meta=ocp.args.JsonRestore()))
+                        state=ocp.args.StandardRestore(abstract(target_arrays)), meta=ocp.args.JsonRestore()))
             except Exception as err:  # orbax/tensorstore raise many types; all mean "cannot restore this"
                 failure = describe(err)  # kept as text: the exception would keep the abandoned reads alive
         if failure is not None:
