@@ -31,9 +31,20 @@ started, looks for the option's name in jaxlib's shared libraries (an
 unknown flag in `XLA_FLAGS` would abort the process; a few milliseconds,
 once) and appends the flag. Nothing else runs at import.
 
+3. sends bfloat16 convolutions to oneDNN where that was measured to win
+   (`conv_library`): per jit, through XLA's compiler options
+   `xla_cpu_use_onednn` + `xla_cpu_experimental_onednn_custom_call`, when
+   the CPU has bfloat16 dot instructions (`avx512_bf16` or AMX) and this
+   jaxlib really lowers convolutions to `__onednn$convolution` calls with
+   them (jax 0.12 does; jax 0.10.2 ignores the options: one small compile
+   per process checks). float32 convolutions stay in Eigen (oneDNN's were
+   slower there). The rules, and the measurements behind them, are
+   `CONV_RULES` and BENCHMARKS.md.
+
 Turn all of it off with the environment variable `JAXNETS_CPU_CONV=xla`
 (set before importing jaxnets) to compare against XLA's defaults;
-`JAXNETS_CPU_CONV=fast` (the default) turns it on. `portable()` turns the
+`JAXNETS_CPU_CONV=fast` (the default) turns it on, `JAXNETS_CPU_CONV=eigen`
+keeps 1 and 2 but never oneDNN. `portable()` turns the
 CPU-only lowerings off for one block of code (static-graph export for
 several platforms must not bake a CPU-only choice into a GPU/TPU program).
 The persistent compilation cache is `jaxnets.compile_cache`.
@@ -46,14 +57,15 @@ import mmap
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from jaxnets import compile_cache
 
 ENV_VAR = "JAXNETS_CPU_CONV"
-CHOICES = ("fast", "xla")
+CHOICES = ("fast", "eigen", "xla")
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 # Process-wide form: remove convolutions from this jaxlib's default set.
 YNN_FLAG = f"--{YNN_OPTION}=-individual_convolution"
@@ -66,7 +78,9 @@ _status: dict[str, Any] = {"flag": "not tried", "user_flags": os.environ.get("XL
 
 
 def cpu_path_setting(environ: dict | None = None) -> str:
-    """`'fast'` (jaxnets' CPU convolution path) or `'xla'` (XLA's defaults), from `JAXNETS_CPU_CONV`.
+    """`'fast'` (jaxnets' CPU path), `'eigen'` (the same, never oneDNN) or `'xla'` (XLA's defaults).
+
+    Read from `JAXNETS_CPU_CONV`.
 
     Raises:
       ValueError: the variable holds something else.
@@ -122,7 +136,7 @@ def plan_xla_flags(xla_flags: str, setting: str, knows_option: bool, backend_sta
       (new XLA_FLAGS value, reason): the value is `xla_flags` unchanged unless
       the flag is to be added (merged after the user's own flags).
     """
-    if setting != "fast":
+    if setting == "xla":
         return xla_flags, f"off ({ENV_VAR}={setting})"
     if YNN_OPTION in xla_flags:
         return xla_flags, "left to the user's XLA_FLAGS"
@@ -152,7 +166,7 @@ def fast_cpu_path(backend: str | None = None) -> bool:
     if _status["portable"]:
         return False
     backend = jax.default_backend() if backend is None else backend
-    return backend == "cpu" and cpu_path_setting() == "fast"
+    return backend == "cpu" and cpu_path_setting() != "xla"
 
 
 @contextlib.contextmanager
@@ -172,20 +186,119 @@ def portable() -> Iterator[None]:
         _status["portable"] -= 1
 
 
-def compiler_options(backend: str | None = None) -> dict[str, str]:
-    """XLA compiler options for jaxnets' own `jit`s (empty unless the process-wide flag came too late)."""
+def compiler_options(backend: str | None = None, dtype=None) -> dict[str, Any]:
+    """XLA compiler options for a jaxnets `jit` whose convolutions compute in `dtype` (default float32).
+
+    Empty in the usual float32 case. Holds the YNNPACK option when the
+    process-wide flag came too late (JAX started before jaxnets), and the
+    oneDNN options when `conv_library(dtype)` is `'onednn'`.
+    """
     # Status first: in the usual case this returns without starting JAX's backend.
-    if not _status["flag"].startswith("JAX started") or not fast_cpu_path(backend):
+    late = _status["flag"].startswith("JAX started")
+    if not late and (dtype is None or jnp.dtype(dtype) == jnp.float32):
         return {}
-    return {YNN_OPTION: YNN_WITHOUT_CONVOLUTIONS}
+    if not fast_cpu_path(backend):
+        return {}
+    options = {YNN_OPTION: YNN_WITHOUT_CONVOLUTIONS} if late else {}
+    if dtype is not None and conv_library(dtype, backend) == "onednn":
+        options.update(ONEDNN_OPTIONS)
+    return options
 
 
-def jit(fun: Callable, **kwargs) -> Callable:
-    """`jax.jit(fun, **kwargs)` with `compiler_options()`: every jaxnets jit goes through here."""
-    options = compiler_options()
+def jit(fun: Callable, *, dtype=None, **kwargs) -> Callable:
+    """`jax.jit(fun, **kwargs)` with `compiler_options(dtype=dtype)`: every jaxnets jit goes through here.
+
+    `dtype` is the compute dtype of the convolutions the program runs (a
+    model's `dtype`); it picks their CPU library (`conv_library`).
+    """
+    options = compiler_options(dtype=dtype)
     if options:
         kwargs["compiler_options"] = {**options, **kwargs.get("compiler_options", {})}
     return jax.jit(fun, **kwargs)
+
+
+# ------------------------------------------------------------- which library runs a convolution
+
+ONEDNN_OPTIONS = {"xla_cpu_use_onednn": True, "xla_cpu_experimental_onednn_custom_call": True}
+ONEDNN_CALL = "__onednn$convolution"
+
+
+class ConvRule(NamedTuple):
+    """One row of `CONV_RULES`: convolutions in `dtype` on a CPU with any of `cpu_flags` go to `library`."""
+
+    dtype: str
+    cpu_flags: tuple[str, ...]
+    library: str
+    measured: str  # where the measurement that chose this row is (BENCHMARKS.md section)
+
+
+# First match wins; no match: 'eigen' (XLA's own convolution, out of YNNPACK). A row is only taken when this
+# jaxlib really does what it names (`onednn_lowers_convolutions`), so the table holds for every jax version.
+CONV_RULES = (
+    ConvRule("bfloat16", ("avx512_bf16", "amx_bf16"), "onednn",
+             "2026-12-06 Zen 4 (avx512_bf16), jax 0.12: ResNet-18 bf16 train step 836 -> 570 ms at batch 32"),
+)
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux's /proc/cpuinfo names them (`avx512_bf16`, `amx_bf16`, ...).
+
+    Empty where that file is missing (macOS, Windows): no rule of `CONV_RULES` applies there.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@functools.cache
+def onednn_lowers_convolutions(dtype_name: str) -> bool:
+    """Whether this jaxlib, given `ONEDNN_OPTIONS`, lowers a `dtype_name` convolution's training work to oneDNN.
+
+    Compiles one small convolution with its gradients (well under a second,
+    once per process and dtype) and looks for `ONEDNN_CALL` in the program.
+    """
+    from jax import lax
+
+    x = jnp.zeros((2, 8, 8, 16), dtype_name)
+    w = jnp.zeros((3, 3, 16, 16), dtype_name)
+
+    def loss(x, w):
+        y = lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum(y.astype(jnp.float32))
+
+    try:
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1)), compiler_options=ONEDNN_OPTIONS).lower(x, w).compile()
+        return ONEDNN_CALL in compiled.as_text()
+    except Exception:  # an option this jaxlib rejects: no oneDNN here
+        return False
+
+
+def conv_library(dtype, backend: str | None = None, *, flags: frozenset[str] | None = None,
+                 lowers: Callable[[str], bool] | None = None) -> str:
+    """Which library runs `dtype` convolutions in jaxnets' jits: `'onednn'`, `'eigen'` or `'xla'`.
+
+    `'xla'`: XLA's defaults (not the CPU, or `JAXNETS_CPU_CONV=xla`); else the
+    first `CONV_RULES` row for this dtype whose CPU flag this CPU has and whose
+    library this jaxlib really uses, or `'eigen'`. `flags` and `lowers`
+    replace the CPU's flags and the jaxlib probe (for tests).
+    """
+    if not fast_cpu_path(backend):
+        return "xla"
+    name = jnp.dtype(dtype).name
+    if cpu_path_setting() == "eigen":
+        return "eigen"
+    flags = cpu_flags() if flags is None else flags
+    lowers = onednn_lowers_convolutions if lowers is None else lowers
+    for rule in CONV_RULES:
+        if rule.dtype == name and flags & set(rule.cpu_flags) and lowers(name):
+            return rule.library
+    return "eigen"
 
 
 def child_environment(setting: str) -> dict[str, str]:
@@ -203,7 +316,12 @@ def child_environment(setting: str) -> dict[str, str]:
 
 
 def describe() -> dict[str, str]:
-    """What jaxnets did to the CPU backend, for logs and benchmark tables."""
-    return {"cpu_conv": cpu_path_setting() if jax.default_backend() == "cpu" else "backend default",
+    """What jaxnets did to the CPU backend, for logs and benchmark tables (CPU flags, each dtype's library)."""
+    on_cpu = jax.default_backend() == "cpu"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return {"cpu_conv": cpu_path_setting() if on_cpu else "backend default",
+            "cpu_flags": " ".join(f for f in wanted if f in cpu_flags()) or "none of " + " ".join(wanted),
+            "conv_library": ", ".join(f"{d}: {conv_library(d)}" for d in ("float32", "bfloat16")) if on_cpu
+            else "backend default",
             "xla_flag": _status["flag"], "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
             "compile_cache": compile_cache.in_use()}

@@ -107,8 +107,8 @@ def step_program(model, state: TrainState, batch: data.Batch, what: str) -> Prog
                    carry=False)
 
 
-def _lower(program: Program):
-    return backend.jit(program.fn, donate_argnums=(0,) if program.carry else ()).lower(*program.args)
+def _lower(program: Program, dtype: str):
+    return backend.jit(program.fn, dtype=dtype, donate_argnums=(0,) if program.carry else ()).lower(*program.args)
 
 
 def jax_case(case: Case, *, program: ProgramBuilder = step_program, compiled: bool) -> dict:
@@ -132,10 +132,10 @@ def jax_case(case: Case, *, program: ProgramBuilder = step_program, compiled: bo
     jax.clear_caches()
 
     start = time.perf_counter()
-    lowered = _lower(prog)
+    lowered = _lower(prog, case.dtype)
     trace_s = time.perf_counter() - start  # tracing to a jaxpr + lowering to HLO, before XLA compiles
     # FLOPs of ONE step, from the single step's HLO (XLA counts a loop body once, whatever its trip count).
-    flops = timing.xla_flops(lowered if prog is one_step else _lower(one_step))
+    flops = timing.xla_flops(lowered if prog is one_step else _lower(one_step, case.dtype))
 
     run, compile_s = prog.fn, None
     if compiled:

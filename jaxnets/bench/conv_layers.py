@@ -117,33 +117,41 @@ def model_convolutions(name: str, batch_size: int = 128) -> list[tuple]:
     return rows
 
 
-def _jax_layer(conv: Callable, x, w, stem: bool) -> Callable[[], None]:
+def _jax_layer(conv: Callable, x, w, stem: bool, planned: bool = False) -> Callable[[], None]:
+    """Forward + gradients of `conv`, jitted: with `backend.jit` (the library `backend.conv_library` picks for
+    this dtype) when `planned`, else plain `jax.jit` (XLA's own convolution: Eigen)."""
     def loss(x, w):
-        return jnp.sum(conv(x, w) ** 2)
+        return jnp.sum(conv(x, w).astype(jnp.float32) ** 2)
 
-    grad = jax.jit(jax.grad(loss, argnums=(1,) if stem else (0, 1)))
+    fun = jax.grad(loss, argnums=(1,) if stem else (0, 1))
+    grad = backend.jit(fun, dtype=x.dtype) if planned else jax.jit(fun)
     jax.block_until_ready(grad(x, w))
     return lambda: jax.block_until_ready(grad(x, w))
 
 
-def _torch_layer(x_np, w_np, stride: int, pad: int, stem: bool) -> Callable[[], None]:
+def _torch_layer(x_np, w_np, stride: int, pad: int, stem: bool, dtype: str = "float32") -> Callable[[], None]:
     import torch
 
-    x = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy()).requires_grad_(not stem)
-    w = torch.from_numpy(w_np.transpose(3, 2, 0, 1).copy()).requires_grad_(True)
+    torch_dtype = getattr(torch, dtype)
+    x = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy()).to(torch_dtype).requires_grad_(not stem)
+    w = torch.from_numpy(w_np.transpose(3, 2, 0, 1).copy()).to(torch_dtype).requires_grad_(True)
 
     def step():
         w.grad = None
         if not stem:
             x.grad = None
-        torch.nn.functional.conv2d(x, w, stride=stride, padding=pad).pow(2).sum().backward()
+        torch.nn.functional.conv2d(x, w, stride=stride, padding=pad).float().pow(2).sum().backward()
 
     step()
     return step
 
 
-def run(batch_size: int = 128, rounds: int = 5, log=print, layer_specs=LAYERS) -> list[dict]:
+def run(batch_size: int = 128, rounds: int = 5, log=print, layer_specs=LAYERS, dtype: str = "float32") -> list[dict]:
     """Time every layer of `layer_specs` (default `LAYERS`) in each variant; one dict per layer (milliseconds).
+
+    `dtype` is the compute dtype of every variant (PyTorch's included); `jaxnets`
+    is what the models run (`convolution.conv_algorithm`, `backend.conv_library`),
+    `lax` XLA's own convolution with no library choice.
 
     `layer_specs` rows may carry a count as a tenth field (`model_convolutions`);
     the dicts then have `count` and `<variant>_ms_per_step` (time x count).
@@ -155,19 +163,20 @@ def run(batch_size: int = 128, rounds: int = 5, log=print, layer_specs=LAYERS) -
         rng = np.random.default_rng(0)
         x_np = rng.normal(size=(batch_size, height, width, channels)).astype(np.float32)
         w_np = (rng.normal(size=(k, k, channels, out)) / np.sqrt(k * k * channels)).astype(np.float32)
-        x, w = jnp.asarray(x_np), jnp.asarray(w_np)
+        x, w = jnp.asarray(x_np, dtype), jnp.asarray(w_np, dtype)
         stem = channels in (1, 3)  # the first layer: its input is data, so no input gradient
         dims = lax.conv_dimension_numbers(x.shape, w.shape, DIMS)
         padding = ((pad, pad), (pad, pad))
         variants = {
             "jaxnets": _jax_layer(functools.partial(convolution.conv_general_dilated, window_strides=(stride, stride),
-                                                    padding=padding, dimension_numbers=dims), x, w, stem),
+                                                    padding=padding, dimension_numbers=dims), x, w, stem,
+                                  planned=True),
             "lax": _jax_layer(functools.partial(lax.conv_general_dilated, window_strides=(stride, stride),
                                                 padding=padding, dimension_numbers=dims), x, w, stem),
             "im2col": _jax_layer(functools.partial(im2col_conv, stride=stride, pad=pad), x, w, stem),
         }
         if have_torch:
-            variants["torch"] = _torch_layer(x_np, w_np, stride, pad, stem)
+            variants["torch"] = _torch_layer(x_np, w_np, stride, pad, stem, dtype)
         best = {v: float("inf") for v in variants}
         for _ in range(rounds):
             for variant, step in variants.items():
@@ -177,7 +186,7 @@ def run(batch_size: int = 128, rounds: int = 5, log=print, layer_specs=LAYERS) -
                 start = time.perf_counter()
                 step()
                 best[variant] = min(best[variant], time.perf_counter() - start)
-        row = {"layer": name, "models": where, "batch_size": batch_size,
+        row = {"layer": name, "models": where, "batch_size": batch_size, "dtype": dtype,
                **{f"{v}_ms": 1e3 * s for v, s in best.items()}}
         if have_torch:
             row["jaxnets_over_torch"] = best["torch"] / best["jaxnets"]  # > 1: jaxnets faster
@@ -223,11 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jaxnets.bench.conv_layers", description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--model", default=None, help="only this model's convolutions, counted (e.g. resnet18)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     specs = LAYERS if args.model is None else model_convolutions(args.model, args.batch_size)
-    rows = run(args.batch_size, args.rounds, layer_specs=specs)
+    rows = run(args.batch_size, args.rounds, layer_specs=specs, dtype=args.dtype)
     print(table(rows))
     if args.json:
         report.write_json(args.json, {"machine": host.machine(), "backend": backend.describe(), "model": args.model,

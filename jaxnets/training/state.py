@@ -28,6 +28,12 @@ class TrainState(flax.struct.PyTreeNode):
     apply_fn: Any = flax.struct.field(pytree_node=False)
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        """The compute dtype of the model behind `apply_fn` (its `dtype` field; float32 when it has none)."""
+        dtype = getattr(getattr(self.apply_fn, "__self__", None), "dtype", None)
+        return jnp.dtype(dtype or jnp.float32)
+
     @classmethod
     def create(cls, model: nn.Module, tx: optax.GradientTransformation, seed: int = 0,
                variables: dict | None = None) -> TrainState:

@@ -248,6 +248,24 @@ def scan_epoch(state: TrainState, images: jax.Array, labels: jax.Array, mask: ja
     return jax.lax.scan(body, state, (jnp.arange(images.shape[0]), images, labels, mask))
 
 
+def _jit_per_dtype(fun: Callable, **kwargs) -> Callable:
+    """`fun(state, ...)` compiled with `backend.jit`, once per compute dtype of the state's model.
+
+    The dtype picks the CPU's convolution library (`backend.conv_library`:
+    bfloat16 convolutions may go to oneDNN, float32 ones stay in Eigen), so a
+    bfloat16 model gets its own jit; each jit keeps its own cache as usual.
+    """
+    jitted: dict[jnp.dtype, Callable] = {}
+
+    def call(state: TrainState, *args, **kw):
+        dtype = state.compute_dtype
+        if dtype not in jitted:
+            jitted[dtype] = backend.jit(fun, dtype=dtype, **kwargs)
+        return jitted[dtype](state, *args, **kw)
+
+    return call
+
+
 def _loop_epoch(train: Callable, state: TrainState, loader, epoch: int) -> tuple[TrainState, Metrics]:
     rows = []
     for batch in loader.epoch(epoch):
@@ -276,11 +294,11 @@ def make_steps(loss: str = "cross_entropy", mode: str = "jit", label_smoothing: 
     evaluate_ = functools.partial(eval_step, loss=loss)
     if mode == "eager":
         return Steps(train, evaluate_, mode, functools.partial(_loop_epoch, train))
-    jitted = backend.jit(train, donate_argnums=0)
+    jitted = _jit_per_dtype(train, donate_argnums=0)
     if mode == "jit":
-        return Steps(jitted, backend.jit(evaluate_), mode, functools.partial(_loop_epoch, jitted))
-    compiled_epoch = backend.jit(functools.partial(scan_epoch, train_step=train), static_argnames=("preprocess",),
-                                 donate_argnums=0)
+        return Steps(jitted, _jit_per_dtype(evaluate_), mode, functools.partial(_loop_epoch, jitted))
+    compiled_epoch = _jit_per_dtype(functools.partial(scan_epoch, train_step=train), static_argnames=("preprocess",),
+                                    donate_argnums=0)
 
     def train_epoch(state: TrainState, loader, epoch: int) -> tuple[TrainState, Metrics]:
         if not loader.train:
@@ -288,7 +306,7 @@ def make_steps(loss: str = "cross_entropy", mode: str = "jit", label_smoothing: 
         images, labels, mask = loader.epoch_arrays(epoch)
         return compiled_epoch(state, images, labels, mask, loader.key, epoch, preprocess=loader.preprocess)
 
-    return Steps(jitted, backend.jit(evaluate_), mode, train_epoch)
+    return Steps(jitted, _jit_per_dtype(evaluate_), mode, train_epoch)
 
 
 def merge(totals: Metrics | None, metrics: Metrics) -> Metrics:
