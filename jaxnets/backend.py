@@ -55,6 +55,7 @@ import contextlib
 import functools
 import mmap
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -202,7 +203,18 @@ def compiler_options(backend: str | None = None, dtype=None) -> dict[str, Any]:
     options = {YNN_OPTION: YNN_WITHOUT_CONVOLUTIONS} if late else {}
     if dtype is not None and conv_library(dtype, backend) == "onednn":
         options.update(ONEDNN_OPTIONS)
+        quiet_uncacheable_onednn()
     return options
+
+
+# jaxlib cannot serialize a program holding oneDNN calls (std::bad_alloc), so JAX's persistent compilation
+# cache skips it with this warning at every compile: such programs are compiled anew in each process.
+UNCACHEABLE_WARNING = r"Error writing persistent compilation cache entry .*std::bad_alloc"
+
+
+def quiet_uncacheable_onednn() -> None:
+    """Silence JAX's warning that a oneDNN program could not be cached (`describe()` says it instead)."""
+    warnings.filterwarnings("ignore", message=UNCACHEABLE_WARNING, category=UserWarning)
 
 
 def jit(fun: Callable, *, dtype=None, **kwargs) -> Callable:
@@ -324,4 +336,6 @@ def describe() -> dict[str, str]:
             "conv_library": ", ".join(f"{d}: {conv_library(d)}" for d in ("float32", "bfloat16")) if on_cpu
             else "backend default",
             "xla_flag": _status["flag"], "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-            "compile_cache": compile_cache.in_use()}
+            "compile_cache": compile_cache.in_use() + (
+                " (not for oneDNN programs: jaxlib cannot serialize them)"
+                if on_cpu and compile_cache.in_use() != "off" and conv_library("bfloat16") == "onednn" else "")}

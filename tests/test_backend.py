@@ -52,11 +52,11 @@ def _labelled_algorithm(name: str) -> str:
     return algorithm
 
 
-def _conv_pair(shape, algorithm):
+def _conv_pair(shape, algorithm, dtype=jnp.float32):
     batch, height, width, channels, out, kernel, stride, pad = shape
     rng = np.random.default_rng(sum(shape))  # numpy: no per-shape compiles for the inputs
-    x = jnp.asarray(rng.normal(size=(batch, height, width, channels)), jnp.float32)
-    w = jnp.asarray(rng.normal(size=(kernel, kernel, channels, out)) / np.sqrt(kernel * kernel * channels), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(batch, height, width, channels)), dtype)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, channels, out)) / np.sqrt(kernel * kernel * channels), dtype)
     padding = ((pad, pad), (pad, pad))
     dims = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
 
@@ -67,33 +67,103 @@ def _conv_pair(shape, algorithm):
             return convolution.im2col_conv(x, w, (stride, stride), padding)
         return convolution.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dims)
 
-    def reference(x, w):
-        return lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dims)
+    def reference(x, w):  # float32 at full precision, on the same (rounded) inputs
+        return lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32), (stride, stride), padding,
+                                        dimension_numbers=dims, precision=lax.Precision.HIGHEST)
 
     return x, w, ours, reference
 
 
 def _relative(a, b) -> float:
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
     return float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-12))
 
 
+# Every CPU library a convolution can take, as the compiler options that select it (`backend.conv_library`).
+LIBRARIES = {"eigen": {}, "onednn": backend.ONEDNN_OPTIONS}
+# Worst error allowed, relative to the largest value: float32 reassociation; bfloat16 outputs rounded once from a
+# float32 accumulation (measured worst 0.8%, LeNet's im2col input gradient; jax 0.12's bfloat16 dots, which do
+# not accumulate in float32, put a weight gradient 3.5% off before `convolution.matmul`).
+TOLERANCE = {"float32": 1e-4, "bfloat16": 1e-2}
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@pytest.mark.parametrize("dtype", TOLERANCE)
 @pytest.mark.parametrize("name, shape", CONV_SHAPES.items(), ids=CONV_SHAPES.keys())
-def test_cpu_path_equals_lax_forward_and_gradients(name, shape):
-    """Each labelled lowering equals lax in the forward pass and both gradients, and lowers to what it claims."""
+def test_cpu_path_equals_lax_forward_and_gradients(name, shape, dtype, library):
+    """Each labelled lowering, in each dtype and CPU library, equals float32 lax: forward and both gradients.
+
+    The `onednn` library compiles with oneDNN's options whatever this jaxlib does
+    with them (jax 0.12 lowers to oneDNN calls; jax 0.10.2 keeps Eigen), so it is
+    checked wherever it can be taken.
+    """
     algorithm = _labelled_algorithm(name)
-    x, w, ours, reference = _conv_pair(shape, algorithm)
+    x, w, ours, reference = _conv_pair(shape, algorithm, jnp.dtype(dtype))
     program = str(jax.make_jaxpr(ours)(x, w))
     assert ("conv_general_dilated" in program) == (algorithm == "lax"), program  # the labelled path was taken
 
-    @jax.jit  # one compile per shape: forward and the input and weight gradients of both
-    def both(x, w, cotangent):
-        (y_ours, vjp_ours), (y_ref, vjp_ref) = jax.vjp(ours, x, w), jax.vjp(reference, x, w)
-        return (y_ours, *vjp_ours(cotangent)), (y_ref, *vjp_ref(cotangent))
+    def ours_vjp(x, w, cotangent):  # forward, input and weight gradients in one compile
+        y, vjp = jax.vjp(ours, x, w)
+        return (y, *vjp(cotangent.astype(y.dtype)))
+
+    def reference_vjp(x, w, cotangent):
+        y, vjp = jax.vjp(reference, x, w)
+        return (y, *vjp(cotangent))
 
     cotangent = jnp.asarray(np.random.default_rng(7).normal(size=jax.eval_shape(reference, x, w).shape), jnp.float32)
-    got, want = both(x, w, cotangent)
+    cotangent = cotangent.astype(dtype).astype(jnp.float32)  # the same rounded values for both
+    got = jax.jit(ours_vjp, compiler_options=LIBRARIES[library])(x, w, cotangent)
+    want = jax.jit(reference_vjp)(x, w, cotangent)
     for a, b, what in zip(got, want, ("forward", "input gradient", "weight gradient"), strict=True):
-        assert _relative(a, b) < 1e-4, what
+        assert a.dtype == jnp.dtype(dtype), what
+        assert _relative(a, b) < TOLERANCE[dtype], what
+
+
+def _fake_lowers(answer: bool):
+    return lambda dtype_name: answer
+
+
+@pytest.mark.parametrize("dtype, flags, lowers, setting, platform, want", [
+    ("bfloat16", {"avx512_bf16"}, True, "fast", "cpu", "onednn"),
+    ("bfloat16", {"amx_bf16", "amx_tile"}, True, "fast", "cpu", "onednn"),
+    ("bfloat16", {"avx512_bf16"}, False, "fast", "cpu", "eigen"),  # jax 0.10.2: the options do nothing
+    ("bfloat16", {"avx2", "avx512f"}, True, "fast", "cpu", "eigen"),  # no bf16 dot instructions
+    ("float32", {"avx512_bf16", "amx_bf16"}, True, "fast", "cpu", "eigen"),  # oneDNN's float32 lost: Eigen
+    ("bfloat16", {"avx512_bf16"}, True, "eigen", "cpu", "eigen"),  # JAXNETS_CPU_CONV=eigen: never oneDNN
+    ("bfloat16", {"avx512_bf16"}, True, "xla", "cpu", "xla"),  # switched off: XLA's defaults
+    ("bfloat16", {"avx512_bf16"}, True, "fast", "gpu", "xla"),  # GPU/TPU: the backend decides
+])
+def test_conv_library_rules(dtype, flags, lowers, setting, platform, want, monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, setting)
+    assert backend.conv_library(dtype, platform, flags=frozenset(flags), lowers=_fake_lowers(lowers)) == want
+
+
+def test_conv_library_on_this_machine_is_what_the_program_runs():
+    """On this CPU and jaxlib: a bfloat16 `backend.jit` has oneDNN convolution calls exactly when the rule says so."""
+    x = jnp.ones((2, 8, 8, 16), jnp.bfloat16)
+    w = jnp.ones((3, 3, 16, 16), jnp.bfloat16)
+
+    def loss(x, w):
+        y = convolution.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                             dimension_numbers=lax.conv_dimension_numbers(x.shape, w.shape, NHWC))
+        return jnp.sum(y.astype(jnp.float32))
+
+    library = backend.conv_library(jnp.bfloat16)
+    has_bf16_dots = bool(backend.cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert library == ("onednn" if has_bf16_dots and backend.onednn_lowers_convolutions("bfloat16") else "eigen")
+    for dtype in (jnp.bfloat16, jnp.float32):
+        text = backend.jit(jax.grad(loss, argnums=(0, 1)), dtype=dtype).lower(
+            x.astype(dtype), w.astype(dtype)).compile().as_text()
+        wanted = dtype == jnp.bfloat16 and library == "onednn"
+        assert (backend.ONEDNN_CALL in text) == wanted, (dtype, library)
+    assert backend.compiler_options("cpu", jnp.float32) == {}  # float32 programs keep XLA's options
+
+
+def test_describe_names_the_cpu_flags_and_each_dtypes_library():
+    described = backend.describe()
+    assert f"bfloat16: {backend.conv_library(jnp.bfloat16)}" in described["conv_library"]
+    assert "float32: eigen" in described["conv_library"]
+    assert ("avx512_bf16" in described["cpu_flags"]) == ("avx512_bf16" in backend.cpu_flags())
 
 
 @pytest.mark.parametrize("name, shape", CONV_SHAPES.items(), ids=CONV_SHAPES.keys())

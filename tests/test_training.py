@@ -207,3 +207,26 @@ def test_trajectory_matches_pytorch(name, optimizer, float64, batch_size, size):
     # Running means follow the same momentum rule on both sides.
     for key in (k for k in theirs if k.endswith("running_mean")):
         np.testing.assert_allclose(ours[key].numpy(), theirs[key].numpy(), atol=1e-5)
+
+
+def test_jit_compiles_once_per_model_dtype(monkeypatch):
+    """A bfloat16 model's step gets its own `backend.jit` (its convolutions may take oneDNN), a float32 one XLA's."""
+    from jaxnets import backend
+
+    asked = []
+    real_jit = backend.jit
+
+    def recording_jit(fun, **kwargs):
+        asked.append(kwargs.get("dtype"))
+        return real_jit(fun, **kwargs)
+
+    monkeypatch.setattr(backend, "jit", recording_jit)
+    steps = make_steps(mode="jit")
+    batch = batches((32, 32, 3), 1, 8)[0]
+    for dtype in (jnp.float32, jnp.bfloat16, jnp.float32):
+        state = train_state("lenet5", optimizers.sgd(0.01), dtype=dtype)
+        assert state.compute_dtype == dtype
+        state, metrics = steps.train(state, batch)
+        assert np.isfinite(float(metrics["loss_sum"]))
+    # (None: jits that run no model convolutions, e.g. `models.init`.) The third step reused the first's jit.
+    assert [d for d in asked if d is not None] == [jnp.float32, jnp.bfloat16]
