@@ -117,14 +117,14 @@ def model_convolutions(name: str, batch_size: int = 128) -> list[tuple]:
     return rows
 
 
-def _jax_layer(conv: Callable, x, w, stem: bool, planned: bool = False) -> Callable[[], None]:
+def _jax_layer(conv: Callable, x, w, stem: bool, planned: bool = False, options=None) -> Callable[[], None]:
     """Forward + gradients of `conv`, jitted: with `backend.jit` (the library `backend.conv_library` picks for
-    this dtype) when `planned`, else plain `jax.jit` (XLA's own convolution: Eigen)."""
+    this dtype) when `planned`, else `jax.jit` with these compiler `options` (none: XLA's own convolution)."""
     def loss(x, w):
         return jnp.sum(conv(x, w).astype(jnp.float32) ** 2)
 
     fun = jax.grad(loss, argnums=(1,) if stem else (0, 1))
-    grad = backend.jit(fun, dtype=x.dtype) if planned else jax.jit(fun)
+    grad = backend.jit(fun, dtype=x.dtype) if planned else jax.jit(fun, compiler_options=options)
     jax.block_until_ready(grad(x, w))
     return lambda: jax.block_until_ready(grad(x, w))
 
@@ -175,6 +175,10 @@ def run(batch_size: int = 128, rounds: int = 5, log=print, layer_specs=LAYERS, d
                                                 padding=padding, dimension_numbers=dims), x, w, stem),
             "im2col": _jax_layer(functools.partial(im2col_conv, stride=stride, pad=pad), x, w, stem),
         }
+        if backend.onednn_lowers_convolutions(dtype):  # jax 0.12: XLA's convolution handed to oneDNN
+            variants["onednn"] = _jax_layer(functools.partial(lax.conv_general_dilated, window_strides=(stride, stride),
+                                                              padding=padding, dimension_numbers=dims), x, w, stem,
+                                            options=backend.ONEDNN_OPTIONS)
         if have_torch:
             variants["torch"] = _torch_layer(x_np, w_np, stride, pad, stem, dtype)
         best = {v: float("inf") for v in variants}
@@ -203,22 +207,24 @@ def run(batch_size: int = 128, rounds: int = 5, log=print, layer_specs=LAYERS, d
 def table(rows: list[dict]) -> str:
     """Markdown: one line per layer; with counts, each layer's time per step and a total line."""
     torch_col = "torch_ms" in rows[0]
+    onednn_col = "onednn_ms" in rows[0]
     counted = "count" in rows[0]
-    header = ["layer", "in", "jaxnets (ms)", "lax (ms)", "im2col (ms)"] + (
+    header = ["layer", "in", "jaxnets (ms)", "lax (ms)", "im2col (ms)"] + (["oneDNN (ms)"] if onednn_col else []) + (
         ["torch (ms)", "torch / jaxnets"] if torch_col else [])
     cells = [[r["layer"], r["models"], f"{r['jaxnets_ms']:.1f}", f"{r['lax_ms']:.1f}", f"{r['im2col_ms']:.1f}"]
+             + ([f"{r['onednn_ms']:.1f}"] if onednn_col else [])
              + ([f"{r['torch_ms']:.1f}", f"{r['jaxnets_over_torch']:.2f}x"] if torch_col else []) for r in rows]
-    align = "llrrr" + ("rr" if torch_col else "")
+    align = "llrrr" + ("r" if onednn_col else "") + ("rr" if torch_col else "")
     if counted:
-        header += ["count", "jaxnets per step (ms)"] + (["torch per step (ms)"] if torch_col else [])
+        per_step = [v for v in ("jaxnets", "lax", "onednn", "torch") if f"{v}_ms_per_step" in rows[0]]
+        names = {"jaxnets": "jaxnets", "lax": "lax", "onednn": "oneDNN", "torch": "torch"}
+        header += ["count"] + [f"{names[v]} per step (ms)" for v in per_step]
         for cell, r in zip(cells, rows, strict=True):
-            cell += [str(r["count"]), f"{r['jaxnets_ms_per_step']:.0f}"] + (
-                [f"{r['torch_ms_per_step']:.0f}"] if torch_col else [])
+            cell += [str(r["count"])] + [f"{r[f'{v}_ms_per_step']:.0f}" for v in per_step]
         totals = totals_per_step(rows)
-        cells.append(["**all convolutions**", "", "", "", "", *(["", ""] if torch_col else []),
-                      str(sum(r["count"] for r in rows)), f"**{totals['jaxnets']:.0f}**",
-                      *([f"**{totals['torch']:.0f}**"] if torch_col else [])])
-        align += "rr" + ("r" if torch_col else "")
+        cells.append(["**all convolutions**"] + [""] * (len(header) - len(per_step) - 2)
+                     + [str(sum(r["count"] for r in rows))] + [f"**{totals[v]:.0f}**" for v in per_step])
+        align += "r" * (1 + len(per_step))
     return report.markdown_table(header, cells, align)
 
 
