@@ -233,6 +233,32 @@ def test_conv_layers_reads_each_models_convolutions_from_the_model_and_counts_th
     assert "| **all convolutions** |" in conv_layers.table(rows)
 
 
+def test_step_profile_groups_operations_by_kind_and_skips_the_runtime():
+    from jaxnets.bench import step_profile
+
+    assert step_profile.kind_of("custom-call.35.clone__onednn$convolution") == "onednn convolution"
+    assert step_profile.kind_of("transpose_copy_fusion.58") == "transpose_copy_fusion"
+    assert step_profile.kind_of("convolution-base-dilated.1") == "convolution-base-dilated"
+    assert step_profile.kind_of("ThunkExecutor::Execute") is None and step_profile.kind_of("$api.py:2778 x") is None
+    events = [{"ph": "X", "name": "ynn_fusion.3", "dur": 3000}, {"ph": "X", "name": "ynn_fusion.9", "dur": 1000},
+              {"ph": "X", "name": "transpose_copy_fusion.1", "dur": 6000}, {"ph": "i", "name": "ynn_fusion.1"},
+              {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 99000}]
+    kinds = step_profile.summarize(events, steps=2)
+    assert list(kinds) == ["transpose_copy_fusion", "ynn_fusion"]  # largest first; the runtime's event skipped
+    assert kinds["ynn_fusion"] == {"ms_per_step": 2.0, "calls_per_step": 1.0}
+
+
+@pytest.mark.slow  # profiles real steps: CI runs it, the quick lane does not
+def test_step_profile_of_a_real_step_reports_its_operations():
+    from jaxnets.bench import step_profile
+
+    result = step_profile.run("lenet", batch_size=4, steps=2, warmup=1)
+    assert result["kinds"], "the profiler reported no operation"
+    assert 0 < result["attributed_ms"]
+    assert all(v["calls_per_step"] > 0 for v in result["kinds"].values())
+    assert "| **step (wall, under the profiler)** |" in step_profile.table(result)
+
+
 @pytest.mark.slow  # trains LeNet in both frameworks: CI runs it, the quick lane does not
 @pytest.mark.skipif(not bench.torch_available(), reason="needs PyTorch (the torch extra)")
 def test_same_start_trains_both_frameworks_from_the_same_weights_on_the_same_batches():

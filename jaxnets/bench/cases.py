@@ -191,8 +191,12 @@ def in_child(case: Case, *, mode: str, cpu_conv: str) -> dict:
 def torch_case(case: Case, *, compiled: bool) -> dict:
     """The same model (`jaxnets.interop.torch_models`), batch and SGD in PyTorch; `torch.compile` when `compiled`.
 
-    FLOPs come from PyTorch's `FlopCounterMode` on the uncompiled net (the same
-    model FLOPs); `compile_s` is the first step (torch.compile compiles then).
+    `--dtype bfloat16` is PyTorch's mixed precision, `torch.autocast('cpu',
+    torch.bfloat16)` around the forward pass with float32 weights, optimizer and
+    loss: the same recipe as jaxnets' bfloat16 (float32 master weights,
+    bfloat16 compute). FLOPs come from PyTorch's `FlopCounterMode` on the
+    uncompiled net (the same model FLOPs); `compile_s` is the first step
+    (torch.compile compiles then).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -200,12 +204,12 @@ def torch_case(case: Case, *, compiled: bool) -> dict:
     from jaxnets.interop import torch_models
 
     torch.manual_seed(case.seed)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[jnp.dtype(case.dtype).name]
-    net = torch_models.create(case.model, **BENCH_KWARGS.get(case.model, {})).to(torch_dtype)
+    mixed = jnp.dtype(case.dtype) == jnp.bfloat16
+    net = torch_models.create(case.model, **BENCH_KWARGS.get(case.model, {}))
     batch = data.synthetic_batch(bench_model(case.model).input_shape, case.batch_size, num_classes=NUM_CLASSES,
-                                 seed=case.seed)  # the JAX cases' batch, float32, cast below
+                                 seed=case.seed)  # the JAX cases' batch, float32 (autocast casts it)
     x = np.array(batch.image)  # a writable copy: torch refuses read-only buffers
-    x = torch.from_numpy(x if x.ndim == 2 else x.transpose(0, 3, 1, 2).copy()).to(torch_dtype)  # NHWC -> NCHW
+    x = torch.from_numpy(x if x.ndim == 2 else x.transpose(0, 3, 1, 2).copy())  # NHWC -> NCHW
     y = torch.from_numpy(np.array(batch.label)).long()
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     runner = torch.compile(net) if compiled else net
@@ -215,14 +219,16 @@ def torch_case(case: Case, *, compiled: bool) -> dict:
 
         def step():
             opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(runner(x).float(), y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+                logits = runner(x)
+            loss = torch.nn.functional.cross_entropy(logits.float(), y)
             loss.backward()
             opt.step()
     else:
         net.eval()
 
         def step():
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
                 runner(x)
 
     counter = FlopCounterMode(display=False)
