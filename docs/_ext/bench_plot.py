@@ -2,7 +2,7 @@
 
 At `builder-inited` this reads the Markdown table between `<!-- bench-table:start -->` and `<!-- bench-table:end -->`
 in README.md and writes `docs/_generated/train-step.png`: images/s per model at the largest batch, one bar per
-mode, on a log axis (eager and jit differ by up to 30x).
+mode the table has (of eager, jit, torch eager, torch.compile), on a log axis (eager and jit differ by up to 30x).
 """
 
 from __future__ import annotations
@@ -24,6 +24,14 @@ def read_table(readme: Path) -> tuple[list[str], list[list[str]]]:
     return cells[0], cells[2:]
 
 
+def column_of(header: list[str], mode: str) -> int | None:
+    """The first column named `mode`, or `mode` plus a note in parentheses (`jit (jax 0.12)`); None if absent."""
+    for index, name in enumerate(header):
+        if name == mode or name.startswith(mode + " ("):
+            return index
+    return None
+
+
 def plot(readme: Path, out: Path) -> None:
     """Write the bar chart of the table's largest batch to `out` (PNG)."""
     import matplotlib
@@ -36,14 +44,18 @@ def plot(readme: Path, out: Path) -> None:
     largest = max(int(row[header.index("batch")]) for row in rows)
     rows = [row for row in rows if int(row[header.index("batch")]) == largest]
     models = [row[0] for row in rows]
+    columns = {mode: column_of(header, mode) for mode in MODES}
+    columns = {mode: index for mode, index in columns.items() if index is not None}
+    if not columns:
+        raise ValueError(f"{readme}: the benchmark table has none of the columns {MODES}")
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    width = 0.8 / len(MODES)
-    for i, mode in enumerate(MODES):
-        values = [float(re.sub(r"[^\d.]", "", row[header.index(mode)])) for row in rows]
-        ax.bar(np.arange(len(models)) + (i - (len(MODES) - 1) / 2) * width, values, width, label=mode)
+    width = 0.8 / len(columns)
+    for i, (mode, index) in enumerate(columns.items()):
+        values = [float(re.sub(r"[^\d.]", "", row[index])) for row in rows]
+        ax.bar(np.arange(len(models)) + (i - (len(columns) - 1) / 2) * width, values, width, label=header[index])
     ax.set(xticks=np.arange(len(models)), xticklabels=models, yscale="log",
            ylabel="train images/s (log)", title=f"train step, batch {largest}: the README's latest benchmark")
-    ax.legend(ncols=len(MODES), fontsize="small")
+    ax.legend(ncols=len(columns), fontsize="small")
     fig.tight_layout()
     out.parent.mkdir(exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -14,6 +14,8 @@ compilations the run triggered. Modes: 'eager' (the train step run op by op),
 'jit' (one compiled program), 'jit-xla' (the same jit step with XLA's default CPU
 convolutions, i.e. with `JAXNETS_CPU_CONV=xla`; measured in a child process
 because that choice is made when JAX starts), 'torch-eager', 'torch-compile'.
+With `dtype='bfloat16'` jaxnets computes in bfloat16 with float32 weights, and
+PyTorch runs the same recipe: `torch.autocast('cpu', torch.bfloat16)`.
 
 The package, one concern per module:
   host          what the numbers were measured on (CPU model, devices, versions, peak GFLOP/s)
@@ -24,7 +26,8 @@ The package, one concern per module:
 
 These run on their own (`python -m jaxnets.bench.NAME --help`):
   epochs        whole epochs in each mode (eager / jit / scan) and compute dtype
-  conv_layers   a model's convolutions one by one, JAX vs PyTorch
+  conv_layers   a model's convolutions one by one, JAX (jaxnets, XLA, im2col, oneDNN) vs PyTorch, any dtype
+  step_profile  where one compiled train step's time goes, by kind of XLA operation (JAX's profiler)
   devices       data-parallel throughput on 1, 2, 4, ... devices
   compile_cache cold vs cached compile in a second process
   same_start    the first steps in jaxnets and PyTorch from the same weights and batches
