@@ -73,6 +73,10 @@ YNN_FLAG = f"--{YNN_OPTION}=-individual_convolution"
 # Per-jit form (compiler options take full enum names, no +/-): used only when
 # JAX started before jaxnets was imported, so the process-wide flag came too late.
 YNN_WITHOUT_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+# Per-jit form for programs computing in bfloat16/float16: dots only. jax 0.12's YNNPACK reductions of a
+# converted bfloat16 input returned NaN in jitted ResNet-18 and VGG-11-BN bfloat16 forward passes (the global
+# average pool before the classifier; eager and jax 0.10.2 were right): XLA's own reductions are used there.
+YNN_ONLY_DOTS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 
 # What `configure()` did at import, for `describe()` and the tests; `user_flags` is XLA_FLAGS as the user set it.
 _status: dict[str, Any] = {"flag": "not tried", "user_flags": os.environ.get("XLA_FLAGS", ""), "portable": 0}
@@ -191,16 +195,23 @@ def compiler_options(backend: str | None = None, dtype=None) -> dict[str, Any]:
     """XLA compiler options for a jaxnets `jit` whose convolutions compute in `dtype` (default float32).
 
     Empty in the usual float32 case. Holds the YNNPACK option when the
-    process-wide flag came too late (JAX started before jaxnets), and the
-    oneDNN options when `conv_library(dtype)` is `'onednn'`.
+    process-wide flag came too late (JAX started before jaxnets) or the
+    program computes in a 16-bit float (YNNPACK then keeps only dots:
+    `YNN_ONLY_DOTS`), and the oneDNN options when `conv_library(dtype)` is
+    `'onednn'`.
     """
     # Status first: in the usual case this returns without starting JAX's backend.
     late = _status["flag"].startswith("JAX started")
-    if not late and (dtype is None or jnp.dtype(dtype) == jnp.float32):
+    low_precision = dtype is not None and jnp.dtype(dtype) != jnp.float32
+    if not late and not low_precision:
         return {}
     if not fast_cpu_path(backend):
         return {}
-    options = {YNN_OPTION: YNN_WITHOUT_CONVOLUTIONS} if late else {}
+    options = {}
+    if low_precision and _jaxlib_knows(YNN_OPTION):
+        options[YNN_OPTION] = YNN_ONLY_DOTS
+    elif late:
+        options[YNN_OPTION] = YNN_WITHOUT_CONVOLUTIONS
     if dtype is not None and conv_library(dtype, backend) == "onednn":
         options.update(ONEDNN_OPTIONS)
         quiet_uncacheable_onednn()

@@ -266,7 +266,9 @@ class ExportedModel:
 
     def __init__(self, exported: jax.export.Exported, info: dict, path: Path):
         self.exported, self.info, self.path = exported, info, path
-        self._call = jax.jit(exported.call)
+        # The model's compute dtype picks jaxnets' CPU compiler options for this program (`backend.jit`).
+        kwargs = info.get("model_kwargs")
+        self._call = backend.jit(exported.call, dtype=kwargs.get("dtype") if isinstance(kwargs, dict) else None)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -295,3 +295,32 @@ def test_child_environment_restores_the_users_flags(monkeypatch):
     assert env["XLA_FLAGS"] == "--xla_cpu_use_thunk_runtime=true" and env[backend.ENV_VAR] == "xla"
     monkeypatch.setitem(backend._status, "user_flags", "")
     assert "XLA_FLAGS" not in backend.child_environment("fast")
+
+
+@pytest.mark.parametrize("setting", ["fast", "eigen"])  # with oneDNN where this CPU takes it, and without
+@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn"])
+def test_bfloat16_jitted_forward_equals_eager(name, setting, monkeypatch):
+    """A jitted bfloat16 forward pass (what evaluation runs) equals the eager one, finite.
+
+    jax 0.12's YNNPACK reductions returned NaN here (all 40 logits; the global
+    average pool fused with its bfloat16 -> float32 convert), in every CPU
+    library; `backend.compiler_options` keeps reductions out of YNNPACK in
+    16-bit programs (`YNN_ONLY_DOTS`).
+    """
+    monkeypatch.setenv(backend.ENV_VAR, setting)
+    model = models.create(name, dtype=jnp.bfloat16, width_divisor=8)
+    variables = models.init(model, jax.random.key(0))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, *model.input_shape)), jnp.float32)
+    jitted = backend.jit(lambda v, x: model.apply(v, x, train=False), dtype=jnp.bfloat16)(variables, x)
+    eager = model.apply(variables, x, train=False)
+    assert bool(jnp.all(jnp.isfinite(jitted))), "the jitted bfloat16 forward pass returned non-finite logits"
+    assert _relative(jitted, eager) < 2e-2
+
+
+def test_sixteen_bit_programs_keep_only_dots_in_ynnpack():
+    if not backend._jaxlib_knows(backend.YNN_OPTION):
+        assert backend.compiler_options("cpu", jnp.bfloat16).get(backend.YNN_OPTION) is None
+        return
+    assert backend.compiler_options("cpu", jnp.bfloat16)[backend.YNN_OPTION] == backend.YNN_ONLY_DOTS
+    assert backend.compiler_options("cpu", jnp.float16)[backend.YNN_OPTION] == backend.YNN_ONLY_DOTS
+    assert backend.YNN_OPTION not in backend.compiler_options("cpu", jnp.float32)

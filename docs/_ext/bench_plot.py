@@ -50,7 +50,7 @@ def plot(readme: Path, out: Path) -> None:
         raise ValueError(f"{readme}: the benchmark table has none of the columns {MODES}")
     fig, ax = plt.subplots(figsize=(9, 3.6))
     width = 0.8 / len(columns)
-    for i, (mode, index) in enumerate(columns.items()):
+    for i, index in enumerate(columns.values()):
         values = [float(re.sub(r"[^\d.]", "", row[index])) for row in rows]
         ax.bar(np.arange(len(models)) + (i - (len(columns) - 1) / 2) * width, values, width, label=header[index])
     ax.set(xticks=np.arange(len(models)), xticklabels=models, yscale="log",

@@ -365,10 +365,12 @@ def evaluate(steps: Steps, state: TrainState, loader) -> dict[str, float]:
     return summarize(totals)
 
 
-@backend.jit
-def _predicted_classes(state: TrainState, images: jax.Array) -> jax.Array:
-    """`[B]` argmax of the eval-mode logits; compiled once per model and batch shape."""
+def _predicted_classes_of(state: TrainState, images: jax.Array) -> jax.Array:
+    """`[B]` argmax of the eval-mode logits."""
     return jnp.argmax(state.apply_fn(state.variables, images, train=False), axis=-1)
+
+
+_predicted_classes = _jit_per_dtype(_predicted_classes_of)  # compiled once per model, dtype and batch shape
 
 
 def predict(state: TrainState, loader) -> tuple[np.ndarray, np.ndarray]:
