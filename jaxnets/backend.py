@@ -202,7 +202,7 @@ def compiler_options(backend: str | None = None, dtype=None) -> dict[str, Any]:
     """
     # Status first: in the usual case this returns without starting JAX's backend.
     late = _status["flag"].startswith("JAX started")
-    low_precision = dtype is not None and jnp.dtype(dtype) != jnp.float32
+    low_precision = dtype is not None and jnp.finfo(dtype).bits < 32  # bfloat16, float16
     if not late and not low_precision:
         return {}
     if not fast_cpu_path(backend):

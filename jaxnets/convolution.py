@@ -55,7 +55,7 @@ def conv_algorithm(platform: str, input_shape: Sequence[int], kernel_shape: Sequ
 
 
 def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    """`a @ b` (`[..., K] x [K, N]`) accumulated in float32 whatever the dtype, in the forward and both gradients.
+    """`a @ b` (`[..., K] x [K, N]`) accumulated in at least float32, in the forward and both gradients.
 
     What a convolution library does for bfloat16 (XLA's Eigen and oneDNN
     convolutions round once, at the end). jax 0.12's bfloat16 dots do not: a
@@ -63,9 +63,10 @@ def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     operands are multiplied in float32 and the result rounded once; float32
     is unchanged.
     """
-    if a.dtype == jnp.float32 and b.dtype == jnp.float32:
+    dtype = jnp.result_type(a, b)
+    if jnp.finfo(dtype).bits >= 32:  # float32 and float64 as they are
         return a @ b
-    return (a.astype(jnp.float32) @ b.astype(jnp.float32)).astype(jnp.result_type(a, b))
+    return (a.astype(jnp.float32) @ b.astype(jnp.float32)).astype(dtype)
 
 
 def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding) -> jax.Array:

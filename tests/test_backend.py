@@ -324,3 +324,14 @@ def test_sixteen_bit_programs_keep_only_dots_in_ynnpack():
     assert backend.compiler_options("cpu", jnp.bfloat16)[backend.YNN_OPTION] == backend.YNN_ONLY_DOTS
     assert backend.compiler_options("cpu", jnp.float16)[backend.YNN_OPTION] == backend.YNN_ONLY_DOTS
     assert backend.YNN_OPTION not in backend.compiler_options("cpu", jnp.float32)
+
+
+def test_conv_as_matmul_keeps_float64():
+    """Only 16-bit floats are multiplied in float32: float64 convolutions stay float64 (the parity tests use it)."""
+    with jax.enable_x64(True):
+        a = jnp.asarray(np.random.default_rng(0).normal(size=(3, 5)), jnp.float64)
+        b = jnp.asarray(np.random.default_rng(1).normal(size=(5, 2)), jnp.float64)
+        got = convolution.matmul(a, b)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(got), np.asarray(a) @ np.asarray(b), rtol=1e-14)
+        assert backend.YNN_OPTION not in backend.compiler_options("cpu", jnp.float64)
