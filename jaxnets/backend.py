@@ -197,8 +197,8 @@ def compiler_options(backend: str | None = None, dtype=None) -> dict[str, Any]:
     Empty in the usual float32 case. Holds the YNNPACK option when the
     process-wide flag came too late (JAX started before jaxnets) or the
     program computes in a 16-bit float (YNNPACK then keeps only dots:
-    `YNN_ONLY_DOTS`), and the oneDNN options when `conv_library(dtype)` is
-    `'onednn'`.
+    `YNN_ONLY_DOTS`; not when the user's own `XLA_FLAGS` set that option), and
+    the oneDNN options when `conv_library(dtype)` is `'onednn'`.
     """
     # Status first: in the usual case this returns without starting JAX's backend.
     late = _status["flag"].startswith("JAX started")
@@ -208,7 +208,9 @@ def compiler_options(backend: str | None = None, dtype=None) -> dict[str, Any]:
     if not fast_cpu_path(backend):
         return {}
     options = {}
-    if low_precision and _jaxlib_knows(YNN_OPTION):
+    if YNN_OPTION in _status["user_flags"]:
+        pass  # the user's XLA_FLAGS chose YNNPACK's share themselves: theirs stands in every program
+    elif low_precision and _jaxlib_knows(YNN_OPTION):
         options[YNN_OPTION] = YNN_ONLY_DOTS
     elif late:
         options[YNN_OPTION] = YNN_WITHOUT_CONVOLUTIONS

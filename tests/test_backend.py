@@ -326,6 +326,11 @@ def test_sixteen_bit_programs_keep_only_dots_in_ynnpack():
     assert backend.YNN_OPTION not in backend.compiler_options("cpu", jnp.float32)
 
 
+def test_users_own_ynn_flag_is_not_overridden_per_jit(monkeypatch):
+    monkeypatch.setitem(backend._status, "user_flags", f"--{backend.YNN_OPTION}=")
+    assert backend.YNN_OPTION not in backend.compiler_options("cpu", jnp.bfloat16)
+
+
 def test_conv_as_matmul_keeps_float64():
     """Only 16-bit floats are multiplied in float32: float64 convolutions stay float64 (the parity tests use it)."""
     with jax.enable_x64(True):
