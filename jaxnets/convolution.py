@@ -59,9 +59,9 @@ def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
 
     What a convolution library does for bfloat16 (XLA's Eigen and oneDNN
     convolutions round once, at the end). jax 0.12's bfloat16 dots do not: a
-    LeNet weight gradient (3,136 terms) came out 3.5% off. So low-precision
+    LeNet weight gradient (3,136 terms) came out 3.5% off. So 16-bit float
     operands are multiplied in float32 and the result rounded once; float32
-    is unchanged.
+    and float64 are unchanged.
     """
     dtype = jnp.result_type(a, b)
     if jnp.finfo(dtype).bits >= 32:  # float32 and float64 as they are
