@@ -2,6 +2,7 @@
 
     python -m jaxnets.bench.conv_layers --batch-size 128 --json conv-layers.json
     python -m jaxnets.bench.conv_layers --model resnet18 --batch-size 128   # one model's, weighted by count
+    python -m jaxnets.bench.conv_layers --model resnet18 --dtype bfloat16    # bfloat16 (PyTorch too)
 
 With `--model`, the layers are read from the model itself (the convolutions
 in the jaxpr of its forward pass, grouped by shape and counted) and the
@@ -15,8 +16,9 @@ times the training work of that layer — forward, input gradient (not for
 the stem, whose input is data) and weight gradient — as one jitted JAX
 program through `jaxnets.convolution` (what the models run: `convolution.conv_algorithm`
 picks the lowering), the same as XLA's own convolution (`lax`), as im2col
-(`convolution.im2col_conv`: kh*kw shifted slices + one matmul), and PyTorch's
-`conv2d` forward + backward. Times
+(`convolution.im2col_conv`: kh*kw shifted slices + one matmul), handed to
+oneDNN (where this jaxlib does that: `backend.onednn_lowers_convolutions`),
+and PyTorch's `conv2d` forward + backward, all in `--dtype`. Times
 are the minimum over rounds with the variants alternated (each timed call
 right after an untimed one), so a noisy neighbour hurts every variant alike.
 """
@@ -167,18 +169,17 @@ def run(batch_size: int = 128, rounds: int = 5, log=print, layer_specs=LAYERS, d
         stem = channels in (1, 3)  # the first layer: its input is data, so no input gradient
         dims = lax.conv_dimension_numbers(x.shape, w.shape, DIMS)
         padding = ((pad, pad), (pad, pad))
+        lax_conv = functools.partial(lax.conv_general_dilated, window_strides=(stride, stride), padding=padding,
+                                     dimension_numbers=dims)
         variants = {
             "jaxnets": _jax_layer(functools.partial(convolution.conv_general_dilated, window_strides=(stride, stride),
                                                     padding=padding, dimension_numbers=dims), x, w, stem,
                                   planned=True),
-            "lax": _jax_layer(functools.partial(lax.conv_general_dilated, window_strides=(stride, stride),
-                                                padding=padding, dimension_numbers=dims), x, w, stem),
+            "lax": _jax_layer(lax_conv, x, w, stem),
             "im2col": _jax_layer(functools.partial(im2col_conv, stride=stride, pad=pad), x, w, stem),
         }
         if backend.onednn_lowers_convolutions(dtype):  # jax 0.12: XLA's convolution handed to oneDNN
-            variants["onednn"] = _jax_layer(functools.partial(lax.conv_general_dilated, window_strides=(stride, stride),
-                                                              padding=padding, dimension_numbers=dims), x, w, stem,
-                                            options=backend.ONEDNN_OPTIONS)
+            variants["onednn"] = _jax_layer(lax_conv, x, w, stem, options=backend.ONEDNN_OPTIONS)
         if have_torch:
             variants["torch"] = _torch_layer(x_np, w_np, stride, pad, stem, dtype)
         best = {v: float("inf") for v in variants}
