@@ -198,7 +198,7 @@ def compiler_options(backend: str | None = None, dtype=None) -> dict[str, Any]:
     process-wide flag came too late (JAX started before jaxnets) or the
     program computes in a 16-bit float (YNNPACK then keeps only dots:
     `YNN_ONLY_DOTS`; not when the user's own `XLA_FLAGS` set that option), and
-    the oneDNN options when `conv_library(dtype)` is `'onednn'`.
+    XLA's oneDNN options when `conv_library(dtype)` is `'xla-onednn'`.
     """
     # Status first: in the usual case this returns without starting JAX's backend.
     late = _status["flag"].startswith("JAX started")
@@ -214,7 +214,7 @@ def compiler_options(backend: str | None = None, dtype=None) -> dict[str, Any]:
         options[YNN_OPTION] = YNN_ONLY_DOTS
     elif late:
         options[YNN_OPTION] = YNN_WITHOUT_CONVOLUTIONS
-    if dtype is not None and conv_library(dtype, backend) == "onednn":
+    if dtype is not None and conv_library(dtype, backend) == "xla-onednn":
         options.update(ONEDNN_OPTIONS)
         quiet_uncacheable_onednn()
     return options
@@ -257,12 +257,18 @@ class ConvRule(NamedTuple):
     measured: str  # where the measurement that chose this row is (BENCHMARKS.md section)
 
 
-# First match wins; no match: 'eigen' (XLA's own convolution, out of YNNPACK). A row is only taken when this
-# jaxlib really does what it names (`onednn_lowers_convolutions`), so the table holds for every jax version.
+# First match wins; no match: 'eigen' (XLA's own convolution, out of YNNPACK). A row is only taken where its library
+# really runs here (`library_works`: jaxnets' oneDNN handler built and loaded; this jaxlib lowering to oneDNN), so the
+# table holds for every jax version and install.
 CONV_RULES = (
     ConvRule("bfloat16", ("avx512_bf16", "amx_bf16"), "onednn",
+             "2026-12-06 evening, Zen 4 (avx512_bf16): ResNet-18 bf16 3x3 conv + both gradients 4.8x Eigen"),
+    ConvRule("float32", ("avx512f",), "onednn",
+             "2026-12-06 evening, Zen 4 (avx512f): ResNet-18 fp32 3x3 conv + both gradients 2.3x Eigen"),
+    ConvRule("bfloat16", ("avx512_bf16", "amx_bf16"), "xla-onednn",
              "2026-12-06 Zen 4 (avx512_bf16), jax 0.12: ResNet-18 bf16 train step 836 -> 570 ms at batch 32"),
 )
+LIBRARIES = ("onednn", "xla-onednn", "eigen", "xla")
 
 
 @functools.cache
@@ -304,14 +310,41 @@ def onednn_lowers_convolutions(dtype_name: str) -> bool:
         return False
 
 
-def conv_library(dtype, backend: str | None = None, *, flags: frozenset[str] | None = None,
-                 lowers: Callable[[str], bool] | None = None) -> str:
-    """Which library runs `dtype` convolutions in jaxnets' jits: `'onednn'`, `'eigen'` or `'xla'`.
+def onednn_handler_problem() -> str | None:
+    """Why jaxnets' own oneDNN convolutions (`jaxnets.onednn`) cannot run in this process, or None when they can.
 
-    `'xla'`: XLA's defaults (not the CPU, or `JAXNETS_CPU_CONV=xla`); else the
-    first `CONV_RULES` row for this dtype whose CPU flag this CPU has and whose
-    library this jaxlib really uses, or `'eigen'`. `flags` and `lowers`
-    replace the CPU's flags and the jaxlib probe (for tests).
+    They need the handler built and loaded (`jaxnets.onednn.build`) and one
+    JAX device: a convolution sharded over several devices would be gathered
+    onto each (XLA cannot split a custom call), so there XLA's own run.
+    """
+    from jaxnets import onednn
+
+    reason = onednn.unavailable_reason()
+    if reason is None and jax.device_count() > 1:
+        reason = f"{jax.device_count()} JAX devices (XLA cannot shard a custom call)"
+    return reason
+
+
+def library_works(library: str, dtype_name: str) -> bool:
+    """Whether `library` really runs `dtype_name` convolutions here (`'onednn'`, `'xla-onednn'`: checked once)."""
+    if library == "onednn":
+        return onednn_handler_problem() is None
+    if library == "xla-onednn":
+        return onednn_lowers_convolutions(dtype_name)
+    return True
+
+
+def conv_library(dtype, backend: str | None = None, *, flags: frozenset[str] | None = None,
+                 works: Callable[[str, str], bool] | None = None) -> str:
+    """Which library runs `dtype` convolutions in jaxnets: `'onednn'`, `'xla-onednn'`, `'eigen'` or `'xla'`.
+
+    `'onednn'` is jaxnets' own oneDNN handler (`jaxnets.onednn`: forward and
+    both gradients), `'xla-onednn'` XLA's (jax 0.12, via compiler options),
+    `'eigen'` XLA's own convolution, `'xla'` XLA's defaults (not the CPU, or
+    `JAXNETS_CPU_CONV=xla`). Else the first `CONV_RULES` row for this dtype
+    whose CPU flag this CPU has and whose library really runs here
+    (`library_works`), or `'eigen'`. `flags` and `works` replace the CPU's
+    flags and that check (for tests).
     """
     if not fast_cpu_path(backend):
         return "xla"
@@ -319,9 +352,9 @@ def conv_library(dtype, backend: str | None = None, *, flags: frozenset[str] | N
     if cpu_path_setting() == "eigen":
         return "eigen"
     flags = cpu_flags() if flags is None else flags
-    lowers = onednn_lowers_convolutions if lowers is None else lowers
+    works = library_works if works is None else works
     for rule in CONV_RULES:
-        if rule.dtype == name and flags & set(rule.cpu_flags) and lowers(name):
+        if rule.dtype == name and flags & set(rule.cpu_flags) and works(rule.library, name):
             return rule.library
     return "eigen"
 
@@ -340,6 +373,18 @@ def child_environment(setting: str) -> dict[str, str]:
     return env
 
 
+def _onednn_description() -> str:
+    """jaxnets' oneDNN handler: its oneDNN version, or why it does not run here."""
+    if cpu_path_setting() != "fast":
+        return f"off ({ENV_VAR}={cpu_path_setting()})"
+    problem = onednn_handler_problem()
+    if problem is None:
+        from jaxnets import onednn
+
+        return f"oneDNN {onednn.version()} (jaxnets' handler)"
+    return "not used: " + problem.splitlines()[0]
+
+
 def describe() -> dict[str, str]:
     """What jaxnets did to the CPU backend, for logs and benchmark tables (CPU flags, each dtype's library)."""
     on_cpu = jax.default_backend() == "cpu"
@@ -348,7 +393,8 @@ def describe() -> dict[str, str]:
             "cpu_flags": " ".join(f for f in wanted if f in cpu_flags()) or "none of " + " ".join(wanted),
             "conv_library": ", ".join(f"{d}: {conv_library(d)}" for d in ("float32", "bfloat16")) if on_cpu
             else "backend default",
+            "onednn": (_onednn_description() if on_cpu else "backend default"),
             "xla_flag": _status["flag"], "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
             "compile_cache": compile_cache.in_use() + (
                 " (not for oneDNN programs: jaxlib cannot serialize them)"
-                if on_cpu and compile_cache.in_use() != "off" and conv_library("bfloat16") == "onednn" else "")}
+                if on_cpu and compile_cache.in_use() != "off" and conv_library("bfloat16") == "xla-onednn" else "")}

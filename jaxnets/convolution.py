@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxnets import backend
+from jaxnets import backend, onednn
 
-ALGORITHMS = ("lax", "dense", "im2col")
+ALGORITHMS = ("lax", "dense", "im2col", "onednn")
 
 # Thin 3x3 convolutions (few input and output channels: MNIST LeNet's 1->6 and 6->16) run faster as im2col
 # (9 shifted slices + one matmul) than as XLA:CPU's Eigen convolution; wider ones (the 3->64 stem) do not.
@@ -28,8 +28,8 @@ IM2COL_MAX_OUT = 16
 
 
 def conv_algorithm(platform: str, input_shape: Sequence[int], kernel_shape: Sequence[int],
-                   strides: Sequence[int], padding, lhs_dilation, rhs_dilation, groups: int) -> str:
-    """Which lowering `conv_general_dilated` uses: `'dense'` (one matmul), `'im2col'` or `'lax'`.
+                   strides: Sequence[int], padding, lhs_dilation, rhs_dilation, groups: int, dtype=None) -> str:
+    """Which lowering `conv_general_dilated` uses: `'dense'` (one matmul), `'im2col'`, `'onednn'` or `'lax'`.
 
     Only on the CPU with jaxnets' CPU path on (`jaxnets.backend`), for a plain
     2-D NHWC convolution: `'dense'` when its kernel window is larger than its
@@ -37,6 +37,8 @@ def conv_algorithm(platform: str, input_shape: Sequence[int], kernel_shape: Sequ
     operands of exactly those and runs them far off its fast paths, as a
     matmul they run at matmul speed); `'im2col'` for thin 3x3 convolutions
     (`in * 9 <= IM2COL_MAX_PATCH` and `out <= IM2COL_MAX_OUT`: LeNet's).
+    `'onednn'` for the rest when `backend.conv_library(dtype)` says oneDNN
+    (`jaxnets.onednn.conv`: forward and both gradients in oneDNN).
     Everything else, and every convolution on GPU/TPU, is `lax.conv_general_dilated`.
     """
     if not backend.fast_cpu_path(platform) or len(input_shape) != 4 or groups != 1:
@@ -51,6 +53,9 @@ def conv_algorithm(platform: str, input_shape: Sequence[int], kernel_shape: Sequ
         return "dense"
     if (kh, kw) == (3, 3) and channels * kh * kw <= IM2COL_MAX_PATCH and out <= IM2COL_MAX_OUT:
         return "im2col"
+    if dtype is not None and onednn.supports(input_shape, kernel_shape, dtype, padding) and backend.conv_library(
+            dtype, platform) == "onednn":
+        return "onednn"
     return "lax"
 
 
@@ -133,11 +138,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     nhwc = dimension_numbers is not None and tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2) and tuple(
         dimension_numbers.rhs_spec) == (3, 2, 0, 1)
     algorithm = conv_algorithm(jax.default_backend(), lhs.shape, rhs.shape, window_strides, padding, lhs_dilation,
-                               rhs_dilation, feature_group_count) if nhwc and not kwargs else "lax"
+                               rhs_dilation, feature_group_count, lhs.dtype) if nhwc and not kwargs else "lax"
     if algorithm == "dense":
         return dense_conv(lhs, rhs, window_strides, tuple(tuple(p) for p in padding))
     if algorithm == "im2col":
         return im2col_conv(lhs, rhs, window_strides, tuple(tuple(p) for p in padding))
+    if algorithm == "onednn" and lhs.dtype == rhs.dtype:
+        return onednn.conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                     feature_group_count=feature_group_count, precision=precision, **kwargs)

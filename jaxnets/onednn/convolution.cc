@@ -1,0 +1,199 @@
+// jaxnets' oneDNN convolutions for XLA:CPU: forward, backward-data and backward-weights as one XLA FFI handler.
+//
+// Activations are NHWC and kernels HWIO (flax's layouts), float32 or bfloat16. oneDNN picks its own kernel
+// layout (`format_tag::any`); the kernel is reordered to and from it on each call. Each distinct convolution's
+// primitives are created once and kept (creating them costs more than running a small one).
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+
+namespace {
+
+enum Kind : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// An NHWC activation as oneDNN's logical (N, C, H, W) dims in an nhwc layout.
+memory::desc activation(ffi::Span<const int64_t> d, memory::data_type type) {
+  return memory::desc({d[0], d[3], d[1], d[2]}, type, tag::nhwc);
+}
+
+// An HWIO kernel as oneDNN's logical (O, I, H, W) dims.
+memory::dims kernel_dims(ffi::Span<const int64_t> d) { return {d[3], d[2], d[0], d[1]}; }
+
+// The primitives of one convolution, made once per distinct shape/kind/dtype.
+struct Plan {
+  dnnl::primitive conv;
+  bool reorder = false;        // the primitive wants its kernel in another layout than HWIO
+  dnnl::reorder kernel_copy;   // HWIO -> primitive layout (forward, backward-data) or back (backward-weights)
+  memory::desc kernel_user, kernel_prim, scratchpad;
+};
+
+Plan make_plan(int64_t kind, memory::data_type type, ffi::Span<const int64_t> a, ffi::Span<const int64_t> b,
+               ffi::Span<const int64_t> out, const memory::dims& strides, const memory::dims& pad_l,
+               const memory::dims& pad_r) {
+  auto& engine = cpu_engine();
+  auto algorithm = dnnl::algorithm::convolution_direct;
+  auto training = dnnl::prop_kind::forward_training;
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // each call brings its own: safe from many threads
+  Plan plan;
+  memory::desc src, dst;
+  memory::dims wdims;
+  if (kind == kForward) {
+    src = activation(a, type), dst = activation(out, type), wdims = kernel_dims(b);
+  } else if (kind == kBackwardData) {
+    src = activation(out, type), dst = activation(a, type), wdims = kernel_dims(b);
+  } else {
+    src = activation(a, type), dst = activation(b, type), wdims = kernel_dims(out);
+  }
+  plan.kernel_user = memory::desc(wdims, type, tag::hwio);
+  memory::desc kernel_any(wdims, type, tag::any);
+  dnnl::convolution_forward::primitive_desc forward(engine, training, algorithm, src, kernel_any, dst, strides,
+                                                    pad_l, pad_r, attr);
+  if (kind == kForward) {
+    plan.conv = dnnl::convolution_forward(forward);
+    plan.kernel_prim = forward.weights_desc();
+    plan.scratchpad = forward.scratchpad_desc();
+  } else if (kind == kBackwardData) {
+    dnnl::convolution_backward_data::primitive_desc pd(engine, algorithm, src, kernel_any, dst, strides, pad_l,
+                                                       pad_r, forward, attr);
+    plan.conv = dnnl::convolution_backward_data(pd);
+    plan.kernel_prim = pd.weights_desc();
+    plan.scratchpad = pd.scratchpad_desc();
+  } else {
+    dnnl::convolution_backward_weights::primitive_desc pd(engine, algorithm, src, kernel_any, dst, strides, pad_l,
+                                                          pad_r, forward, attr);
+    plan.conv = dnnl::convolution_backward_weights(pd);
+    plan.kernel_prim = pd.diff_weights_desc();
+    plan.scratchpad = pd.scratchpad_desc();
+  }
+  plan.reorder = plan.kernel_prim != plan.kernel_user;
+  if (plan.reorder) {
+    plan.kernel_copy = kind == kBackwardWeights
+                           ? dnnl::reorder(dnnl::reorder::primitive_desc(engine, plan.kernel_prim, engine,
+                                                                         plan.kernel_user))
+                           : dnnl::reorder(dnnl::reorder::primitive_desc(engine, plan.kernel_user, engine,
+                                                                         plan.kernel_prim));
+  }
+  return plan;
+}
+
+std::string plan_key(int64_t kind, memory::data_type type, ffi::Span<const int64_t> a, ffi::Span<const int64_t> b,
+                     ffi::Span<const int64_t> out, ffi::Span<const int64_t> strides,
+                     ffi::Span<const int64_t> padding) {
+  std::ostringstream key;
+  key << kind << ':' << static_cast<int>(type);
+  for (auto span : {a, b, out, strides, padding}) {
+    key << '|';
+    for (int64_t v : span) key << v << ',';
+  }
+  return key.str();
+}
+
+const Plan& find_plan(int64_t kind, memory::data_type type, ffi::Span<const int64_t> a, ffi::Span<const int64_t> b,
+                      ffi::Span<const int64_t> out, ffi::Span<const int64_t> strides,
+                      ffi::Span<const int64_t> padding) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, std::unique_ptr<Plan>> plans;
+  std::string key = plan_key(kind, type, a, b, out, strides, padding);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto found = plans.find(key);
+  if (found != plans.end()) return *found->second;
+  memory::dims s = {strides[0], strides[1]}, pad_l = {padding[0], padding[2]}, pad_r = {padding[1], padding[3]};
+  auto plan = std::make_unique<Plan>(make_plan(kind, type, a, b, out, s, pad_l, pad_r));
+  return *plans.emplace(key, std::move(plan)).first->second;
+}
+
+ffi::Error Convolution(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, int64_t kind,
+                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
+  memory::data_type type;
+  switch (a.element_type()) {
+    case ffi::DataType::F32: type = memory::data_type::f32; break;
+    case ffi::DataType::BF16: type = memory::data_type::bf16; break;
+    default: return ffi::Error::InvalidArgument("jaxnets oneDNN convolution: float32 or bfloat16 operands only");
+  }
+  if (a.element_type() != b.element_type() || a.element_type() != out->element_type())
+    return ffi::Error::InvalidArgument("jaxnets oneDNN convolution: operands and result must share one dtype");
+  if (a.dimensions().size() != 4 || b.dimensions().size() != 4 || out->dimensions().size() != 4)
+    return ffi::Error::InvalidArgument("jaxnets oneDNN convolution: 4-D NHWC activations and HWIO kernels only");
+  if (strides.size() != 2 || padding.size() != 4)
+    return ffi::Error::InvalidArgument("jaxnets oneDNN convolution: 2 strides and 4 paddings (top, bottom, left, right)");
+  if (kind != kForward && kind != kBackwardData && kind != kBackwardWeights)
+    return ffi::Error::InvalidArgument("jaxnets oneDNN convolution: kind is 0 (forward), 1 (data) or 2 (weights)");
+  try {
+    auto& engine = cpu_engine();
+    const Plan& plan = find_plan(kind, type, a.dimensions(), b.dimensions(), out->dimensions(), strides, padding);
+    // One convolution at a time: each takes all of oneDNN's threads, and two OpenMP teams at once (XLA runs
+    // independent calls, e.g. both gradients, side by side) overbook the cores and stall on each other.
+    static std::mutex running;
+    std::lock_guard<std::mutex> one_at_a_time(running);
+    dnnl::stream stream(engine);
+    std::vector<uint8_t> scratch_bytes(plan.scratchpad.get_size());
+    memory scratch(plan.scratchpad, engine, scratch_bytes.data());
+    void* kernel_data = kind == kBackwardWeights ? out->untyped_data() : b.untyped_data();
+    memory kernel_user(plan.kernel_user, engine, kernel_data);
+    memory kernel = plan.reorder ? memory(plan.kernel_prim, engine) : kernel_user;
+    if (plan.reorder && kind != kBackwardWeights)
+      plan.kernel_copy.execute(stream, kernel_user, kernel);
+    if (kind == kForward) {
+      memory src(activation(a.dimensions(), type), engine, a.untyped_data());
+      memory dst(activation(out->dimensions(), type), engine, out->untyped_data());
+      plan.conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, dst},
+                                 {DNNL_ARG_SCRATCHPAD, scratch}});
+    } else if (kind == kBackwardData) {
+      memory diff_dst(activation(a.dimensions(), type), engine, a.untyped_data());
+      memory diff_src(activation(out->dimensions(), type), engine, out->untyped_data());
+      plan.conv.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, kernel},
+                                 {DNNL_ARG_DIFF_SRC, diff_src}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    } else {
+      memory src(activation(a.dimensions(), type), engine, a.untyped_data());
+      memory diff_dst(activation(b.dimensions(), type), engine, b.untyped_data());
+      plan.conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
+                                 {DNNL_ARG_DIFF_WEIGHTS, kernel}, {DNNL_ARG_SCRATCHPAD, scratch}});
+      if (plan.reorder) plan.kernel_copy.execute(stream, kernel, kernel_user);
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("jaxnets oneDNN convolution: ") + e.what());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("jaxnets oneDNN convolution: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetsOnednnConvolution, Convolution,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("kind")
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding"));
+
+// The oneDNN version this file was built against, for jaxnets.describe().
+extern "C" const char* JaxnetsOnednnVersion() {
+  static std::string version = [] {
+    const dnnl_version_t* v = dnnl_version();
+    std::ostringstream text;
+    text << v->major << '.' << v->minor << '.' << v->patch;
+    return text.str();
+  }();
+  return version.c_str();
+}

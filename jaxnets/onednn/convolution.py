@@ -1,0 +1,83 @@
+"""A 2-D convolution whose forward pass and both gradients are oneDNN calls (XLA:CPU custom calls).
+
+XLA:CPU's own convolutions are Eigen's; jax 0.12 can also hand bfloat16
+forward-shaped convolutions to oneDNN, but not the gradients, and it
+transposes every weight-gradient convolution's operands to make it look like
+a forward one. Here the forward pass, the input gradient and the weight
+gradient are oneDNN's three convolution primitives (forward, backward-data,
+backward-weights), on NHWC activations and HWIO kernels as flax keeps them:
+no layout passes in XLA. `conv` is a `jax.custom_vjp`, so `jax.grad` and
+`jax.jit` use it like any other operation (`jax.vmap` runs it once per
+element). CPU only; float32 and bfloat16.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnets.onednn import build
+
+FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = 0, 1, 2  # the handler's `kind` attribute (convolution.cc)
+DTYPES = ("float32", "bfloat16")
+
+
+def supports(input_shape: Sequence[int], kernel_shape: Sequence[int], dtype, padding) -> bool:
+    """Whether `conv` computes this convolution: 4-D NHWC x HWIO, float32/bfloat16, padding >= 0, output >= 1x1."""
+    if len(input_shape) != 4 or len(kernel_shape) != 4 or input_shape[3] != kernel_shape[2]:
+        return False
+    if jnp.dtype(dtype).name not in DTYPES:
+        return False
+    if any(p < 0 for pair in padding for p in pair):
+        return False
+    return all(size + lo + hi >= k for size, (lo, hi), k in zip(input_shape[1:3], padding, kernel_shape[:2],
+                                                                  strict=True))
+
+
+def output_shape(input_shape: Sequence[int], kernel_shape: Sequence[int], strides: Sequence[int],
+                 padding) -> tuple[int, int, int, int]:
+    """`[N, Ho, Wo, O]` of an `[N, H, W, C] x [kh, kw, C, O]` convolution."""
+    (sh, sw), ((pt, pb), (pl, pr)) = strides, padding
+    batch, height, width, _ = input_shape
+    kh, kw, _, out = kernel_shape
+    return batch, (height + pt + pb - kh) // sh + 1, (width + pl + pr - kw) // sw + 1, out
+
+
+def _call(kind: int, a: jax.Array, b: jax.Array, shape: Sequence[int], strides, padding) -> jax.Array:
+    build.load()  # registers the handler with XLA (once per process)
+    result = jax.ShapeDtypeStruct(tuple(shape), a.dtype)
+    return jax.ffi.ffi_call(build.TARGET, result, vmap_method="sequential")(
+        a, b, kind=np.int64(kind), strides=np.asarray(strides, np.int64),
+        padding=np.asarray([p for pair in padding for p in pair], np.int64))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+         padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """`[N, H, W, C] x [kh, kw, C, O] -> [N, Ho, Wo, O]` in oneDNN; `padding` is `((top, bottom), (left, right))`.
+
+    Equal to `lax.conv_general_dilated(x, kernel, strides, padding,
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))` up to float reassociation.
+    Both operands share one dtype (float32 or bfloat16); `strides` and
+    `padding` are static (hashable tuples). Raises `build.Unavailable` when
+    the handler cannot be built here.
+    """
+    return _call(FORWARD, x, kernel, output_shape(x.shape, kernel.shape, strides, padding), strides, padding)
+
+
+def _forward(x, kernel, strides, padding):
+    return conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _backward(strides, padding, residuals, grad):
+    x, kernel = residuals
+    grad = grad.astype(x.dtype)
+    return (_call(BACKWARD_DATA, grad, kernel, x.shape, strides, padding),
+            _call(BACKWARD_WEIGHTS, x, grad, kernel.shape, strides, padding))
+
+
+conv.defvjp(_forward, _backward)
