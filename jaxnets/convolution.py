@@ -2,7 +2,8 @@
 
 `conv_general_dilated` is what `jaxnets.layers.Conv` calls. On the CPU with
 jaxnets' CPU path on (`jaxnets.backend`), a plain 2-D NHWC convolution may
-run as one matmul (`dense_conv`, maps smaller than the kernel window) or as
+run in oneDNN (`jaxnets.onednn.conv`, where `backend.conv_library` picks it),
+as one matmul (`dense_conv`, maps smaller than the kernel window) or as
 im2col (`im2col_conv`, thin 3x3 kernels); everything else, and every
 convolution on GPU/TPU, is `lax.conv_general_dilated` (cuDNN / the TPU
 compiler decide there). BENCHMARKS.md has the measurements behind each rule.
@@ -32,14 +33,15 @@ def conv_algorithm(platform: str, input_shape: Sequence[int], kernel_shape: Sequ
     """Which lowering `conv_general_dilated` uses: `'dense'` (one matmul), `'im2col'`, `'onednn'` or `'lax'`.
 
     Only on the CPU with jaxnets' CPU path on (`jaxnets.backend`), for a plain
-    2-D NHWC convolution: `'dense'` when its kernel window is larger than its
-    input map (`kh * kw > H * W`: VGG's 3x3 convs on 2x2 maps; XLA swaps the
-    operands of exactly those and runs them far off its fast paths, as a
-    matmul they run at matmul speed); `'im2col'` for thin 3x3 convolutions
-    (`in * 9 <= IM2COL_MAX_PATCH` and `out <= IM2COL_MAX_OUT`: LeNet's).
-    `'onednn'` for the rest when `backend.conv_library(dtype)` says oneDNN
-    (`jaxnets.onednn.conv`: forward and both gradients in oneDNN).
-    Everything else, and every convolution on GPU/TPU, is `lax.conv_general_dilated`.
+    2-D NHWC convolution: `'onednn'` (`jaxnets.onednn.conv`: forward and both
+    gradients in oneDNN) when `backend.conv_library(dtype)` says oneDNN, except
+    float32 on maps smaller than the kernel window. Otherwise `'dense'` when its
+    kernel window is larger than its input map (`kh * kw > H * W`: VGG's 3x3
+    convs on 2x2 maps; XLA swaps the operands of exactly those and runs them
+    far off its fast paths, as a matmul they run at matmul speed); `'im2col'`
+    for thin 3x3 convolutions (`in * 9 <= IM2COL_MAX_PATCH` and
+    `out <= IM2COL_MAX_OUT`: LeNet's). Everything else, and every convolution
+    on GPU/TPU, is `lax.conv_general_dilated`.
     """
     if not backend.fast_cpu_path(platform) or len(input_shape) != 4 or groups != 1:
         return "lax"
@@ -49,13 +51,17 @@ def conv_algorithm(platform: str, input_shape: Sequence[int], kernel_shape: Sequ
         return "lax"
     height, width = input_shape[1], input_shape[2]
     kh, kw, channels, out = kernel_shape
-    if kh * kw > height * width:
+    tiny_map = kh * kw > height * width
+    # float32 convolutions on maps smaller than the kernel stay one matmul (oneDNN's backward-weights is slower
+    # there at batch 128, 69 vs 39 ms for VGG's 512->512 on 2x2 maps); everything else oneDNN beats (BENCHMARKS.md).
+    if (dtype is not None and not (tiny_map and jnp.dtype(dtype) == jnp.float32)
+            and onednn.supports(input_shape, kernel_shape, dtype, padding)
+            and backend.conv_library(dtype, platform) == "onednn"):
+        return "onednn"
+    if tiny_map:
         return "dense"
     if (kh, kw) == (3, 3) and channels * kh * kw <= IM2COL_MAX_PATCH and out <= IM2COL_MAX_OUT:
         return "im2col"
-    if dtype is not None and onednn.supports(input_shape, kernel_shape, dtype, padding) and backend.conv_library(
-            dtype, platform) == "onednn":
-        return "onednn"
     return "lax"
 
 
@@ -137,6 +143,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """
     nhwc = dimension_numbers is not None and tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2) and tuple(
         dimension_numbers.rhs_spec) == (3, 2, 0, 1)
+    if nhwc and isinstance(padding, str) and lhs_dilation is None and rhs_dilation is None:
+        # 'SAME' / 'VALID' as explicit pads (what lax does with them too), so such convolutions get the CPU lowerings.
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     algorithm = conv_algorithm(jax.default_backend(), lhs.shape, rhs.shape, window_strides, padding, lhs_dilation,
                                rhs_dilation, feature_group_count, lhs.dtype) if nhwc and not kwargs else "lax"
     if algorithm == "dense":

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.nn import initializers
 
+from jaxnets import backend, onednn
 from jaxnets.convolution import conv_general_dilated
 
 # PyTorch's default for Linear and Conv2d weights: kaiming_uniform(a=sqrt(5))
@@ -93,6 +94,12 @@ class BatchNorm(nn.BatchNorm):
 
     Call it as `BatchNorm()(x, use_running_average=not train)`. The running
     statistics live in the `batch_stats` collection (`mean`, `var`).
+
+    In training, where jaxnets runs convolutions in oneDNN
+    (`backend.conv_library(x.dtype) == 'onednn'`), a plain NHWC normalisation
+    (channel axis last, scale and bias, no cross-device axis or mask, output
+    in `x`'s dtype) is `jaxnets.onednn.batch_norm` instead of flax's
+    reductions: the same parameters, statistics and update, in one pass.
     """
 
     momentum: float = 0.9
@@ -100,10 +107,34 @@ class BatchNorm(nn.BatchNorm):
 
     @nn.compact
     def __call__(self, x, use_running_average=None, **kwargs):
+        running = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+        if not running and not kwargs and self._onednn_applies(x):
+            return self._onednn_batch_norm(x)
         # flax mixes bfloat16 inputs with float32 statistics: fine under JAX's standard promotion, refused under
         # 'strict' (which the tests use to catch silent upcasts in our own code).
         with jax.numpy_dtype_promotion("standard"):
             return super().__call__(x, use_running_average, **kwargs)
+
+    def _onednn_applies(self, x) -> bool:
+        """Whether this training-mode call is one `onednn.batch_norm` computes exactly as flax would."""
+        out_dtype = jnp.dtype(self.dtype) if self.dtype is not None else jnp.result_type(x.dtype, self.param_dtype)
+        plain = (self.axis in (-1, x.ndim - 1) and self.axis_name is None and self.axis_index_groups is None
+                 and self.use_scale and self.use_bias and out_dtype == x.dtype
+                 and jnp.dtype(self.param_dtype) == jnp.float32 and not self.is_initializing())
+        return plain and onednn.batch_norm_supports(x.shape, x.dtype) and backend.conv_library(x.dtype) == "onednn"
+
+    def _onednn_batch_norm(self, x):
+        # The variables flax's BatchNorm declares, by the same names, shapes and dtypes (they exist already: this
+        # path never initializes).
+        features = (x.shape[-1],)
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features)
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
+        scale = self.param("scale", self.scale_init, features, self.param_dtype)
+        bias = self.param("bias", self.bias_init, features, self.param_dtype)
+        y, mean, var = onednn.batch_norm(x, scale, bias, float(self.epsilon))
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return y
 
 
 def logits_dtype(dtype) -> np.dtype:

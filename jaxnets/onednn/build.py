@@ -1,12 +1,12 @@
 """Build jaxnets' oneDNN convolution handler once per machine, load it, and register it with XLA:CPU.
 
-`convolution.cc` (beside this file) is compiled with the system's C++
+`convolution.cc` and `batch_norm.cc` (beside this file) are compiled with the system's C++
 compiler against two things already installed: XLA's FFI headers (in jaxlib,
 `jax.ffi.include_dir()`) and oneDNN (the PyPI packages `onednn-cpu-gomp`,
 the library, and `onednn-devel-cpu-gomp`, its headers; dependencies of
 jaxnets on x86-64 Linux). The shared library is cached under
 `<jaxnets' user cache dir>/onednn/<key>/`, the key being a hash of the
-source, jaxlib's version and both packages' paths, so a new jaxlib or oneDNN
+sources, jaxlib's version and both packages' paths, so a new jaxlib or oneDNN
 builds anew (a few seconds, once). Concurrent processes build it once (a file
 lock) and never see a half-written file (written aside, then renamed).
 
@@ -30,9 +30,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("convolution.cc")
-TARGET = "jaxnets_onednn_convolution"  # the XLA custom-call target name
-HANDLER = "JaxnetsOnednnConvolution"  # the handler's symbol in the shared library
+HERE = Path(__file__).parent
+SOURCES = ("convolution.cc", "batch_norm.cc")  # compiled, in this order
+HEADERS = ("common.h",)
+# XLA custom-call target name -> the handler's symbol in the shared library.
+TARGETS = {"jaxnets_onednn_convolution": "JaxnetsOnednnConvolution",
+           "jaxnets_onednn_batch_norm_forward": "JaxnetsOnednnBatchNormForward",
+           "jaxnets_onednn_batch_norm_backward": "JaxnetsOnednnBatchNormBackward"}
 RUNTIME_PACKAGE = "onednn-cpu-gomp"
 HEADERS_PACKAGE = "onednn-devel-cpu-gomp"
 LIBRARY_FILE = "libdnnl.so.3"
@@ -90,14 +94,16 @@ def build_inputs() -> dict[str, str]:
 
     library = installed_file(RUNTIME_PACKAGE, LIBRARY_FILE)
     header = installed_file(HEADERS_PACKAGE, HEADER_FILE)
-    return {"source": str(SOURCE), "compiler": compiler(), "ffi_include": jax.ffi.include_dir(),
+    return {"sources": " ".join(str(HERE / name) for name in SOURCES), "compiler": compiler(), "ffi_include": jax.ffi.include_dir(),
             "onednn_include": str(header.parents[len(Path(HEADER_FILE).parts) - 1]), "onednn_library": str(library),
             "jaxlib": jaxlib.__version__}
 
 
 def build_key(inputs: dict[str, str]) -> str:
-    """A hash of the source text and every input's path/version: a new jaxlib or oneDNN gets its own build."""
-    digest = hashlib.sha256(Path(inputs["source"]).read_bytes())
+    """A hash of the sources' text and every input's path/version: a new jaxlib or oneDNN gets its own build."""
+    digest = hashlib.sha256()
+    for name in SOURCES + HEADERS:
+        digest.update((HERE / name).read_bytes())
     for name in sorted(inputs):
         digest.update(f"{name}={inputs[name]}\n".encode())
     return digest.hexdigest()[:16]
@@ -107,7 +113,8 @@ def compile_command(inputs: dict[str, str], output: Path) -> list[str]:
     """The compiler command that builds `output` (a shared library) from `inputs`."""
     library = Path(inputs["onednn_library"])
     return [inputs["compiler"], "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
-            f"-I{inputs['ffi_include']}", f"-I{inputs['onednn_include']}", inputs["source"], "-o", str(output),
+            f"-I{inputs['ffi_include']}", f"-I{inputs['onednn_include']}", *inputs["sources"].split(" "),
+            "-o", str(output),
             f"-L{library.parent}", f"-l:{library.name}", f"-Wl,-rpath,{library.parent}"]
 
 
@@ -155,7 +162,7 @@ def build(folder: Path | None = None) -> Path:
 
 
 def load() -> ctypes.CDLL:
-    """Build (or find) the library, load it and register its handler as XLA:CPU target `TARGET`; once per process.
+    """Build (or find) the library, load it and register its handlers as XLA:CPU targets (`TARGETS`); once a process.
 
     A failure is remembered too: the process does not try to build again.
 
@@ -182,12 +189,13 @@ def _load() -> ctypes.CDLL:
     path = build()
     try:
         library = ctypes.CDLL(str(path))
-        handler = getattr(library, HANDLER)
+        handlers = {target: getattr(library, symbol) for target, symbol in TARGETS.items()}
     except (OSError, AttributeError) as error:
         raise Unavailable(f"jaxnets' oneDNN convolutions did not load from {path}: {error}. Delete that folder to "
                           f"rebuild, or {INSTALL_HINT}") from error
     library.JaxnetsOnednnVersion.restype = ctypes.c_char_p
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
+    for target, handler in handlers.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
     return library
 
 

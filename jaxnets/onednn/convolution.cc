@@ -4,36 +4,16 @@
 // layout (`format_tag::any`); the kernel is reordered to and from it on each call. Each distinct convolution's
 // primitives are created once and kept (creating them costs more than running a small one).
 #include <cstdint>
-#include <memory>
-#include <mutex>
-#include <sstream>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
-#include "oneapi/dnnl/dnnl.hpp"
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
-using dnnl::memory;
-using tag = dnnl::memory::format_tag;
+#include "common.h"
 
 namespace {
 
+using namespace jaxnets_onednn;
+
 enum Kind : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
-
-dnnl::engine& cpu_engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
-
-// An NHWC activation as oneDNN's logical (N, C, H, W) dims in an nhwc layout.
-memory::desc activation(ffi::Span<const int64_t> d, memory::data_type type) {
-  return memory::desc({d[0], d[3], d[1], d[2]}, type, tag::nhwc);
-}
-
-// An HWIO kernel as oneDNN's logical (O, I, H, W) dims.
-memory::dims kernel_dims(ffi::Span<const int64_t> d) { return {d[3], d[2], d[0], d[1]}; }
 
 // The primitives of one convolution, made once per distinct shape/kind/dtype.
 struct Plan {
@@ -108,15 +88,10 @@ std::string plan_key(int64_t kind, memory::data_type type, ffi::Span<const int64
 const Plan& find_plan(int64_t kind, memory::data_type type, ffi::Span<const int64_t> a, ffi::Span<const int64_t> b,
                       ffi::Span<const int64_t> out, ffi::Span<const int64_t> strides,
                       ffi::Span<const int64_t> padding) {
-  static std::mutex mutex;
-  static std::unordered_map<std::string, std::unique_ptr<Plan>> plans;
-  std::string key = plan_key(kind, type, a, b, out, strides, padding);
-  std::lock_guard<std::mutex> lock(mutex);
-  auto found = plans.find(key);
-  if (found != plans.end()) return *found->second;
-  memory::dims s = {strides[0], strides[1]}, pad_l = {padding[0], padding[2]}, pad_r = {padding[1], padding[3]};
-  auto plan = std::make_unique<Plan>(make_plan(kind, type, a, b, out, s, pad_l, pad_r));
-  return *plans.emplace(key, std::move(plan)).first->second;
+  return cached<Plan>(plan_key(kind, type, a, b, out, strides, padding), [&] {
+    memory::dims s = {strides[0], strides[1]}, pad_l = {padding[0], padding[2]}, pad_r = {padding[1], padding[3]};
+    return make_plan(kind, type, a, b, out, s, pad_l, pad_r);
+  });
 }
 
 ffi::Error Convolution(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, int64_t kind,
@@ -138,10 +113,7 @@ ffi::Error Convolution(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyB
   try {
     auto& engine = cpu_engine();
     const Plan& plan = find_plan(kind, type, a.dimensions(), b.dimensions(), out->dimensions(), strides, padding);
-    // One convolution at a time: each takes all of oneDNN's threads, and two OpenMP teams at once (XLA runs
-    // independent calls, e.g. both gradients, side by side) overbook the cores and stall on each other.
-    static std::mutex running;
-    std::lock_guard<std::mutex> one_at_a_time(running);
+    std::lock_guard<std::mutex> one_at_a_time(running());
     dnnl::stream stream(engine);
     std::vector<uint8_t> scratch_bytes(plan.scratchpad.get_size());
     memory scratch(plan.scratchpad, engine, scratch_bytes.data());

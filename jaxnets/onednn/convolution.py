@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxnets.onednn import build
 
+TARGET = "jaxnets_onednn_convolution"
 FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = 0, 1, 2  # the handler's `kind` attribute (convolution.cc)
 DTYPES = ("float32", "bfloat16")
 
@@ -50,7 +51,7 @@ def output_shape(input_shape: Sequence[int], kernel_shape: Sequence[int], stride
 def _call(kind: int, a: jax.Array, b: jax.Array, shape: Sequence[int], strides, padding) -> jax.Array:
     build.load()  # registers the handler with XLA (once per process)
     result = jax.ShapeDtypeStruct(tuple(shape), a.dtype)
-    return jax.ffi.ffi_call(build.TARGET, result, vmap_method="sequential")(
+    return jax.ffi.ffi_call(TARGET, result, vmap_method="sequential")(
         a, b, kind=np.int64(kind), strides=np.asarray(strides, np.int64),
         padding=np.asarray([p for pair in padding for p in pair], np.int64))
 
