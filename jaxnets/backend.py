@@ -79,7 +79,8 @@ YNN_WITHOUT_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TY
 YNN_ONLY_DOTS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 
 # What `configure()` did at import, for `describe()` and the tests; `user_flags` is XLA_FLAGS as the user set it.
-_status: dict[str, Any] = {"flag": "not tried", "user_flags": os.environ.get("XLA_FLAGS", ""), "portable": 0}
+_status: dict[str, Any] = {"flag": "not tried", "user_flags": os.environ.get("XLA_FLAGS", ""), "portable": 0,
+                           "serializable": 0}
 
 
 def cpu_path_setting(environ: dict | None = None) -> str:
@@ -189,6 +190,22 @@ def portable() -> Iterator[None]:
         yield
     finally:
         _status["portable"] -= 1
+
+
+@contextlib.contextmanager
+def serializable() -> Iterator[None]:
+    """Inside this block, trace models without jaxnets' own custom calls (`jaxnets.onednn`).
+
+    For programs that are serialized (`jaxnets.export`): a loaded program
+    cannot count on jaxnets' handlers being registered where it runs, and
+    `jax.export` refuses custom calls it does not know. The other CPU
+    lowerings (plain XLA operations) stay. Process-wide, like `portable()`.
+    """
+    _status["serializable"] += 1
+    try:
+        yield
+    finally:
+        _status["serializable"] -= 1
 
 
 def compiler_options(backend: str | None = None, dtype=None) -> dict[str, Any]:
@@ -328,7 +345,7 @@ def onednn_handler_problem() -> str | None:
 def library_works(library: str, dtype_name: str) -> bool:
     """Whether `library` really runs `dtype_name` convolutions here (`'onednn'`, `'xla-onednn'`: checked once)."""
     if library == "onednn":
-        return onednn_handler_problem() is None
+        return not _status["serializable"] and onednn_handler_problem() is None
     if library == "xla-onednn":
         return onednn_lowers_convolutions(dtype_name)
     return True

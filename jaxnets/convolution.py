@@ -143,7 +143,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """
     nhwc = dimension_numbers is not None and tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2) and tuple(
         dimension_numbers.rhs_spec) == (3, 2, 0, 1)
-    if nhwc and isinstance(padding, str) and lhs_dilation is None and rhs_dilation is None:
+    undilated = all(d == 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
+    if nhwc and isinstance(padding, str) and undilated:
         # 'SAME' / 'VALID' as explicit pads (what lax does with them too), so such convolutions get the CPU lowerings.
         padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     algorithm = conv_algorithm(jax.default_backend(), lhs.shape, rhs.shape, window_strides, padding, lhs_dilation,

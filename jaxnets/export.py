@@ -219,9 +219,10 @@ def save(path: str | Path, name: str, variables: dict, *, model_kwargs: dict | N
     def infer(images: jax.Array) -> jax.Array:  # [B, *input_shape] float32 -> [B, classes] logits
         return model.apply(variables, images, train=False)
 
-    # Several platforms: trace without CPU-only choices. One CPU platform: keep jaxnets' CPU lowering.
+    # Several platforms: trace without CPU-only choices. One CPU platform: keep jaxnets' CPU lowerings that are
+    # plain XLA operations (not its oneDNN custom calls: a serialized program cannot carry them).
     context = backend.portable() if platforms != ("cpu",) else contextlib.nullcontext()
-    with context:
+    with context, backend.serializable():
         exported = jax.export.export(jax.jit(infer), platforms=platforms)(spec)
     artifact = exported.serialize()
     (out,) = exported.out_avals

@@ -79,8 +79,9 @@ def _relative(a, b) -> float:
     return float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-12))
 
 
-# Every CPU library a convolution can take, as the compiler options that select it (`backend.conv_library`).
-LIBRARIES = {"eigen": {}, "onednn": backend.ONEDNN_OPTIONS}
+# XLA's CPU libraries for a labelled lowering, as the compiler options that select them (`backend.conv_library`);
+# jaxnets' own oneDNN handler is tested on every shape in tests/test_onednn.py.
+LIBRARIES = {"eigen": {}, "xla-onednn": backend.ONEDNN_OPTIONS}
 # Worst error allowed, relative to the largest value: float32 reassociation; bfloat16 outputs rounded once from a
 # float32 accumulation (measured worst 0.8%, LeNet's im2col input gradient; jax 0.12's bfloat16 dots, which do
 # not accumulate in float32, put a weight gradient 3.5% off before `convolution.matmul`).
@@ -90,13 +91,15 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 1e-2}
 @pytest.mark.parametrize("library", LIBRARIES)
 @pytest.mark.parametrize("dtype", TOLERANCE)
 @pytest.mark.parametrize("name, shape", CONV_SHAPES.items(), ids=CONV_SHAPES.keys())
-def test_cpu_path_equals_lax_forward_and_gradients(name, shape, dtype, library):
-    """Each labelled lowering, in each dtype and CPU library, equals float32 lax: forward and both gradients.
+def test_cpu_path_equals_lax_forward_and_gradients(name, shape, dtype, library, monkeypatch):
+    """Each labelled lowering, in each dtype and XLA CPU library, equals float32 lax: forward and both gradients.
 
-    The `onednn` library compiles with oneDNN's options whatever this jaxlib does
-    with them (jax 0.12 lowers to oneDNN calls; jax 0.10.2 keeps Eigen), so it is
-    checked wherever it can be taken.
+    The `xla-onednn` library compiles with XLA's oneDNN options whatever this
+    jaxlib does with them (jax 0.12 lowers to oneDNN calls; jax 0.10.2 keeps
+    Eigen), so it is checked wherever it can be taken. `JAXNETS_CPU_CONV=eigen`
+    keeps the 'lax' shapes in XLA (not jaxnets' oneDNN handler).
     """
+    monkeypatch.setenv(backend.ENV_VAR, "eigen")
     algorithm = _labelled_algorithm(name)
     x, w, ours, reference = _conv_pair(shape, algorithm, jnp.dtype(dtype))
     program = str(jax.make_jaxpr(ours)(x, w))
@@ -119,51 +122,76 @@ def test_cpu_path_equals_lax_forward_and_gradients(name, shape, dtype, library):
         assert _relative(a, b) < TOLERANCE[dtype], what
 
 
-def _fake_lowers(answer: bool):
-    return lambda dtype_name: answer
+def _fake_works(*working: str):
+    return lambda library, dtype_name: library in ("eigen", *working)
 
 
-@pytest.mark.parametrize("dtype, flags, lowers, setting, platform, want", [
-    ("bfloat16", {"avx512_bf16"}, True, "fast", "cpu", "onednn"),
-    ("bfloat16", {"amx_bf16", "amx_tile"}, True, "fast", "cpu", "onednn"),
-    ("bfloat16", {"avx512_bf16"}, False, "fast", "cpu", "eigen"),  # jax 0.10.2: the options do nothing
-    ("bfloat16", {"avx2", "avx512f"}, True, "fast", "cpu", "eigen"),  # no bf16 dot instructions
-    ("float32", {"avx512_bf16", "amx_bf16"}, True, "fast", "cpu", "eigen"),  # oneDNN's float32 lost: Eigen
-    ("bfloat16", {"avx512_bf16"}, True, "eigen", "cpu", "eigen"),  # JAXNETS_CPU_CONV=eigen: never oneDNN
-    ("bfloat16", {"avx512_bf16"}, True, "xla", "cpu", "xla"),  # switched off: XLA's defaults
-    ("bfloat16", {"avx512_bf16"}, True, "fast", "gpu", "xla"),  # GPU/TPU: the backend decides
+BOTH = ("onednn", "xla-onednn")
+
+
+@pytest.mark.parametrize("dtype, flags, working, setting, platform, want", [
+    ("bfloat16", {"avx512_bf16"}, BOTH, "fast", "cpu", "onednn"),
+    ("bfloat16", {"amx_bf16", "amx_tile"}, BOTH, "fast", "cpu", "onednn"),
+    ("bfloat16", {"avx512_bf16"}, ("xla-onednn",), "fast", "cpu", "xla-onednn"),  # jaxnets' handler not built
+    ("bfloat16", {"avx512_bf16"}, (), "fast", "cpu", "eigen"),  # neither (jax 0.10.2 without the handler)
+    ("bfloat16", {"avx2", "avx512f"}, BOTH, "fast", "cpu", "eigen"),  # no bf16 dot instructions
+    ("float32", {"avx2", "avx512f"}, BOTH, "fast", "cpu", "onednn"),
+    ("float32", {"avx2", "avx512f"}, ("xla-onednn",), "fast", "cpu", "eigen"),  # XLA's oneDNN float32 lost
+    ("float32", {"avx2"}, BOTH, "fast", "cpu", "eigen"),  # unmeasured on AVX2-only CPUs: XLA's own
+    ("float64", {"avx512f", "avx512_bf16"}, BOTH, "fast", "cpu", "eigen"),
+    ("bfloat16", {"avx512_bf16"}, BOTH, "eigen", "cpu", "eigen"),  # JAXNETS_CPU_CONV=eigen: never oneDNN
+    ("float32", {"avx512f"}, BOTH, "xla", "cpu", "xla"),  # switched off: XLA's defaults
+    ("bfloat16", {"avx512_bf16"}, BOTH, "fast", "gpu", "xla"),  # GPU/TPU: the backend decides
 ])
-def test_conv_library_rules(dtype, flags, lowers, setting, platform, want, monkeypatch):
+def test_conv_library_rules(dtype, flags, working, setting, platform, want, monkeypatch):
     monkeypatch.setenv(backend.ENV_VAR, setting)
-    assert backend.conv_library(dtype, platform, flags=frozenset(flags), lowers=_fake_lowers(lowers)) == want
+    assert backend.conv_library(dtype, platform, flags=frozenset(flags), works=_fake_works(*working)) == want
 
 
-def test_conv_library_on_this_machine_is_what_the_program_runs():
-    """On this CPU and jaxlib: a bfloat16 `backend.jit` has oneDNN convolution calls exactly when the rule says so."""
-    x = jnp.ones((2, 8, 8, 16), jnp.bfloat16)
-    w = jnp.ones((3, 3, 16, 16), jnp.bfloat16)
+def _on_x86_linux() -> bool:
+    import platform
+
+    return sys.platform == "linux" and platform.machine() == "x86_64"
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_conv_library_on_this_machine_is_what_the_program_runs(dtype):
+    """On this CPU and jaxlib: a `backend.jit` program has the oneDNN calls of exactly the library the rules pick."""
+    x = jnp.ones((2, 8, 8, 16), dtype)
+    w = jnp.ones((3, 3, 16, 16), dtype)
 
     def loss(x, w):
         y = convolution.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
                                              dimension_numbers=lax.conv_dimension_numbers(x.shape, w.shape, NHWC))
         return jnp.sum(y.astype(jnp.float32))
 
-    library = backend.conv_library(jnp.bfloat16)
-    has_bf16_dots = bool(backend.cpu_flags() & {"avx512_bf16", "amx_bf16"})
-    assert library == ("onednn" if has_bf16_dots and backend.onednn_lowers_convolutions("bfloat16") else "eigen")
-    for dtype in (jnp.bfloat16, jnp.float32):
-        text = backend.jit(jax.grad(loss, argnums=(0, 1)), dtype=dtype).lower(
-            x.astype(dtype), w.astype(dtype)).compile().as_text()
-        wanted = dtype == jnp.bfloat16 and library == "onednn"
-        assert (backend.ONEDNN_CALL in text) == wanted, (dtype, library)
-    assert backend.compiler_options("cpu", jnp.float32) == {}  # float32 programs keep XLA's options
+    library = backend.conv_library(dtype)
+    if _on_x86_linux() and "avx512f" in backend.cpu_flags() and dtype == jnp.float32:
+        # jaxnets' dependencies and a compiler are here (CI's machines too): the handler must build and be taken
+        assert backend.onednn_handler_problem() is None
+        assert library == "onednn"
+    text = backend.jit(jax.grad(loss, argnums=(0, 1)), dtype=dtype).lower(x, w).compile().as_text()
+    assert ("jaxnets_onednn_convolution" in text) == (library == "onednn"), library
+    assert (backend.ONEDNN_CALL in text) == (library == "xla-onednn"), library
+    if library != "xla-onednn":
+        assert backend.ONEDNN_OPTIONS.keys().isdisjoint(backend.compiler_options("cpu", dtype))
 
 
-def test_describe_names_the_cpu_flags_and_each_dtypes_library():
+def test_describe_names_the_cpu_flags_each_dtypes_library_and_onednn():
     described = backend.describe()
-    assert f"bfloat16: {backend.conv_library(jnp.bfloat16)}" in described["conv_library"]
-    assert "float32: eigen" in described["conv_library"]
+    for dtype in ("float32", "bfloat16"):
+        assert f"{dtype}: {backend.conv_library(dtype)}" in described["conv_library"]
     assert ("avx512_bf16" in described["cpu_flags"]) == ("avx512_bf16" in backend.cpu_flags())
+    problem = backend.onednn_handler_problem()
+    assert described["onednn"].startswith("oneDNN 3.") if problem is None else problem.splitlines()[0] in described[
+        "onednn"]
+
+
+def test_serializable_block_keeps_jaxnets_custom_calls_out(monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    with backend.serializable():
+        assert backend.conv_library("float32", "cpu", flags=frozenset({"avx512f"})) == "eigen"
+    assert not backend._status["serializable"]
 
 
 @pytest.mark.parametrize("name, shape", CONV_SHAPES.items(), ids=CONV_SHAPES.keys())
@@ -179,6 +207,26 @@ def test_algorithm_choice(name, shape, monkeypatch):
     assert convolution.conv_algorithm("tpu", *args) == "lax"
 
 
+@pytest.mark.parametrize("dtype, input_shape, kernel_shape, padding, want", [
+    ("float32", (8, 16, 16, 64), (3, 3, 64, 64), ((1, 1), (1, 1)), "onednn"),
+    ("bfloat16", (8, 16, 16, 64), (3, 3, 64, 64), ((1, 1), (1, 1)), "onednn"),
+    ("float32", (8, 28, 28, 1), (3, 3, 1, 6), ((1, 1), (1, 1)), "onednn"),  # LeNet's thin 3x3: oneDNN beats im2col
+    ("float32", (8, 2, 2, 512), (3, 3, 512, 512), ((1, 1), (1, 1)), "dense"),  # float32 tiny map: one matmul
+    ("bfloat16", (8, 2, 2, 512), (3, 3, 512, 512), ((1, 1), (1, 1)), "onednn"),
+    ("float64", (8, 16, 16, 64), (3, 3, 64, 64), ((1, 1), (1, 1)), "lax"),  # oneDNN has no float64
+    ("float32", (8, 16, 16, 64), (3, 3, 64, 64), ((-1, 1), (1, 1)), "lax"),  # negative padding: XLA's
+])
+def test_algorithm_choice_where_onednn_runs(dtype, input_shape, kernel_shape, padding, want, monkeypatch):
+    """Given a dtype whose library is jaxnets' oneDNN: which convolutions take it (`conv_algorithm`)."""
+    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    monkeypatch.setattr(backend, "conv_library", lambda dtype, platform=None: "onednn")
+    args = (input_shape, kernel_shape, (1, 1), padding, None, None, 1)
+    assert convolution.conv_algorithm("cpu", *args, dtype=dtype) == want
+    assert convolution.conv_algorithm("cpu", input_shape, kernel_shape, (1, 1), padding, None, (2, 2), 1,
+                                      dtype=dtype) == "lax"  # dilated: XLA's
+    assert convolution.conv_algorithm("gpu", *args, dtype=dtype) == "lax"
+
+
 def test_switch_off_and_bad_setting(monkeypatch):
     args = ((1, 2, 2, 8), (3, 3, 8, 8), (1, 1), ((1, 1), (1, 1)), None, None, 1)
     monkeypatch.setenv(backend.ENV_VAR, "xla")
@@ -191,8 +239,9 @@ def test_switch_off_and_bad_setting(monkeypatch):
     assert convolution.conv_algorithm("cpu", *args) == "dense"
 
 
-def test_models_route_tiny_maps_through_a_matmul():
-    """VGG's 2x2-map convs become dot_general; its larger maps stay convolutions."""
+def test_models_route_tiny_maps_through_a_matmul(monkeypatch):
+    """VGG's 2x2-map convs become dot_general; its larger maps stay convolutions (XLA's, with oneDNN off)."""
+    monkeypatch.setenv(backend.ENV_VAR, "eigen")
     model = models.create("vgg11")
     variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
     jaxpr = str(jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, jnp.zeros((2, 32, 32, 3))))

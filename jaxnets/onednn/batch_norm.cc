@@ -17,14 +17,11 @@ const dnnl::normalization_flags kFlags = dnnl::normalization_flags::use_scale | 
 
 struct NormPlan {
   dnnl::primitive primitive;
-  memory::desc scratchpad;
 };
 
 dnnl::batch_normalization_forward::primitive_desc forward_desc(const memory::desc& x, float epsilon) {
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   return dnnl::batch_normalization_forward::primitive_desc(cpu_engine(), dnnl::prop_kind::forward_training, x, x,
-                                                           epsilon, kFlags, attr);
+                                                           epsilon, kFlags);
 }
 
 ffi::Error check(ffi::AnyBuffer x, memory::data_type* type) {
@@ -47,20 +44,17 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ff
                                                    std::to_string(epsilon), {x.dimensions()}),
                                         [&] {
                                           auto pd = forward_desc(x_md, epsilon);
-                                          return NormPlan{dnnl::batch_normalization_forward(pd),
-                                                          pd.scratchpad_desc()};
+                                          return NormPlan{dnnl::batch_normalization_forward(pd)};
                                         });
     memory::desc channel({x.dimensions()[3]}, memory::data_type::f32, tag::x);
     std::lock_guard<std::mutex> one_at_a_time(running());
     dnnl::stream stream(engine);
-    std::vector<uint8_t> scratch_bytes(plan.scratchpad.get_size());
     plan.primitive.execute(stream, {{DNNL_ARG_SRC, memory(x_md, engine, x.untyped_data())},
                                     {DNNL_ARG_DST, memory(x_md, engine, y->untyped_data())},
                                     {DNNL_ARG_SCALE, memory(channel, engine, scale.typed_data())},
                                     {DNNL_ARG_SHIFT, memory(channel, engine, shift.typed_data())},
                                     {DNNL_ARG_MEAN, memory(channel, engine, mean->typed_data())},
-                                    {DNNL_ARG_VARIANCE, memory(channel, engine, variance->typed_data())},
-                                    {DNNL_ARG_SCRATCHPAD, memory(plan.scratchpad, engine, scratch_bytes.data())}});
+                                    {DNNL_ARG_VARIANCE, memory(channel, engine, variance->typed_data())}});
     stream.wait();
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("jaxnets oneDNN batch norm: ") + e.what());
@@ -81,18 +75,14 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Buffer<ffi::F32> s
     const auto& plan = cached<NormPlan>(key_of("bn-backward:" + std::to_string(static_cast<int>(type)) + ":" +
                                                    std::to_string(epsilon), {x.dimensions()}),
                                         [&] {
-                                          dnnl::primitive_attr attr;
-                                          attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
                                           dnnl::batch_normalization_backward::primitive_desc pd(
                                               engine, dnnl::prop_kind::backward, x_md, x_md, x_md, epsilon, kFlags,
-                                              forward_desc(x_md, epsilon), attr);
-                                          return NormPlan{dnnl::batch_normalization_backward(pd),
-                                                          pd.scratchpad_desc()};
+                                              forward_desc(x_md, epsilon));
+                                          return NormPlan{dnnl::batch_normalization_backward(pd)};
                                         });
     memory::desc channel({x.dimensions()[3]}, memory::data_type::f32, tag::x);
     std::lock_guard<std::mutex> one_at_a_time(running());
     dnnl::stream stream(engine);
-    std::vector<uint8_t> scratch_bytes(plan.scratchpad.get_size());
     plan.primitive.execute(stream, {{DNNL_ARG_SRC, memory(x_md, engine, x.untyped_data())},
                                     {DNNL_ARG_DIFF_DST, memory(x_md, engine, dy.untyped_data())},
                                     {DNNL_ARG_SCALE, memory(channel, engine, scale.typed_data())},
@@ -100,8 +90,7 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Buffer<ffi::F32> s
                                     {DNNL_ARG_VARIANCE, memory(channel, engine, variance.typed_data())},
                                     {DNNL_ARG_DIFF_SRC, memory(x_md, engine, dx->untyped_data())},
                                     {DNNL_ARG_DIFF_SCALE, memory(channel, engine, dscale->typed_data())},
-                                    {DNNL_ARG_DIFF_SHIFT, memory(channel, engine, dshift->typed_data())},
-                                    {DNNL_ARG_SCRATCHPAD, memory(plan.scratchpad, engine, scratch_bytes.data())}});
+                                    {DNNL_ARG_DIFF_SHIFT, memory(channel, engine, dshift->typed_data())}});
     stream.wait();
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("jaxnets oneDNN batch norm: ") + e.what());

@@ -20,7 +20,7 @@ struct Plan {
   dnnl::primitive conv;
   bool reorder = false;        // the primitive wants its kernel in another layout than HWIO
   dnnl::reorder kernel_copy;   // HWIO -> primitive layout (forward, backward-data) or back (backward-weights)
-  memory::desc kernel_user, kernel_prim, scratchpad;
+  memory::desc kernel_user, kernel_prim;
 };
 
 Plan make_plan(int64_t kind, memory::data_type type, ffi::Span<const int64_t> a, ffi::Span<const int64_t> b,
@@ -29,8 +29,7 @@ Plan make_plan(int64_t kind, memory::data_type type, ffi::Span<const int64_t> a,
   auto& engine = cpu_engine();
   auto algorithm = dnnl::algorithm::convolution_direct;
   auto training = dnnl::prop_kind::forward_training;
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // each call brings its own: safe from many threads
+  dnnl::primitive_attr attr;  // scratchpad: oneDNN's own (calls run one at a time: `running()`)
   Plan plan;
   memory::desc src, dst;
   memory::dims wdims;
@@ -48,19 +47,16 @@ Plan make_plan(int64_t kind, memory::data_type type, ffi::Span<const int64_t> a,
   if (kind == kForward) {
     plan.conv = dnnl::convolution_forward(forward);
     plan.kernel_prim = forward.weights_desc();
-    plan.scratchpad = forward.scratchpad_desc();
   } else if (kind == kBackwardData) {
     dnnl::convolution_backward_data::primitive_desc pd(engine, algorithm, src, kernel_any, dst, strides, pad_l,
                                                        pad_r, forward, attr);
     plan.conv = dnnl::convolution_backward_data(pd);
     plan.kernel_prim = pd.weights_desc();
-    plan.scratchpad = pd.scratchpad_desc();
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(engine, algorithm, src, kernel_any, dst, strides, pad_l,
                                                           pad_r, forward, attr);
     plan.conv = dnnl::convolution_backward_weights(pd);
     plan.kernel_prim = pd.diff_weights_desc();
-    plan.scratchpad = pd.scratchpad_desc();
   }
   plan.reorder = plan.kernel_prim != plan.kernel_user;
   if (plan.reorder) {
@@ -115,8 +111,6 @@ ffi::Error Convolution(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyB
     const Plan& plan = find_plan(kind, type, a.dimensions(), b.dimensions(), out->dimensions(), strides, padding);
     std::lock_guard<std::mutex> one_at_a_time(running());
     dnnl::stream stream(engine);
-    std::vector<uint8_t> scratch_bytes(plan.scratchpad.get_size());
-    memory scratch(plan.scratchpad, engine, scratch_bytes.data());
     void* kernel_data = kind == kBackwardWeights ? out->untyped_data() : b.untyped_data();
     memory kernel_user(plan.kernel_user, engine, kernel_data);
     memory kernel = plan.reorder ? memory(plan.kernel_prim, engine) : kernel_user;
@@ -125,18 +119,17 @@ ffi::Error Convolution(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyB
     if (kind == kForward) {
       memory src(activation(a.dimensions(), type), engine, a.untyped_data());
       memory dst(activation(out->dimensions(), type), engine, out->untyped_data());
-      plan.conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, dst},
-                                 {DNNL_ARG_SCRATCHPAD, scratch}});
+      plan.conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, dst}});
     } else if (kind == kBackwardData) {
       memory diff_dst(activation(a.dimensions(), type), engine, a.untyped_data());
       memory diff_src(activation(out->dimensions(), type), engine, out->untyped_data());
       plan.conv.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, kernel},
-                                 {DNNL_ARG_DIFF_SRC, diff_src}, {DNNL_ARG_SCRATCHPAD, scratch}});
+                                 {DNNL_ARG_DIFF_SRC, diff_src}});
     } else {
       memory src(activation(a.dimensions(), type), engine, a.untyped_data());
       memory diff_dst(activation(b.dimensions(), type), engine, b.untyped_data());
       plan.conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
-                                 {DNNL_ARG_DIFF_WEIGHTS, kernel}, {DNNL_ARG_SCRATCHPAD, scratch}});
+                                 {DNNL_ARG_DIFF_WEIGHTS, kernel}});
       if (plan.reorder) plan.kernel_copy.execute(stream, kernel, kernel_user);
     }
     stream.wait();

@@ -1,0 +1,288 @@
+"""jaxnets.onednn: oneDNN convolutions and batch normalisation as XLA:CPU custom calls, and their build.
+
+Every convolution shape the models produce, in float32 and bfloat16, must
+equal float32 `lax.conv_general_dilated` in the forward pass and both
+gradients; batch normalisation must equal flax's (output, statistics, running
+averages, gradients). On x86-64 Linux, where jaxnets depends on oneDNN and
+a compiler is present (CI's machines), the handlers must build: these tests
+fail there, not skip, when they do not.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxnets import backend, layers, models, onednn
+from jaxnets.onednn import build
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux" or platform.machine() != "x86_64",
+                                reason="jaxnets' oneDNN handlers are built for x86-64 Linux only")
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+# (batch, H, W, C, O, kernel, stride, padding): the models' convolution kinds (LeNet, ResNet, VGG).
+SHAPES = {
+    "lenet 1->6 k5 p2": (4, 28, 28, 1, 6, 5, 1, 2),
+    "lenet5 3->6 k5 p0": (3, 32, 32, 3, 6, 5, 1, 0),
+    "lenet 6->16 3x3 batch 1": (1, 14, 14, 6, 16, 3, 1, 1),
+    "stem 3->64 3x3": (2, 8, 8, 3, 64, 3, 1, 1),
+    "resnet 3x3": (2, 8, 8, 16, 16, 3, 1, 1),
+    "resnet 3x3 stride 2": (3, 16, 16, 8, 16, 3, 2, 1),
+    "resnet 1x1 stride 2 shortcut": (3, 16, 16, 8, 16, 1, 2, 0),
+    "imagenet stem 7x7 stride 2": (2, 32, 32, 3, 8, 7, 2, 3),
+    "odd map stride 2": (2, 9, 9, 4, 8, 3, 2, 1),
+    "vgg 2x2 map": (3, 2, 2, 32, 24, 3, 1, 1),
+    "1x1 map": (5, 1, 1, 16, 8, 3, 1, 1),
+    "asymmetric padding": (2, 7, 6, 4, 5, 3, 1, (0, 2)),
+}
+TOLERANCE = {"float32": 1e-4, "bfloat16": 1e-2}
+
+
+def _relative(a, b) -> float:
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    return float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-12))
+
+
+def test_the_handlers_build_and_load_here():
+    assert onednn.unavailable_reason() is None
+    assert onednn.version().startswith("3.")
+
+
+def _operands(shape, dtype):
+    batch, height, width, channels, out, kernel, stride, pad = shape
+    rng = np.random.default_rng(sum(s for s in shape if isinstance(s, int)))
+    x = jnp.asarray(rng.normal(size=(batch, height, width, channels)), dtype)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, channels, out)) / np.sqrt(kernel * kernel * channels), dtype)
+    padding = ((pad, pad), (pad, pad)) if isinstance(pad, int) else (tuple(pad), tuple(reversed(pad)))
+    return x, w, (stride, stride), padding
+
+
+@pytest.mark.parametrize("dtype", TOLERANCE)
+@pytest.mark.parametrize("name, shape", SHAPES.items(), ids=SHAPES.keys())
+def test_conv_equals_lax_forward_and_gradients(name, shape, dtype):
+    x, w, strides, padding = _operands(shape, jnp.dtype(dtype))
+    assert onednn.supports(x.shape, w.shape, dtype, padding)
+
+    def ours(x, w):
+        return onednn.conv(x, w, strides, padding)
+
+    def reference(x, w):  # float32 at full precision, on the same (rounded) inputs
+        return lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32), strides, padding,
+                                        dimension_numbers=NHWC, precision=lax.Precision.HIGHEST)
+
+    assert "jaxnets_onednn_convolution" in str(jax.make_jaxpr(ours)(x, w))
+    cotangent = jnp.asarray(np.random.default_rng(7).normal(size=jax.eval_shape(reference, x, w).shape), dtype)
+
+    def vjp(f, x, w, cotangent):
+        y, pullback = jax.vjp(f, x, w)
+        return (y, *pullback(cotangent.astype(y.dtype)))
+
+    got = jax.jit(lambda *a: vjp(ours, *a))(x, w, cotangent)
+    want = jax.jit(lambda *a: vjp(reference, *a))(x, w, cotangent.astype(jnp.float32))
+    for a, b, what in zip(got, want, ("forward", "input gradient", "weight gradient"), strict=True):
+        assert a.dtype == jnp.dtype(dtype) and a.shape == b.shape, what
+        assert _relative(a, b) < TOLERANCE[dtype], what
+
+
+def test_conv_runs_eagerly_and_under_vmap():
+    x, w, strides, padding = _operands(SHAPES["resnet 3x3 stride 2"], jnp.float32)
+    want = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
+    assert _relative(onednn.conv(x, w, strides, padding), want) < 1e-5  # not jitted
+    stacked = jnp.stack([w, 2 * w])
+    got = jax.vmap(lambda k: onednn.conv(x, k, strides, padding))(stacked)
+    assert _relative(got[1], 2 * want) < 1e-5
+
+
+@pytest.mark.parametrize("shape, dtype, padding, supported", [
+    ((2, 8, 8, 4), "float32", ((1, 1), (1, 1)), True),
+    ((2, 8, 8, 4), "float64", ((1, 1), (1, 1)), False),  # oneDNN has no float64
+    ((2, 8, 8, 4), "float16", ((1, 1), (1, 1)), False),
+    ((2, 8, 8, 4), "float32", ((-1, 0), (0, 0)), False),  # negative padding crops: XLA's
+    ((2, 1, 1, 4), "float32", ((0, 0), (0, 0)), False),  # output would be empty
+])
+def test_supports(shape, dtype, padding, supported):
+    assert onednn.supports(shape, (3, 3, 4, 8), dtype, padding) == supported
+
+
+# ----------------------------------------------------------------- batch normalisation
+
+
+def _batch_norm_reference(x, scale, shift, epsilon=1e-5):
+    xf = x.astype(jnp.float32)
+    mean = xf.mean((0, 1, 2), keepdims=True)
+    variance = ((xf - mean) ** 2).mean((0, 1, 2), keepdims=True)
+    y = (xf - mean) / jnp.sqrt(variance + epsilon) * scale.reshape(1, 1, 1, -1) + shift.reshape(1, 1, 1, -1)
+    return y.astype(x.dtype), mean.reshape(-1), variance.reshape(-1)
+
+
+@pytest.mark.parametrize("dtype", TOLERANCE)
+def test_batch_norm_equals_the_formula_forward_and_gradients(dtype):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(6, 5, 7, 16)) * 3 + 1, dtype)
+    scale = jnp.asarray(rng.normal(size=16), jnp.float32)
+    shift = jnp.asarray(rng.normal(size=16), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+    def loss(norm, x, scale, shift):
+        return jnp.sum(norm(x, scale, shift)[0].astype(jnp.float32) * weights)
+
+    ours = jax.jit(lambda x, s, b: onednn.batch_norm(x, s, b, 1e-5))(x, scale, shift)
+    want = _batch_norm_reference(x, scale, shift)
+    for a, b, what in zip(ours, want, ("output", "mean", "variance"), strict=True):
+        assert a.dtype == b.dtype and _relative(a, b) < TOLERANCE[dtype], what
+    got = jax.jit(jax.grad(lambda *a: loss(lambda *b: onednn.batch_norm(*b, 1e-5), *a), argnums=(0, 1, 2)))(
+        x, scale, shift)
+    want = jax.jit(jax.grad(lambda *a: loss(_batch_norm_reference, *a), argnums=(0, 1, 2)))(x, scale, shift)
+    for a, b, what in zip(got, want, ("input", "scale", "shift"), strict=True):
+        assert a.dtype == b.dtype and _relative(a, b) < TOLERANCE[dtype], what
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_batchnorm_layer_on_onednn_equals_flax(dtype, monkeypatch):
+    """`layers.BatchNorm` in training: oneDNN's path gives flax's output, running averages and gradients."""
+    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    if backend.conv_library(dtype) != "onednn":
+        pytest.skip(f"{dtype} convolutions do not take oneDNN on this CPU (flags: {sorted(backend.cpu_flags())})")
+    norm = layers.BatchNorm(dtype=jnp.dtype(dtype))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 6, 6, 8)) * 2 - 1, dtype)
+    variables = norm.init(jax.random.key(0), x, use_running_average=False)
+    variables = {"params": {"scale": jnp.linspace(0.5, 2, 8), "bias": jnp.linspace(-1, 1, 8)},
+                 "batch_stats": {"mean": jnp.full(8, 0.3), "var": jnp.full(8, 1.7)}}
+
+    def run(params):
+        y, updates = norm.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                                use_running_average=False, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(y.astype(jnp.float32))), (y, updates)
+
+    step = jax.jit(jax.value_and_grad(run, has_aux=True))
+    assert "jaxnets_onednn_batch_norm_forward" in str(jax.make_jaxpr(run)(variables["params"]))
+    (_, (y, updates)), grads = step(variables["params"])
+    monkeypatch.setenv(backend.ENV_VAR, "eigen")  # flax's own reductions
+    jax.clear_caches()  # traces are cached per function, not per setting
+    assert "jaxnets_onednn" not in str(jax.make_jaxpr(run)(variables["params"]))
+    (_, (y_flax, updates_flax)), grads_flax = jax.jit(jax.value_and_grad(run, has_aux=True))(variables["params"])
+    assert y.dtype == y_flax.dtype == jnp.dtype(dtype)
+    assert _relative(y, y_flax) < TOLERANCE[dtype]
+    for key in ("mean", "var"):
+        assert _relative(updates["batch_stats"][key], updates_flax["batch_stats"][key]) < 1e-5, key
+    for key in ("scale", "bias"):
+        assert _relative(grads[key], grads_flax[key]) < TOLERANCE[dtype], key
+
+
+def test_resnet_train_step_on_onednn_matches_xla(monkeypatch):
+    """A whole ResNet-18 (narrow) training forward + gradients: oneDNN's path vs XLA's, same loss and gradients."""
+    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    model = models.create("resnet18", width_divisor=8)
+    variables = models.init(model, jax.random.key(0))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, *model.input_shape)), jnp.float32)
+
+    def loss(params):
+        logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[:, 0])
+
+    program = str(jax.make_jaxpr(jax.grad(loss))(variables["params"]))
+    assert "jaxnets_onednn_convolution" in program and "jaxnets_onednn_batch_norm" in program
+    value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"])
+    monkeypatch.setenv(backend.ENV_VAR, "xla")
+    jax.clear_caches()  # traces are cached per function, not per setting
+    value_xla, grads_xla = jax.jit(jax.value_and_grad(loss))(variables["params"])
+    assert abs(float(value) - float(value_xla)) < 1e-4 * abs(float(value_xla))
+    flat, flat_xla = jax.tree.leaves(grads), jax.tree.leaves(grads_xla)
+    # Relative to the whole gradient's size: BatchNorm bias gradients are sums that nearly cancel, so their own
+    # relative error is float32 noise (XLA's Eigen and default paths differ by 2% there too).
+    total = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in flat_xla)))
+    worst = max(float(jnp.sqrt(jnp.sum((a - b) ** 2))) for a, b in zip(flat, flat_xla, strict=True))
+    assert worst < 1e-4 * total
+
+
+# ----------------------------------------------------------------- the build
+
+
+def test_build_key_follows_the_sources_and_versions():
+    inputs = build.build_inputs()
+    key = build.build_key(inputs)
+    assert build.build_key(dict(inputs)) == key
+    assert build.build_key({**inputs, "jaxlib": "0.0.1"}) != key
+    assert build.build_key({**inputs, "onednn_library": "/elsewhere/libdnnl.so.3"}) != key
+
+
+def test_a_built_library_is_reused(tmp_path, monkeypatch):
+    first = build.build(tmp_path)
+    stamp = first.stat().st_mtime_ns
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(build.subprocess, "run", no_compile)
+    assert build.build(tmp_path) == first and first.stat().st_mtime_ns == stamp
+
+
+def test_missing_onednn_package_is_a_clear_error(monkeypatch):
+    def files(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "files", files)
+    with pytest.raises(build.Unavailable, match=f"{build.RUNTIME_PACKAGE} is not installed.*pip install"):
+        build.build_inputs()
+
+
+def test_no_compiler_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv(build.COMPILER_ENV, raising=False)
+    monkeypatch.setattr(build.shutil, "which", lambda name: None)
+    with pytest.raises(build.Unavailable, match="no C\\+\\+ compiler.*JAXNETS_CPU_CONV=eigen"):
+        build.compiler()
+
+
+def test_a_failed_compile_says_why_and_leaves_no_library(tmp_path, monkeypatch):
+    broken = tmp_path / "broken-cxx"
+    broken.write_text("#!/bin/sh\necho 'convolution.cc:1: error: something broke' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv(build.COMPILER_ENV, str(broken))
+    with pytest.raises(build.Unavailable, match="(?s)failed \\(exit 1\\).*something broke"):
+        build.build(tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("*.so"))
+
+
+def test_an_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch):
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file"
+        blocker.write_text("not a folder")
+        folder = blocker  # mkdir under a regular file fails even for root
+    else:
+        folder = tmp_path / "ro"
+        folder.mkdir(mode=0o500)
+    with pytest.raises(build.Unavailable, match="JAXNETS_CACHE"):
+        build.build(folder)
+
+
+def test_export_keeps_jaxnets_custom_calls_out(tmp_path, monkeypatch):
+    """A CPU export traces without the handlers (a loaded program cannot count on them) and still runs."""
+    from jaxnets import export
+
+    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    model = models.create("lenet", dtype=jnp.float32)
+    variables = models.init(model, jax.random.key(0))
+    path = export.save(tmp_path / "lenet.jaxexport", "lenet", variables, platforms=("cpu",))
+    loaded = export.load(path)
+    x = jnp.zeros((2, *model.input_shape), jnp.float32)
+    want = model.apply(variables, x, train=False)
+    assert _relative(loaded(x), want) < 1e-4
+
+
+def test_flax_conv_matches_layers_conv_on_onednn(monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 9, 9, 16)), jnp.float32)
+    ours, plain = layers.Conv(8, (3, 3), strides=2, padding="SAME"), nn.Conv(8, (3, 3), strides=2, padding="SAME")
+    variables = ours.init(jax.random.key(0), x)
+    if backend.conv_library(jnp.float32) == "onednn":
+        assert "jaxnets_onednn_convolution" in str(jax.make_jaxpr(lambda x: ours.apply(variables, x))(x))
+    assert _relative(ours.apply(variables, x), plain.apply(variables, x)) < 1e-5
