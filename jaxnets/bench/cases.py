@@ -129,13 +129,16 @@ def jax_case(case: Case, *, program: ProgramBuilder = step_program, compiled: bo
     state = TrainState.create(model, bench_optimizer(), seed=case.seed)
     one_step = step_program(model, state, batch, case.what)
     prog = one_step if program is step_program else program(model, state, batch, case.what)
+    # FLOPs of ONE step, from the single step's HLO (XLA counts a loop body once, whatever its trip count), traced
+    # without jaxnets' oneDNN custom calls: XLA counts no FLOPs inside a custom call.
     jax.clear_caches()
+    with backend.serializable():
+        flops = timing.xla_flops(_lower(one_step, case.dtype))
+    jax.clear_caches()  # traces are cached per function: the timed program is traced afresh
 
     start = time.perf_counter()
     lowered = _lower(prog, case.dtype)
     trace_s = time.perf_counter() - start  # tracing to a jaxpr + lowering to HLO, before XLA compiles
-    # FLOPs of ONE step, from the single step's HLO (XLA counts a loop body once, whatever its trip count).
-    flops = timing.xla_flops(lowered if prog is one_step else _lower(one_step, case.dtype))
 
     run, compile_s = prog.fn, None
     if compiled:
