@@ -31,20 +31,25 @@ started, looks for the option's name in jaxlib's shared libraries (an
 unknown flag in `XLA_FLAGS` would abort the process; a few milliseconds,
 once) and appends the flag. Nothing else runs at import.
 
-3. sends bfloat16 convolutions to oneDNN where that was measured to win
-   (`conv_library`): per jit, through XLA's compiler options
-   `xla_cpu_use_onednn` + `xla_cpu_experimental_onednn_custom_call`, when
-   the CPU has bfloat16 dot instructions (`avx512_bf16` or AMX) and this
-   jaxlib really lowers convolutions to `__onednn$convolution` calls with
-   them (jax 0.12 does; jax 0.10.2 ignores the options: one small compile
-   per process checks). float32 convolutions stay in Eigen (oneDNN's were
-   slower there). The rules, and the measurements behind them, are
-   `CONV_RULES` and BENCHMARKS.md.
+3. runs convolutions and training-mode batch normalisation in oneDNN where
+   that was measured to win (`conv_library`, `CONV_RULES`): float32 on
+   AVX-512 CPUs, bfloat16 on CPUs with bfloat16 dot instructions
+   (`avx512_bf16` or AMX). First choice is jaxnets' own oneDNN handler
+   (`jaxnets.onednn`: forward, backward-data and backward-weights
+   convolutions and batch norm as XLA custom calls, built once per machine;
+   any jax version); where it cannot be built, bfloat16 falls back to XLA's
+   own oneDNN rewrite (`'xla-onednn'`: per jit, through the compiler options
+   `xla_cpu_use_onednn` + `xla_cpu_experimental_onednn_custom_call`; jax
+   0.12 only, forward-shaped convolutions only). One small compile per
+   process checks that a jaxlib really lowers to oneDNN. The measurements
+   behind each rule are in BENCHMARKS.md.
 
 Turn all of it off with the environment variable `JAXNETS_CPU_CONV=xla`
 (set before importing jaxnets) to compare against XLA's defaults;
 `JAXNETS_CPU_CONV=fast` (the default) turns it on, `JAXNETS_CPU_CONV=eigen`
-keeps 1 and 2 but never oneDNN. `portable()` turns the
+keeps 1 and 2 but never oneDNN. With several JAX devices jaxnets' own
+handler stays out (XLA cannot shard a custom call); `serializable()` keeps it
+out of programs that are saved (`jaxnets.export`). `portable()` turns the
 CPU-only lowerings off for one block of code (static-graph export for
 several platforms must not bake a CPU-only choice into a GPU/TPU program).
 The persistent compilation cache is `jaxnets.compile_cache`.
