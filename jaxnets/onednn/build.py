@@ -94,7 +94,8 @@ def build_inputs() -> dict[str, str]:
 
     library = installed_file(RUNTIME_PACKAGE, LIBRARY_FILE)
     header = installed_file(HEADERS_PACKAGE, HEADER_FILE)
-    return {"sources": " ".join(str(HERE / name) for name in SOURCES), "compiler": compiler(), "ffi_include": jax.ffi.include_dir(),
+    return {"sources": " ".join(str(HERE / name) for name in SOURCES), "compiler": compiler(),
+            "ffi_include": jax.ffi.include_dir(),
             "onednn_include": str(header.parents[len(Path(HEADER_FILE).parts) - 1]), "onednn_library": str(library),
             "jaxlib": jaxlib.__version__}
 
