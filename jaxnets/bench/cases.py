@@ -166,19 +166,22 @@ def jax_case(case: Case, *, program: ProgramBuilder = step_program, compiled: bo
 ROW_MARK = "JAXNETS-BENCH-ROW "
 
 
-def in_child(case: Case, *, mode: str, cpu_conv: str) -> dict:
-    """Measure `mode` in a child process started with `JAXNETS_CPU_CONV=cpu_conv`.
+def in_child(case: Case, *, mode: str, cpu_conv: str | None = None) -> dict:
+    """Measure `mode` (a `measure_here` name) in a child process started with `JAXNETS_CPU_CONV=cpu_conv`.
 
     The CPU convolution path is chosen when JAX starts, so XLA's own defaults
-    ('xla') can only be measured in a fresh process.
+    ('xla') can only be measured in a fresh process. PyTorch runs in a child
+    too (`cpu_conv=None`: this process's setting): oneDNN's OpenMP threads,
+    which jaxnets' CPU kernels start in this process, slowed PyTorch's own
+    OpenMP runtime in the same process by up to 2.6x (LeNet, batch 32).
 
     Raises:
       RuntimeError: the child failed; the message has its last line of output.
     """
     code = ("import json, sys; from jaxnets.bench import cases; "
             "print(cases.ROW_MARK + json.dumps("
-            "cases.measure_case(sys.argv[1], cases.Case(**json.loads(sys.argv[2])))))")
-    env = backend.child_environment(cpu_conv)  # not the XLA_FLAGS this process was given by jaxnets
+            "cases.measure_here(sys.argv[1], cases.Case(**json.loads(sys.argv[2])))))")
+    env = backend.child_environment(backend.cpu_path_setting() if cpu_conv is None else cpu_conv)  # not the XLA_FLAGS this process was given by jaxnets
     done = subprocess.run([sys.executable, "-c", code, mode, json.dumps(case._asdict())], env=env,
                           capture_output=True, text=True, check=False)
     rows = [line for line in done.stdout.splitlines() if line.startswith(ROW_MARK)]
@@ -269,15 +272,25 @@ _ENTRIES = (
     #     Program(train_epoch, (state, stacked_batches), carry=True, steps_per_call=K)
     # (and raises ValueError for what='infer': the row is then skipped with that reason). `jax_case`
     # reports per-step times (a call's divided by K), FLOPs of one step, and one compilation.
-    Mode("torch-eager", "torch", functools.partial(torch_case, compiled=False), "PyTorch, eager"),
-    Mode("torch-compile", "torch", functools.partial(torch_case, compiled=True), "PyTorch with torch.compile"),
+    Mode("torch-eager", "torch", functools.partial(in_child, mode="torch-eager"), "PyTorch, eager, in a child process"),
+    Mode("torch-compile", "torch", functools.partial(in_child, mode="torch-compile"),
+         "PyTorch with torch.compile, in a child process"),
 )
+# What a child process started by `in_child` measures, in that process.
+_HERE = {"jit": functools.partial(jax_case, compiled=True),
+         "torch-eager": functools.partial(torch_case, compiled=False),
+         "torch-compile": functools.partial(torch_case, compiled=True)}
 #: Every benchmark mode by name: adding a mode is one `Mode` entry.
 MODE_TABLE: dict[str, Mode] = {mode.name: mode for mode in _ENTRIES}
 #: The mode names `run` accepts, in table order.
 MODES = tuple(MODE_TABLE)
 #: The modes that need PyTorch installed.
 TORCH_MODES = tuple(mode.name for mode in _ENTRIES if mode.framework == "torch")
+
+
+def measure_here(mode: str, case: Case) -> dict:
+    """Measure `mode` ('jit', 'torch-eager', 'torch-compile') in this process: what `in_child`'s child runs."""
+    return _HERE[mode](case)
 
 
 def measure_case(mode: str, case: Case) -> dict:
