@@ -181,7 +181,8 @@ def in_child(case: Case, *, mode: str, cpu_conv: str | None = None) -> dict:
     code = ("import json, sys; from jaxnets.bench import cases; "
             "print(cases.ROW_MARK + json.dumps("
             "cases.measure_here(sys.argv[1], cases.Case(**json.loads(sys.argv[2])))))")
-    env = backend.child_environment(backend.cpu_path_setting() if cpu_conv is None else cpu_conv)  # not the XLA_FLAGS this process was given by jaxnets
+    # Not the XLA_FLAGS this process was given by jaxnets: the child chooses its own.
+    env = backend.child_environment(backend.cpu_path_setting() if cpu_conv is None else cpu_conv)
     done = subprocess.run([sys.executable, "-c", code, mode, json.dumps(case._asdict())], env=env,
                           capture_output=True, text=True, check=False)
     rows = [line for line in done.stdout.splitlines() if line.startswith(ROW_MARK)]
