@@ -66,9 +66,13 @@ def _operands(shape, dtype):
     return x, w, (stride, stride), padding
 
 
+@pytest.mark.parametrize("serial_macs", [0, 1 << 62], ids=["all threads", "one thread"])
 @pytest.mark.parametrize("dtype", TOLERANCE)
 @pytest.mark.parametrize("name, shape", SHAPES.items(), ids=SHAPES.keys())
-def test_conv_equals_lax_forward_and_gradients(name, shape, dtype):
+def test_conv_equals_lax_forward_and_gradients(name, shape, dtype, serial_macs, monkeypatch):
+    # Both ways the handler runs: on oneDNN's OpenMP threads (one call at a time), and single-threaded on XLA's
+    # calling threads (the two gradients may then run side by side).
+    monkeypatch.setattr(onednn.convolution, "SERIAL_MACS", serial_macs)
     x, w, strides, padding = _operands(shape, jnp.dtype(dtype))
     assert onednn.supports(x.shape, w.shape, dtype, padding)
 
@@ -91,6 +95,16 @@ def test_conv_equals_lax_forward_and_gradients(name, shape, dtype):
     for a, b, what in zip(got, want, ("forward", "input gradient", "weight gradient"), strict=True):
         assert a.dtype == jnp.dtype(dtype) and a.shape == b.shape, what
         assert _relative(a, b) < TOLERANCE[dtype], what
+
+
+def test_small_convolutions_run_on_one_thread():
+    # LeNet's second convolution at batch 128 (12x12x16 outputs of 3x3x6 windows: 15.9M multiply-adds) is
+    # single-threaded; ResNet's smallest at batch 32 (a 1x1 256->512 shortcut on 4x4 maps: 67M) is not.
+    assert onednn.convolution.threads((3, 3, 6, 16), (128, 12, 12, 16)) == 1
+    assert onednn.convolution.threads((1, 1, 256, 512), (32, 4, 4, 512)) == 0
+    macs = onednn.convolution.SERIAL_MACS
+    assert onednn.convolution.threads((1, 1, 1, 1), (macs - 1, 1, 1, 1)) == 1
+    assert onednn.convolution.threads((1, 1, 1, 1), (macs, 1, 1, 1)) == 0
 
 
 def test_conv_runs_eagerly_and_under_vmap():

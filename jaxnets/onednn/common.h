@@ -42,12 +42,42 @@ const T& cached(const std::string& key, Make make) {
   return *made.emplace(key, std::make_unique<T>(make())).first->second;
 }
 
-// One oneDNN call at a time: each takes all of oneDNN's threads, and two OpenMP teams at once (XLA runs
-// independent calls, e.g. both gradients, side by side) overbook the cores and stall on each other.
+// One multi-threaded oneDNN call at a time: each takes all of oneDNN's threads, and two OpenMP teams at once
+// (XLA runs independent calls, e.g. both gradients, side by side) overbook the cores and stall on each other.
+// Single-threaded calls (`ThreadLimit(1)`) start no team and need no turn.
 inline std::mutex& running() {
   static std::mutex mutex;
   return mutex;
 }
+
+}  // namespace jaxnets_onednn
+
+// OpenMP's per-thread team size (libgomp, which oneDNN's `-gomp` build links); declared here so that no
+// OpenMP header or flag is needed to compile.
+extern "C" int omp_get_max_threads();
+extern "C" void omp_set_num_threads(int);
+
+namespace jaxnets_onednn {
+
+// While alive, oneDNN calls made on this thread use `threads` threads (0: leave OpenMP's default). With 1,
+// oneDNN runs the call inline on this (XLA's) thread: a small convolution then never waits at an OpenMP
+// barrier for a second thread that XLA's own thread pool is keeping off the core (a ~4 ms scheduler tick).
+// The setting belongs to the calling thread only; it is put back on the way out.
+class ThreadLimit {
+ public:
+  explicit ThreadLimit(int64_t threads) : threads_(threads), before_(omp_get_max_threads()) {
+    if (threads_ > 0) omp_set_num_threads(static_cast<int>(threads_));
+  }
+  ~ThreadLimit() {
+    if (threads_ > 0) omp_set_num_threads(before_);
+  }
+  ThreadLimit(const ThreadLimit&) = delete;
+  ThreadLimit& operator=(const ThreadLimit&) = delete;
+
+ private:
+  int64_t threads_;
+  int before_;
+};
 
 // The oneDNN data type of an XLA buffer: float32 or bfloat16, else false.
 inline bool onednn_type(ffi::DataType type, memory::data_type* out) {

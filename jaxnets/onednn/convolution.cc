@@ -2,7 +2,8 @@
 //
 // Activations are NHWC and kernels HWIO (flax's layouts), float32 or bfloat16. oneDNN picks its own kernel
 // layout (`format_tag::any`); the kernel is reordered to and from it on each call. Each distinct convolution's
-// primitives are created once and kept (creating them costs more than running a small one).
+// primitives are created once and kept (creating them costs more than running a small one). A call whose
+// `threads` attribute is 1 is made and run on the calling thread alone (no OpenMP team: see `ThreadLimit`).
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -29,7 +30,7 @@ Plan make_plan(int64_t kind, memory::data_type type, ffi::Span<const int64_t> a,
   auto& engine = cpu_engine();
   auto algorithm = dnnl::algorithm::convolution_direct;
   auto training = dnnl::prop_kind::forward_training;
-  dnnl::primitive_attr attr;  // scratchpad: oneDNN's own (calls run one at a time: `running()`)
+  dnnl::primitive_attr attr;  // scratchpad: oneDNN's own, one per thread
   Plan plan;
   memory::desc src, dst;
   memory::dims wdims;
@@ -69,11 +70,11 @@ Plan make_plan(int64_t kind, memory::data_type type, ffi::Span<const int64_t> a,
   return plan;
 }
 
-std::string plan_key(int64_t kind, memory::data_type type, ffi::Span<const int64_t> a, ffi::Span<const int64_t> b,
+std::string plan_key(int64_t kind, int64_t threads, memory::data_type type, ffi::Span<const int64_t> a, ffi::Span<const int64_t> b,
                      ffi::Span<const int64_t> out, ffi::Span<const int64_t> strides,
                      ffi::Span<const int64_t> padding) {
   std::ostringstream key;
-  key << kind << ':' << static_cast<int>(type);
+  key << kind << ':' << threads << ':' << static_cast<int>(type);
   for (auto span : {a, b, out, strides, padding}) {
     key << '|';
     for (int64_t v : span) key << v << ',';
@@ -81,17 +82,17 @@ std::string plan_key(int64_t kind, memory::data_type type, ffi::Span<const int64
   return key.str();
 }
 
-const Plan& find_plan(int64_t kind, memory::data_type type, ffi::Span<const int64_t> a, ffi::Span<const int64_t> b,
+const Plan& find_plan(int64_t kind, int64_t threads, memory::data_type type, ffi::Span<const int64_t> a, ffi::Span<const int64_t> b,
                       ffi::Span<const int64_t> out, ffi::Span<const int64_t> strides,
                       ffi::Span<const int64_t> padding) {
-  return cached<Plan>(plan_key(kind, type, a, b, out, strides, padding), [&] {
+  return cached<Plan>(plan_key(kind, threads, type, a, b, out, strides, padding), [&] {
     memory::dims s = {strides[0], strides[1]}, pad_l = {padding[0], padding[2]}, pad_r = {padding[1], padding[3]};
     return make_plan(kind, type, a, b, out, s, pad_l, pad_r);
   });
 }
 
 ffi::Error Convolution(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, int64_t kind,
-                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
+                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, int64_t threads) {
   memory::data_type type;
   switch (a.element_type()) {
     case ffi::DataType::F32: type = memory::data_type::f32; break;
@@ -106,10 +107,15 @@ ffi::Error Convolution(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyB
     return ffi::Error::InvalidArgument("jaxnets oneDNN convolution: 2 strides and 4 paddings (top, bottom, left, right)");
   if (kind != kForward && kind != kBackwardData && kind != kBackwardWeights)
     return ffi::Error::InvalidArgument("jaxnets oneDNN convolution: kind is 0 (forward), 1 (data) or 2 (weights)");
+  if (threads != 0 && threads != 1)
+    return ffi::Error::InvalidArgument("jaxnets oneDNN convolution: threads is 0 (all of oneDNN's) or 1");
   try {
     auto& engine = cpu_engine();
-    const Plan& plan = find_plan(kind, type, a.dimensions(), b.dimensions(), out->dimensions(), strides, padding);
-    std::lock_guard<std::mutex> one_at_a_time(running());
+    ThreadLimit limit(threads);  // made and run with the same thread count (oneDNN plans its work at creation)
+    const Plan& plan = find_plan(kind, threads, type, a.dimensions(), b.dimensions(), out->dimensions(), strides,
+                                 padding);
+    std::unique_lock<std::mutex> one_at_a_time(running(), std::defer_lock);
+    if (threads != 1) one_at_a_time.lock();
     dnnl::stream stream(engine);
     void* kernel_data = kind == kBackwardWeights ? out->untyped_data() : b.untyped_data();
     memory kernel_user(plan.kernel_user, engine, kernel_data);
@@ -150,7 +156,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetsOnednnConvolution, Convolution,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("kind")
                                   .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("padding"));
+                                  .Attr<ffi::Span<const int64_t>>("padding")
+                                  .Attr<int64_t>("threads"));
 
 // The oneDNN version this file was built against, for jaxnets.describe().
 extern "C" const char* JaxnetsOnednnVersion() {

@@ -9,6 +9,11 @@ backward-weights), on NHWC activations and HWIO kernels as flax keeps them:
 no layout passes in XLA. `conv` is a `jax.custom_vjp`, so `jax.grad` and
 `jax.jit` use it like any other operation (`jax.vmap` runs it once per
 element). CPU only; float32 and bfloat16.
+
+Small convolutions (`SERIAL_MACS`) run on the calling XLA thread alone: an
+OpenMP team's start and barrier cost more than such a call's work, and on a
+busy machine the barrier can wait a whole scheduler tick for its second
+thread.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from jaxnets.onednn import build
 TARGET = "jaxnets_onednn_convolution"
 FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = 0, 1, 2  # the handler's `kind` attribute (convolution.cc)
 DTYPES = ("float32", "bfloat16")
+# Convolutions of fewer multiply-adds than this run single-threaded (measured: BENCHMARKS.md, 2026-12-06 round 4).
+SERIAL_MACS = 1 << 24
 
 
 def supports(input_shape: Sequence[int], kernel_shape: Sequence[int], dtype, padding) -> bool:
@@ -48,12 +55,22 @@ def output_shape(input_shape: Sequence[int], kernel_shape: Sequence[int], stride
     return batch, (height + pt + pb - kh) // sh + 1, (width + pl + pr - kw) // sw + 1, out
 
 
-def _call(kind: int, a: jax.Array, b: jax.Array, shape: Sequence[int], strides, padding) -> jax.Array:
+def threads(kernel_shape: Sequence[int], output_shape: Sequence[int]) -> int:
+    """The handler's `threads` attribute: 1 (the calling thread alone) below `SERIAL_MACS`, else 0 (all).
+
+    A convolution's forward pass and both gradients each do
+    `prod(output_shape) * kh * kw * C` multiply-adds.
+    """
+    kh, kw, channels, _ = kernel_shape
+    return 1 if int(np.prod(output_shape)) * kh * kw * channels < SERIAL_MACS else 0
+
+
+def _call(kind: int, a: jax.Array, b: jax.Array, shape: Sequence[int], strides, padding, n_threads: int) -> jax.Array:
     build.load()  # registers the handler with XLA (once per process)
     result = jax.ShapeDtypeStruct(tuple(shape), a.dtype)
     return jax.ffi.ffi_call(TARGET, result, vmap_method="sequential")(
         a, b, kind=np.int64(kind), strides=np.asarray(strides, np.int64),
-        padding=np.asarray([p for pair in padding for p in pair], np.int64))
+        padding=np.asarray([p for pair in padding for p in pair], np.int64), threads=np.int64(n_threads))
 
 
 def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
@@ -76,7 +93,8 @@ def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x, kernel, strides, padding):
-    return _call(FORWARD, x, kernel, output_shape(x.shape, kernel.shape, strides, padding), strides, padding)
+    shape = output_shape(x.shape, kernel.shape, strides, padding)
+    return _call(FORWARD, x, kernel, shape, strides, padding, threads(kernel.shape, shape))
 
 
 def _forward(x, kernel, strides, padding):
@@ -86,8 +104,9 @@ def _forward(x, kernel, strides, padding):
 def _backward(strides, padding, residuals, grad):
     x, kernel = residuals
     grad = grad.astype(x.dtype)
-    return (_call(BACKWARD_DATA, grad, kernel, x.shape, strides, padding),
-            _call(BACKWARD_WEIGHTS, x, grad, kernel.shape, strides, padding))
+    n_threads = threads(kernel.shape, grad.shape)
+    return (_call(BACKWARD_DATA, grad, kernel, x.shape, strides, padding, n_threads),
+            _call(BACKWARD_WEIGHTS, x, grad, kernel.shape, strides, padding, n_threads))
 
 
 _conv.defvjp(_forward, _backward)
