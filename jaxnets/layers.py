@@ -158,22 +158,61 @@ def divide_width(channels: int, divisor: int, model: str) -> int:
 
 
 def max_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding: int = 0) -> jnp.ndarray:
-    """`nn.MaxPool2d(window, stride, padding)`: `[N, H, W, C] -> [N, Ho, Wo, C]` (floor mode).
+    """`nn.MaxPool2d(window, stride, padding)`: `[N, H, W, C] -> [N, Ho, Wo, C]` (floor mode), any float dtype.
 
     Non-overlapping windows (`stride == window`, every pool in the texts) are
-    a reshape + max: its gradient is a cheap equality mask, where
-    `lax.reduce_window`'s is a select-and-scatter that XLA:CPU runs slowly. The one difference from
-    PyTorch is on exact ties inside a window: PyTorch routes the gradient to
-    one of the tied inputs, this splits it among them. The pools here follow
-    a ReLU, where ties are zeros whose gradient the ReLU zeroes anyway.
+    the elementwise maximum of the window's `window**2` strided slices, and
+    the gradient goes to the first maximum of each window in row-major order,
+    as PyTorch's does (`_tiled_max_pool`). Both are elementwise passes;
+    `lax.reduce_window`'s gradient is a select-and-scatter that XLA:CPU runs
+    slowly, and a reshape + `max` over the window axes was 4x slower still
+    (BENCHMARKS.md, 2026-12-06 round 4). Overlapping windows (torchvision's
+    3x3/2 stem pool) use `flax.linen.max_pool`.
     """
     stride = window if stride is None else stride
-    if stride != window or padding:  # overlapping windows (torchvision's 3x3/2 stem pool): lax.reduce_window
+    if stride != window or padding:  # overlapping windows: lax.reduce_window
         return nn.max_pool(x, (window, window), strides=(stride, stride), padding=((padding, padding),) * 2)
-    batch, height, width, channels = x.shape
-    rows, cols = height // window, width // window
+    return _tiled_max_pool(x, window)
+
+
+def _window_slices(x: jnp.ndarray, window: int) -> list[jnp.ndarray]:
+    """The `window**2` strided slices `x[:, i::window, j::window]` (row-major `i, j`), ragged edge dropped."""
+    rows, cols = x.shape[1] // window, x.shape[2] // window
     x = x[:, :rows * window, :cols * window]  # floor mode: drop the ragged edge, as PyTorch does
-    return x.reshape(batch, rows, window, cols, window, channels).max(axis=(2, 4))
+    return [x[:, i::window, j::window] for i in range(window) for j in range(window)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _tiled_max_pool(x: jnp.ndarray, window: int) -> jnp.ndarray:
+    """Max over non-overlapping `window x window` tiles: `[N, H, W, C] -> [N, H // window, W // window, C]`."""
+    return functools.reduce(jnp.maximum, _window_slices(x, window))
+
+
+def _tiled_max_pool_forward(x, window):
+    y = _tiled_max_pool(x, window)
+    return y, (x, y)
+
+
+def _tiled_max_pool_backward(window, residuals, grad):
+    """Each output's gradient to the first input of its tile equal to the maximum, zeros elsewhere."""
+    x, y = residuals
+    height, width = x.shape[1:3]
+    rows, cols = y.shape[1:3]
+    zero = jnp.zeros((), grad.dtype)
+    taken = jnp.zeros(y.shape, bool)
+    dx = jnp.zeros(x.shape, grad.dtype)
+    for k, part in enumerate(_window_slices(x, window)):
+        i, j = divmod(k, window)
+        first = (part == y) & ~taken
+        taken = taken | first
+        # Back to rows i, i + window, ... and columns j, j + window, ...: a pad with `window - 1` zeros between.
+        dx = dx + jax.lax.pad(jnp.where(first, grad, zero), zero,
+                              ((0, 0, 0), (i, height - i - (rows - 1) * window - 1, window - 1),
+                               (j, width - j - (cols - 1) * window - 1, window - 1), (0, 0, 0)))
+    return (dx,)
+
+
+_tiled_max_pool.defvjp(_tiled_max_pool_forward, _tiled_max_pool_backward)
 
 
 def _adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
