@@ -26,10 +26,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.nn import initializers
 
 from jaxnets import backend, onednn
-from jaxnets.convolution import conv_general_dilated
+from jaxnets.convolution import conv_algorithm, conv_general_dilated
 
 # PyTorch's default for Linear and Conv2d weights: kaiming_uniform(a=sqrt(5))
 # == U(-b, b) with b = 1/sqrt(fan_in) == variance_scaling(1/3, fan_in, uniform).
@@ -75,11 +76,52 @@ class Conv(_FanInBias, nn.Conv):
 
     The convolution itself is `jaxnets.convolution.conv_general_dilated`:
     `lax`'s, except for the CPU lowerings of tiny maps and thin 3x3 kernels.
+    Where that runs the convolution in oneDNN, a plain convolution with a bias
+    hands the bias to oneDNN too (`onednn.conv(..., bias=)`): it is added in
+    the forward call and its gradient comes out of the weight-gradient call,
+    where XLA would sum the output gradient over N, H, W separately (slow in
+    bfloat16 programs: BENCHMARKS.md, 2026-12-06 round 4). Same parameters,
+    same results as flax's `nn.Conv`.
     """
 
     kernel_init: initializers.Initializer = torch_default_kernel_init
     bias_init: initializers.Initializer = torch_default_bias_init
     conv_general_dilated: Callable | None = conv_general_dilated
+
+    @nn.compact
+    def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
+        plan = self._onednn_bias_plan(inputs)
+        if plan is None:
+            return super().__call__(inputs)
+        strides, padding = plan
+        kernel = self.param("kernel", self.kernel_init, tuple(self.kernel_size) + (inputs.shape[-1], self.features),
+                            self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        x, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        return onednn.conv(x, kernel, strides, padding, bias=bias)
+
+    def _onednn_bias_plan(self, inputs) -> tuple[tuple[int, int], tuple[tuple[int, int], ...]] | None:
+        """`(strides, explicit padding)` where this call takes `onednn.conv` with its bias, else None (flax's path)."""
+        plain = (self.use_bias and self.shared_weights and self.mask is None and self.feature_group_count == 1
+                 and self.conv_general_dilated is conv_general_dilated and self.conv_general_dilated_cls is None
+                 and inputs.ndim == 4 and not isinstance(self.kernel_size, int) and len(self.kernel_size) == 2
+                 and all(d in (None, 1) or tuple(np.broadcast_to(d, 2)) == (1, 1)
+                         for d in (self.input_dilation, self.kernel_dilation))
+                 and not self.is_initializing())
+        if not plain:
+            return None
+        strides = tuple(int(s) for s in np.broadcast_to(1 if self.strides is None else self.strides, 2))
+        padding = nn.linear.canonicalize_padding(self.padding, 2)
+        if padding in ("SAME", "VALID"):
+            padding = lax.padtype_to_pads(inputs.shape[1:3], self.kernel_size, strides, padding)
+        elif isinstance(padding, str):  # 'CIRCULAR', 'REFLECT', 'CAUSAL': flax pads the input itself
+            return None
+        padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+        dtype = jnp.dtype(self.dtype) if self.dtype is not None else jnp.result_type(inputs.dtype, self.param_dtype)
+        kernel_shape = tuple(self.kernel_size) + (inputs.shape[-1], self.features)
+        algorithm = conv_algorithm(jax.default_backend(), inputs.shape, kernel_shape, strides, padding, None, None, 1,
+                                   dtype)
+        return (strides, padding) if algorithm == "onednn" else None
 
 
 class Dense(_FanInBias, nn.Dense):

@@ -300,3 +300,75 @@ def test_flax_conv_matches_layers_conv_on_onednn(monkeypatch):
     if backend.conv_library(jnp.float32) == "onednn":
         assert "jaxnets_onednn_convolution" in str(jax.make_jaxpr(lambda x: ours.apply(variables, x))(x))
     assert _relative(ours.apply(variables, x), plain.apply(variables, x)) < 1e-5
+
+
+@pytest.mark.parametrize("serial_macs", [0, 1 << 62], ids=["all threads", "one thread"])
+@pytest.mark.parametrize("dtype", TOLERANCE)
+@pytest.mark.parametrize("name", ["resnet 3x3 stride 2", "vgg 2x2 map", "lenet 1->6 k5 p2", "asymmetric padding"])
+def test_conv_with_bias_equals_lax_plus_bias_forward_and_gradients(name, dtype, serial_macs, monkeypatch):
+    monkeypatch.setattr(onednn.convolution, "SERIAL_MACS", serial_macs)
+    x, w, strides, padding = _operands(SHAPES[name], jnp.dtype(dtype))
+    bias = jnp.asarray(np.random.default_rng(5).normal(size=w.shape[-1:]), dtype)
+
+    def reference(x, w, b):
+        y = lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32), strides, padding,
+                                     dimension_numbers=NHWC, precision=lax.Precision.HIGHEST)
+        return y + b.astype(jnp.float32)[None, None, None]
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda *a: onednn.conv(*a[:2], strides, padding, bias=a[2]).sum(),
+                                        argnums=(0, 1, 2)))(x, w, bias))
+    assert onednn.convolution.BIAS_FORWARD_TARGET in jaxpr and onednn.convolution.BIAS_WEIGHTS_TARGET in jaxpr
+    cotangent = jnp.asarray(np.random.default_rng(8).normal(size=jax.eval_shape(reference, x, w, bias).shape), dtype)
+
+    def vjp(f, cotangent, *args):
+        y, pullback = jax.vjp(f, *args)
+        return (y, *pullback(cotangent.astype(y.dtype)))
+
+    got = jax.jit(lambda c, *a: vjp(lambda *a: onednn.conv(*a[:2], strides, padding, bias=a[2]), c, *a))(
+        cotangent, x, w, bias)
+    # The reference's gradients in float32 (not rounded to the inputs' dtype), from the same rounded inputs.
+    args32 = [a.astype(jnp.float32) for a in (x, w, bias)]
+    want = jax.jit(lambda c, *a: vjp(reference, c, *a))(cotangent.astype(jnp.float32), *args32)
+    for a, b, what in zip(got, want, ("forward", "input gradient", "weight gradient", "bias gradient"), strict=True):
+        assert a.dtype == jnp.dtype(dtype) and a.shape == b.shape, what
+        assert _relative(a, b) < TOLERANCE[dtype], what
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("kwargs", [dict(strides=2, padding="SAME"), dict(padding=1), dict(kernel_size=(1, 1))],
+                         ids=["3x3 stride 2 SAME", "3x3 pad 1", "1x1"])
+def test_conv_layer_hands_its_bias_to_onednn_and_equals_flax(kwargs, dtype, monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    assert backend.conv_library(jnp.dtype(dtype)) == "onednn", "this host takes oneDNN (the handlers build here)"
+    settings = {"features": 8, "kernel_size": (3, 3), **kwargs, "dtype": jnp.dtype(dtype)}
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 9, 9, 16)), dtype).astype(jnp.float32)
+    ours = layers.Conv(**settings)
+    variables = ours.init(jax.random.key(0), x)
+    variables = jax.tree.map(lambda p: p.astype(jnp.dtype(dtype)).astype(jnp.float32), variables)
+    assert onednn.convolution.BIAS_FORWARD_TARGET in str(jax.make_jaxpr(lambda v: ours.apply(v, x))(variables))
+    # flax's own layer computing in float32 on the same (rounded) values is the reference.
+    reference = nn.Conv(**{**settings, "dtype": jnp.float32})
+    cotangent = jnp.asarray(np.random.default_rng(2).normal(size=reference.apply(variables, x).shape), jnp.float32)
+
+    def vjp(module):
+        y, pullback = jax.vjp(lambda v: module.apply(v, x), variables)
+        return y, pullback(cotangent.astype(y.dtype))[0]["params"]
+
+    (y, grads), (want_y, want_grads) = jax.jit(lambda: vjp(ours))(), vjp(reference)
+    assert y.dtype == jnp.dtype(dtype) and set(grads) == {"kernel", "bias"}
+    assert _relative(y, want_y) < TOLERANCE[dtype]
+    for name in grads:
+        assert _relative(grads[name], want_grads[name]) < TOLERANCE[dtype], name
+
+
+@pytest.mark.parametrize("kwargs", [dict(use_bias=False), dict(padding="CIRCULAR"), dict(kernel_dilation=2),
+                                    dict(feature_group_count=2)],
+                         ids=["no bias", "circular padding", "dilated", "grouped"])
+def test_conv_layer_leaves_other_convolutions_to_flax(kwargs, monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    settings = {"features": 8, "kernel_size": (3, 3), **kwargs}
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 9, 9, 16)), jnp.float32)
+    ours = layers.Conv(**settings)
+    variables = ours.init(jax.random.key(0), x)
+    assert onednn.convolution.BIAS_FORWARD_TARGET not in str(jax.make_jaxpr(lambda v: ours.apply(v, x))(variables))
+    assert _relative(ours.apply(variables, x), nn.Conv(**settings).apply(variables, x)) < 1e-5

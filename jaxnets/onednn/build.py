@@ -35,6 +35,8 @@ SOURCES = ("convolution.cc", "batch_norm.cc")  # compiled, in this order
 HEADERS = ("common.h",)
 # XLA custom-call target name -> the handler's symbol in the shared library.
 TARGETS = {"jaxnets_onednn_convolution": "JaxnetsOnednnConvolution",
+           "jaxnets_onednn_convolution_bias_forward": "JaxnetsOnednnConvolutionBiasForward",
+           "jaxnets_onednn_convolution_bias_weights": "JaxnetsOnednnConvolutionBiasWeights",
            "jaxnets_onednn_batch_norm_forward": "JaxnetsOnednnBatchNormForward",
            "jaxnets_onednn_batch_norm_backward": "JaxnetsOnednnBatchNormBackward"}
 RUNTIME_PACKAGE = "onednn-cpu-gomp"

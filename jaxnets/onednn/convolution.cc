@@ -4,6 +4,8 @@
 // layout (`format_tag::any`); the kernel is reordered to and from it on each call. Each distinct convolution's
 // primitives are created once and kept (creating them costs more than running a small one). A call whose
 // `threads` attribute is 1 is made and run on the calling thread alone (no OpenMP team: see `ThreadLimit`).
+// With a bias (`JaxnetsOnednnConvolutionBias*`), the forward pass adds it and the weight gradient computes its
+// gradient in the same pass (oneDNN's `diff_bias`): no separate sum over N, H, W in XLA.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -19,12 +21,13 @@ enum Kind : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 // The primitives of one convolution, made once per distinct shape/kind/dtype.
 struct Plan {
   dnnl::primitive conv;
+  bool bias = false;           // forward adds a bias / backward-weights also computes its gradient
   bool reorder = false;        // the primitive wants its kernel in another layout than HWIO
   dnnl::reorder kernel_copy;   // HWIO -> primitive layout (forward, backward-data) or back (backward-weights)
   memory::desc kernel_user, kernel_prim;
 };
 
-Plan make_plan(int64_t kind, memory::data_type type, ffi::Span<const int64_t> a, ffi::Span<const int64_t> b,
+Plan make_plan(int64_t kind, bool bias, memory::data_type type, ffi::Span<const int64_t> a, ffi::Span<const int64_t> b,
                ffi::Span<const int64_t> out, const memory::dims& strides, const memory::dims& pad_l,
                const memory::dims& pad_r) {
   auto& engine = cpu_engine();
@@ -32,6 +35,7 @@ Plan make_plan(int64_t kind, memory::data_type type, ffi::Span<const int64_t> a,
   auto training = dnnl::prop_kind::forward_training;
   dnnl::primitive_attr attr;  // scratchpad: oneDNN's own, one per thread
   Plan plan;
+  plan.bias = bias;
   memory::desc src, dst;
   memory::dims wdims;
   if (kind == kForward) {
@@ -43,8 +47,11 @@ Plan make_plan(int64_t kind, memory::data_type type, ffi::Span<const int64_t> a,
   }
   plan.kernel_user = memory::desc(wdims, type, tag::hwio);
   memory::desc kernel_any(wdims, type, tag::any);
-  dnnl::convolution_forward::primitive_desc forward(engine, training, algorithm, src, kernel_any, dst, strides,
-                                                    pad_l, pad_r, attr);
+  memory::desc bias_md({wdims[0]}, type, tag::x);
+  auto forward = bias ? dnnl::convolution_forward::primitive_desc(engine, training, algorithm, src, kernel_any,
+                                                                  bias_md, dst, strides, pad_l, pad_r, attr)
+                      : dnnl::convolution_forward::primitive_desc(engine, training, algorithm, src, kernel_any, dst,
+                                                                  strides, pad_l, pad_r, attr);
   if (kind == kForward) {
     plan.conv = dnnl::convolution_forward(forward);
     plan.kernel_prim = forward.weights_desc();
@@ -54,8 +61,10 @@ Plan make_plan(int64_t kind, memory::data_type type, ffi::Span<const int64_t> a,
     plan.conv = dnnl::convolution_backward_data(pd);
     plan.kernel_prim = pd.weights_desc();
   } else {
-    dnnl::convolution_backward_weights::primitive_desc pd(engine, algorithm, src, kernel_any, dst, strides, pad_l,
-                                                          pad_r, forward, attr);
+    auto pd = bias ? dnnl::convolution_backward_weights::primitive_desc(engine, algorithm, src, kernel_any, bias_md,
+                                                                       dst, strides, pad_l, pad_r, forward, attr)
+                   : dnnl::convolution_backward_weights::primitive_desc(engine, algorithm, src, kernel_any, dst,
+                                                                       strides, pad_l, pad_r, forward, attr);
     plan.conv = dnnl::convolution_backward_weights(pd);
     plan.kernel_prim = pd.diff_weights_desc();
   }
@@ -70,11 +79,11 @@ Plan make_plan(int64_t kind, memory::data_type type, ffi::Span<const int64_t> a,
   return plan;
 }
 
-std::string plan_key(int64_t kind, int64_t threads, memory::data_type type, ffi::Span<const int64_t> a, ffi::Span<const int64_t> b,
+std::string plan_key(int64_t kind, bool bias, int64_t threads, memory::data_type type, ffi::Span<const int64_t> a, ffi::Span<const int64_t> b,
                      ffi::Span<const int64_t> out, ffi::Span<const int64_t> strides,
                      ffi::Span<const int64_t> padding) {
   std::ostringstream key;
-  key << kind << ':' << threads << ':' << static_cast<int>(type);
+  key << kind << ':' << bias << ':' << threads << ':' << static_cast<int>(type);
   for (auto span : {a, b, out, strides, padding}) {
     key << '|';
     for (int64_t v : span) key << v << ',';
@@ -82,17 +91,20 @@ std::string plan_key(int64_t kind, int64_t threads, memory::data_type type, ffi:
   return key.str();
 }
 
-const Plan& find_plan(int64_t kind, int64_t threads, memory::data_type type, ffi::Span<const int64_t> a, ffi::Span<const int64_t> b,
+const Plan& find_plan(int64_t kind, bool bias, int64_t threads, memory::data_type type, ffi::Span<const int64_t> a, ffi::Span<const int64_t> b,
                       ffi::Span<const int64_t> out, ffi::Span<const int64_t> strides,
                       ffi::Span<const int64_t> padding) {
-  return cached<Plan>(plan_key(kind, threads, type, a, b, out, strides, padding), [&] {
+  return cached<Plan>(plan_key(kind, bias, threads, type, a, b, out, strides, padding), [&] {
     memory::dims s = {strides[0], strides[1]}, pad_l = {padding[0], padding[2]}, pad_r = {padding[1], padding[3]};
-    return make_plan(kind, type, a, b, out, s, pad_l, pad_r);
+    return make_plan(kind, bias, type, a, b, out, s, pad_l, pad_r);
   });
 }
 
-ffi::Error Convolution(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, int64_t kind,
-                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, int64_t threads) {
+// One call: `kind` on operands `a`, `b` into `out`. `bias` (forward: an input) or `bias_out` (backward-weights: the
+// bias gradient) is an `[O]` buffer of the operands' dtype, or null without a bias.
+ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer* bias, ffi::Result<ffi::AnyBuffer> out,
+               ffi::Result<ffi::AnyBuffer>* bias_out, int64_t kind, ffi::Span<const int64_t> strides,
+               ffi::Span<const int64_t> padding, int64_t threads) {
   memory::data_type type;
   switch (a.element_type()) {
     case ffi::DataType::F32: type = memory::data_type::f32; break;
@@ -112,8 +124,10 @@ ffi::Error Convolution(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyB
   try {
     auto& engine = cpu_engine();
     ThreadLimit limit(threads);  // made and run with the same thread count (oneDNN plans its work at creation)
-    const Plan& plan = find_plan(kind, threads, type, a.dimensions(), b.dimensions(), out->dimensions(), strides,
-                                 padding);
+    const bool with_bias = bias != nullptr || bias_out != nullptr;
+    const Plan& plan = find_plan(kind, with_bias, threads, type, a.dimensions(), b.dimensions(), out->dimensions(),
+                                 strides, padding);
+    memory::desc bias_md({plan.kernel_user.get_dims()[0]}, type, tag::x);
     std::unique_lock<std::mutex> one_at_a_time(running(), std::defer_lock);
     if (threads != 1) one_at_a_time.lock();
     dnnl::stream stream(engine);
@@ -125,7 +139,9 @@ ffi::Error Convolution(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyB
     if (kind == kForward) {
       memory src(activation(a.dimensions(), type), engine, a.untyped_data());
       memory dst(activation(out->dimensions(), type), engine, out->untyped_data());
-      plan.conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, dst}});
+      std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, dst}};
+      if (bias) args.insert({DNNL_ARG_BIAS, memory(bias_md, engine, bias->untyped_data())});
+      plan.conv.execute(stream, args);
     } else if (kind == kBackwardData) {
       memory diff_dst(activation(a.dimensions(), type), engine, a.untyped_data());
       memory diff_src(activation(out->dimensions(), type), engine, out->untyped_data());
@@ -134,8 +150,10 @@ ffi::Error Convolution(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyB
     } else {
       memory src(activation(a.dimensions(), type), engine, a.untyped_data());
       memory diff_dst(activation(b.dimensions(), type), engine, b.untyped_data());
-      plan.conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
-                                 {DNNL_ARG_DIFF_WEIGHTS, kernel}});
+      std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
+                                           {DNNL_ARG_DIFF_WEIGHTS, kernel}};
+      if (bias_out) args.insert({DNNL_ARG_DIFF_BIAS, memory(bias_md, engine, (*bias_out)->untyped_data())});
+      plan.conv.execute(stream, args);
       if (plan.reorder) plan.kernel_copy.execute(stream, kernel, kernel_user);
     }
     stream.wait();
@@ -147,7 +165,62 @@ ffi::Error Convolution(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyB
   return ffi::Error::Success();
 }
 
+ffi::Error Convolution(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, int64_t kind,
+                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, int64_t threads) {
+  return Run(a, b, nullptr, out, nullptr, kind, strides, padding, threads);
+}
+
+// Bias checks shared by the two bias entry points: `[O]`, the operands' dtype.
+ffi::Error check_bias(ffi::AnyBuffer a, ffi::DataType bias_type, ffi::Span<const int64_t> bias_dims, int64_t out) {
+  if (bias_type != a.element_type())
+    return ffi::Error::InvalidArgument("jaxnets oneDNN convolution: the bias must have the operands' dtype");
+  if (bias_dims.size() != 1 || bias_dims[0] != out)
+    return ffi::Error::InvalidArgument("jaxnets oneDNN convolution: the bias must be [O], one per output channel");
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvolutionBiasForward(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyBuffer bias,
+                                  ffi::Result<ffi::AnyBuffer> y, ffi::Span<const int64_t> strides,
+                                  ffi::Span<const int64_t> padding, int64_t threads) {
+  if (kernel.dimensions().size() != 4)
+    return ffi::Error::InvalidArgument("jaxnets oneDNN convolution: 4-D NHWC activations and HWIO kernels only");
+  if (auto error = check_bias(x, bias.element_type(), bias.dimensions(), kernel.dimensions()[3]); error.failure())
+    return error;
+  return Run(x, kernel, &bias, y, nullptr, kForward, strides, padding, threads);
+}
+
+ffi::Error ConvolutionBiasWeights(ffi::AnyBuffer x, ffi::AnyBuffer grad, ffi::Result<ffi::AnyBuffer> kernel_grad,
+                                  ffi::Result<ffi::AnyBuffer> bias_grad, ffi::Span<const int64_t> strides,
+                                  ffi::Span<const int64_t> padding, int64_t threads) {
+  if (kernel_grad->dimensions().size() != 4)
+    return ffi::Error::InvalidArgument("jaxnets oneDNN convolution: 4-D NHWC activations and HWIO kernels only");
+  if (auto error = check_bias(x, bias_grad->element_type(), bias_grad->dimensions(), kernel_grad->dimensions()[3]);
+      error.failure())
+    return error;
+  return Run(x, grad, nullptr, kernel_grad, &bias_grad, kBackwardWeights, strides, padding, threads);
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetsOnednnConvolutionBiasForward, ConvolutionBiasForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding")
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetsOnednnConvolutionBiasWeights, ConvolutionBiasWeights,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding")
+                                  .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetsOnednnConvolution, Convolution,
                               ffi::Ffi::Bind()

@@ -28,6 +28,8 @@ import numpy as np
 from jaxnets.onednn import build
 
 TARGET = "jaxnets_onednn_convolution"
+BIAS_FORWARD_TARGET = "jaxnets_onednn_convolution_bias_forward"  # y = conv(x, w) + b
+BIAS_WEIGHTS_TARGET = "jaxnets_onednn_convolution_bias_weights"  # (dw, db) in one pass
 FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = 0, 1, 2  # the handler's `kind` attribute (convolution.cc)
 DTYPES = ("float32", "bfloat16")
 # Convolutions of fewer multiply-adds than this run single-threaded (measured: BENCHMARKS.md, 2026-12-06 round 4).
@@ -74,20 +76,24 @@ def _call(kind: int, a: jax.Array, b: jax.Array, shape: Sequence[int], strides, 
 
 
 def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-         padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
-    """`[N, H, W, C] x [kh, kw, C, O] -> [N, Ho, Wo, O]` in oneDNN; `padding` is `((top, bottom), (left, right))`.
+         padding: tuple[tuple[int, int], tuple[int, int]], bias: jax.Array | None = None) -> jax.Array:
+    """`[N, H, W, C] x [kh, kw, C, O] (+ bias [O]) -> [N, Ho, Wo, O]`; padding `((top, bottom), (left, right))`.
 
     Equal to `lax.conv_general_dilated(x, kernel, strides, padding,
-    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))` up to float reassociation.
-    Both operands share one dtype (float32 or bfloat16); `strides` and
-    `padding` are static (hashable tuples). Raises `build.Unavailable` when
-    the handler cannot be built here.
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias` up to float
+    reassociation. All operands share one dtype (float32 or bfloat16);
+    `strides` and `padding` are static (hashable tuples). With a `bias`, the
+    forward pass adds it and the weight gradient's oneDNN call also returns
+    the bias gradient (no separate sum over N, H, W). Raises
+    `build.Unavailable` when the handler cannot be built here.
     """
     if kernel.shape[:2] == (1, 1) and tuple(strides) != (1, 1) and not any(p for pair in padding for p in pair):
         # A strided 1x1 convolution is a 1x1 convolution of every stride-th pixel. oneDNN 3.2's strided 1x1
         # weight gradient corrupts memory on thin inputs (8 channels): it never sees a strided 1x1 here.
         x = x[:, ::strides[0], ::strides[1], :]
         strides = (1, 1)
+    if bias is not None:
+        return _conv_bias(x, kernel, bias, tuple(strides), padding)
     return _conv(x, kernel, tuple(strides), padding)
 
 
@@ -110,3 +116,35 @@ def _backward(strides, padding, residuals, grad):
 
 
 _conv.defvjp(_forward, _backward)
+
+
+def _attributes(strides, padding, n_threads: int) -> dict:
+    return {"strides": np.asarray(strides, np.int64), "threads": np.int64(n_threads),
+            "padding": np.asarray([p for pair in padding for p in pair], np.int64)}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv_bias(x, kernel, bias, strides, padding):
+    build.load()
+    shape = output_shape(x.shape, kernel.shape, strides, padding)
+    call = jax.ffi.ffi_call(BIAS_FORWARD_TARGET, jax.ShapeDtypeStruct(shape, x.dtype), vmap_method="sequential")
+    return call(x, kernel, bias, **_attributes(strides, padding, threads(kernel.shape, shape)))
+
+
+def _bias_forward(x, kernel, bias, strides, padding):
+    return _conv_bias(x, kernel, bias, strides, padding), (x, kernel)
+
+
+def _bias_backward(strides, padding, residuals, grad):
+    x, kernel = residuals
+    grad = grad.astype(x.dtype)
+    n_threads = threads(kernel.shape, grad.shape)
+    build.load()
+    weights = jax.ffi.ffi_call(BIAS_WEIGHTS_TARGET, (jax.ShapeDtypeStruct(kernel.shape, x.dtype),
+                                                     jax.ShapeDtypeStruct(kernel.shape[-1:], x.dtype)),
+                               vmap_method="sequential")
+    kernel_grad, bias_grad = weights(x, grad, **_attributes(strides, padding, n_threads))
+    return _call(BACKWARD_DATA, grad, kernel, x.shape, strides, padding, n_threads), kernel_grad, bias_grad
+
+
+_conv_bias.defvjp(_bias_forward, _bias_backward)
