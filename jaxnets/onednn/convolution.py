@@ -71,8 +71,7 @@ def _call(kind: int, a: jax.Array, b: jax.Array, shape: Sequence[int], strides, 
     build.load()  # registers the handler with XLA (once per process)
     result = jax.ShapeDtypeStruct(tuple(shape), a.dtype)
     return jax.ffi.ffi_call(TARGET, result, vmap_method="sequential")(
-        a, b, kind=np.int64(kind), strides=np.asarray(strides, np.int64),
-        padding=np.asarray([p for pair in padding for p in pair], np.int64), threads=np.int64(n_threads))
+        a, b, kind=np.int64(kind), **_attributes(strides, padding, n_threads))
 
 
 def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
@@ -119,6 +118,7 @@ _conv.defvjp(_forward, _backward)
 
 
 def _attributes(strides, padding, n_threads: int) -> dict:
+    """The handlers' shared attributes: `strides`, `padding` flattened (top, bottom, left, right), `threads`."""
     return {"strides": np.asarray(strides, np.int64), "threads": np.int64(n_threads),
             "padding": np.asarray([p for pair in padding for p in pair], np.int64)}
 
