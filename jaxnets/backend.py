@@ -32,8 +32,9 @@ unknown flag in `XLA_FLAGS` would abort the process; a few milliseconds,
 once) and appends the flag. Nothing else runs at import.
 
 3. runs convolutions and training-mode batch normalisation in oneDNN where
-   that was measured to win (`conv_library`, `CONV_RULES`): float32 on
-   AVX-512 CPUs, bfloat16 on CPUs with bfloat16 dot instructions
+   that was measured to win (`conv_library`, `batch_norm_in_onednn`,
+   `CONV_RULES`): float32 convolutions on AVX-512 and AVX2 CPUs (batch norm
+   on AVX-512 only), bfloat16 on CPUs with bfloat16 dot instructions
    (`avx512_bf16` or AMX). First choice is jaxnets' own oneDNN handler
    (`jaxnets.onednn`: forward, backward-data and backward-weights
    convolutions and batch norm as XLA custom calls, built once per machine;
@@ -271,12 +272,18 @@ ONEDNN_CALL = "__onednn$convolution"
 
 
 class ConvRule(NamedTuple):
-    """One row of `CONV_RULES`: convolutions in `dtype` on a CPU with any of `cpu_flags` go to `library`."""
+    """One row of `CONV_RULES`: convolutions in `dtype` on a CPU with any of `cpu_flags` go to `library`.
+
+    `batch_norm`: training-mode batch normalisation goes to jaxnets' oneDNN
+    handler too (`batch_norm_in_onednn`); only where that was measured to win
+    or tie, and only for `library == 'onednn'`.
+    """
 
     dtype: str
     cpu_flags: tuple[str, ...]
     library: str
     measured: str  # where the measurement that chose this row is (BENCHMARKS.md section)
+    batch_norm: bool = True
 
 
 # First match wins; no match: 'eigen' (XLA's own convolution, out of YNNPACK). A row is only taken where its library
@@ -287,6 +294,10 @@ CONV_RULES = (
              "2026-12-06 evening, Zen 4 (avx512_bf16): ResNet-18 bf16 3x3 conv + both gradients 4.8x Eigen"),
     ConvRule("float32", ("avx512f",), "onednn",
              "2026-12-06 evening, Zen 4 (avx512f): ResNet-18 fp32 3x3 conv + both gradients 2.3x Eigen"),
+    # AVX2 without AVX-512: oneDNN's convolutions win (more at batch 128), its batch norm loses to XLA's.
+    ConvRule("float32", ("avx2",), "onednn",
+             "2026-12-07, Zen 3 (avx2): ResNet-18 fp32 step 4,041 -> 3,325 ms at batch 128, 864 -> 801 at 32; "
+             "LeNet 11.0 -> 8.5 ms at 128; oneDNN batch norm 3,325 -> 3,471 ms", batch_norm=False),
     ConvRule("bfloat16", ("avx512_bf16", "amx_bf16"), "xla-onednn",
              "2026-12-06 Zen 4 (avx512_bf16), jax 0.12: ResNet-18 bf16 train step 836 -> 570 ms at batch 32"),
 )
@@ -350,7 +361,10 @@ def onednn_handler_problem() -> str | None:
 def library_works(library: str, dtype_name: str) -> bool:
     """Whether `library` really runs `dtype_name` convolutions here (`'onednn'`, `'xla-onednn'`: checked once)."""
     if library == "onednn":
-        return not _status["serializable"] and onednn_handler_problem() is None
+        from jaxnets import onednn
+
+        return (not _status["serializable"] and onednn_handler_problem() is None
+                and onednn.build.dtype_works(dtype_name))
     if library == "xla-onednn":
         return onednn_lowers_convolutions(dtype_name)
     return True
@@ -370,15 +384,39 @@ def conv_library(dtype, backend: str | None = None, *, flags: frozenset[str] | N
     """
     if not fast_cpu_path(backend):
         return "xla"
-    name = jnp.dtype(dtype).name
+    rule = conv_rule(dtype, flags=flags, works=works)
+    return "eigen" if rule is None else rule.library
+
+
+def conv_rule(dtype, *, flags: frozenset[str] | None = None,
+              works: Callable[[str, str], bool] | None = None) -> ConvRule | None:
+    """The `CONV_RULES` row that `conv_library` takes for `dtype` on this CPU (None: XLA's own convolution).
+
+    None also with `JAXNETS_CPU_CONV=eigen`. Does not ask the backend
+    (`conv_library` does); `flags` and `works` as there.
+    """
     if cpu_path_setting() == "eigen":
-        return "eigen"
+        return None
+    name = jnp.dtype(dtype).name
     flags = cpu_flags() if flags is None else flags
     works = library_works if works is None else works
     for rule in CONV_RULES:
         if rule.dtype == name and flags & set(rule.cpu_flags) and works(rule.library, name):
-            return rule.library
-    return "eigen"
+            return rule
+    return None
+
+
+def batch_norm_in_onednn(dtype, backend: str | None = None, *, flags: frozenset[str] | None = None,
+                         works: Callable[[str, str], bool] | None = None) -> bool:
+    """Whether training-mode batch norm in `dtype` runs in jaxnets' oneDNN handler (`jaxnets.layers.BatchNorm`).
+
+    Where `dtype`'s convolutions do (`conv_library(...) == 'onednn'`) and that
+    `CONV_RULES` row says so (`ConvRule.batch_norm`).
+    """
+    if not fast_cpu_path(backend):
+        return False
+    rule = conv_rule(dtype, flags=flags, works=works)
+    return rule is not None and rule.library == "onednn" and rule.batch_norm
 
 
 def child_environment(setting: str) -> dict[str, str]:

@@ -137,8 +137,9 @@ class BatchNorm(nn.BatchNorm):
     Call it as `BatchNorm()(x, use_running_average=not train)`. The running
     statistics live in the `batch_stats` collection (`mean`, `var`).
 
-    In training, where jaxnets runs convolutions in oneDNN
-    (`backend.conv_library(x.dtype) == 'onednn'`), a plain NHWC normalisation
+    In training, where jaxnets runs batch norm in oneDNN
+    (`backend.batch_norm_in_onednn(x.dtype)`: on CPUs where that was measured
+    to win, see `backend.CONV_RULES`), a plain NHWC normalisation
     (channel axis last, scale and bias, no cross-device axis or mask, output
     in `x`'s dtype) is `jaxnets.onednn.batch_norm` instead of flax's
     reductions: the same parameters, statistics and update, in one pass.
@@ -163,7 +164,7 @@ class BatchNorm(nn.BatchNorm):
         plain = (self.axis in (-1, x.ndim - 1) and self.axis_name is None and self.axis_index_groups is None
                  and self.use_scale and self.use_bias and out_dtype == x.dtype
                  and jnp.dtype(self.param_dtype) == jnp.float32 and not self.is_initializing())
-        return plain and onednn.batch_norm_supports(x.shape, x.dtype) and backend.conv_library(x.dtype) == "onednn"
+        return plain and onednn.batch_norm_supports(x.shape, x.dtype) and backend.batch_norm_in_onednn(x.dtype)
 
     def _onednn_batch_norm(self, x):
         # The variables flax's BatchNorm declares, by the same names, shapes and dtypes (they exist already: this

@@ -137,7 +137,10 @@ BOTH = ("onednn", "xla-onednn")
     ("bfloat16", {"avx2", "avx512f"}, BOTH, "fast", "cpu", "eigen"),  # no bf16 dot instructions
     ("float32", {"avx2", "avx512f"}, BOTH, "fast", "cpu", "onednn"),
     ("float32", {"avx2", "avx512f"}, ("xla-onednn",), "fast", "cpu", "eigen"),  # XLA's oneDNN float32 lost
-    ("float32", {"avx2"}, BOTH, "fast", "cpu", "eigen"),  # unmeasured on AVX2-only CPUs: XLA's own
+    ("float32", {"avx2"}, BOTH, "fast", "cpu", "onednn"),  # AVX2-only CPUs: convolutions in oneDNN too
+    ("float32", {"sse4_2"}, BOTH, "fast", "cpu", "eigen"),  # below AVX2: unmeasured, XLA's own
+    ("float32", {"avx2"}, (), "fast", "cpu", "eigen"),  # the handler does not build (or cannot compute float32)
+    ("bfloat16", {"avx2"}, BOTH, "fast", "cpu", "eigen"),  # no bfloat16 in oneDNN below AVX-512
     ("float64", {"avx512f", "avx512_bf16"}, BOTH, "fast", "cpu", "eigen"),
     ("bfloat16", {"avx512_bf16"}, BOTH, "eigen", "cpu", "eigen"),  # JAXNETS_CPU_CONV=eigen: never oneDNN
     ("float32", {"avx512f"}, BOTH, "xla", "cpu", "xla"),  # switched off: XLA's defaults
@@ -146,6 +149,20 @@ BOTH = ("onednn", "xla-onednn")
 def test_conv_library_rules(dtype, flags, working, setting, platform, want, monkeypatch):
     monkeypatch.setenv(backend.ENV_VAR, setting)
     assert backend.conv_library(dtype, platform, flags=frozenset(flags), works=_fake_works(*working)) == want
+
+
+@pytest.mark.parametrize("dtype, flags, working, setting, want", [
+    ("float32", {"avx2", "avx512f"}, BOTH, "fast", True),  # AVX-512: oneDNN's batch norm measured to win
+    ("float32", {"avx2"}, BOTH, "fast", False),  # AVX2: the convolutions go to oneDNN, batch norm stays in XLA
+    ("bfloat16", {"avx512_bf16"}, BOTH, "fast", True),
+    ("bfloat16", {"avx512_bf16"}, ("xla-onednn",), "fast", False),  # XLA's oneDNN has no batch norm of ours
+    ("float32", {"avx512f"}, BOTH, "eigen", False),
+    ("float32", {"avx512f"}, BOTH, "xla", False),
+])
+def test_batch_norm_follows_its_conv_rule(dtype, flags, working, setting, want, monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, setting)
+    assert backend.batch_norm_in_onednn(dtype, "cpu", flags=frozenset(flags), works=_fake_works(*working)) == want
+    assert not backend.batch_norm_in_onednn(dtype, "gpu", flags=frozenset(flags), works=_fake_works(*working))
 
 
 def _on_x86_linux() -> bool:
@@ -166,7 +183,7 @@ def test_conv_library_on_this_machine_is_what_the_program_runs(dtype):
         return jnp.sum(y.astype(jnp.float32))
 
     library = backend.conv_library(dtype)
-    if _on_x86_linux() and "avx512f" in backend.cpu_flags() and dtype == jnp.float32:
+    if _on_x86_linux() and {"avx2", "avx512f"} & backend.cpu_flags() and dtype == jnp.float32:
         # jaxnets' dependencies and a compiler are here (CI's machines too): the handler must build and be taken
         assert backend.onednn_handler_problem() is None
         assert library == "onednn"

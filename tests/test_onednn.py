@@ -57,6 +57,45 @@ def test_the_handlers_build_and_load_here():
     assert onednn.version().startswith("3.")
 
 
+def _need(dtype) -> None:
+    """Skip unless oneDNN has `dtype` kernels on this CPU (bfloat16 needs AVX-512: not on an AVX2-only host)."""
+    name = jnp.dtype(dtype).name
+    if not build.dtype_works(name):
+        pytest.skip(f"oneDNN has no {name} kernels on this CPU (flags: avx512f "
+                    f"{'present' if 'avx512f' in backend.cpu_flags() else 'absent'}); tested where it has them")
+
+
+def _onednn_takes(monkeypatch, dtype) -> None:
+    """Make `backend`'s rules send `dtype` convolutions and batch norm to jaxnets' handler, whatever this CPU's
+    own rule says (the layers' oneDNN paths are tested on every CPU that can compute `dtype` in oneDNN)."""
+    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    _need(dtype)
+    flags = backend.cpu_flags() | {"avx512f", "avx512_bf16"}
+    monkeypatch.setattr(backend, "cpu_flags", lambda: flags)
+    assert backend.conv_library(jnp.dtype(dtype)) == "onednn" and backend.batch_norm_in_onednn(jnp.dtype(dtype))
+
+
+def test_each_dtype_works_where_the_cpu_has_the_instructions():
+    flags = backend.cpu_flags()
+    assert build.dtype_works("float32")
+    assert not build.dtype_works("float16")
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        assert build.dtype_works("bfloat16")
+    if "avx512f" not in flags:  # oneDNN 3.2: no bfloat16 below AVX-512
+        assert not build.dtype_works("bfloat16")
+
+
+def test_a_dtype_the_cpu_cannot_compute_is_a_clear_error_and_the_rules_skip_it(monkeypatch):
+    monkeypatch.setattr(build, "dtype_works", lambda name: name == "float32")
+    x, w, strides, padding = _operands(SHAPES["resnet 3x3"], jnp.bfloat16)
+    with pytest.raises(build.Unavailable, match="no bfloat16 convolution .* kernels for this CPU"):
+        onednn.conv(x, w, strides, padding)
+    with pytest.raises(build.Unavailable, match="compute in float32"):
+        onednn.batch_norm(x, jnp.ones(16), jnp.zeros(16), 1e-5)
+    assert not backend.library_works("onednn", "bfloat16")
+    assert backend.library_works("onednn", "float32")
+
+
 def _operands(shape, dtype):
     batch, height, width, channels, out, kernel, stride, pad = shape
     rng = np.random.default_rng(sum(s for s in shape if isinstance(s, int)))
@@ -70,6 +109,7 @@ def _operands(shape, dtype):
 @pytest.mark.parametrize("dtype", TOLERANCE)
 @pytest.mark.parametrize("name, shape", SHAPES.items(), ids=SHAPES.keys())
 def test_conv_equals_lax_forward_and_gradients(name, shape, dtype, serial_macs, monkeypatch):
+    _need(dtype)
     # Both ways the handler runs: on oneDNN's OpenMP threads (one call at a time), and single-threaded on XLA's
     # calling threads (the two gradients may then run side by side).
     monkeypatch.setattr(onednn.convolution, "SERIAL_MACS", serial_macs)
@@ -140,6 +180,7 @@ def _batch_norm_reference(x, scale, shift, epsilon=1e-5):
 
 @pytest.mark.parametrize("dtype", TOLERANCE)
 def test_batch_norm_equals_the_formula_forward_and_gradients(dtype):
+    _need(dtype)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(6, 5, 7, 16)) * 3 + 1, dtype)
     scale = jnp.asarray(rng.normal(size=16), jnp.float32)
@@ -163,9 +204,7 @@ def test_batch_norm_equals_the_formula_forward_and_gradients(dtype):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_batchnorm_layer_on_onednn_equals_flax(dtype, monkeypatch):
     """`layers.BatchNorm` in training: oneDNN's path gives flax's output, running averages and gradients."""
-    monkeypatch.setenv(backend.ENV_VAR, "fast")
-    if backend.conv_library(dtype) != "onednn":
-        pytest.skip(f"{dtype} convolutions do not take oneDNN on this CPU (flags: {sorted(backend.cpu_flags())})")
+    _onednn_takes(monkeypatch, dtype)
     norm = layers.BatchNorm(dtype=jnp.dtype(dtype))
     x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 6, 6, 8)) * 2 - 1, dtype)
     variables = norm.init(jax.random.key(0), x, use_running_average=False)
@@ -194,7 +233,7 @@ def test_batchnorm_layer_on_onednn_equals_flax(dtype, monkeypatch):
 
 def test_resnet_train_step_on_onednn_matches_xla(monkeypatch):
     """A whole ResNet-18 (narrow) training forward + gradients: oneDNN's path vs XLA's, same loss and gradients."""
-    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    _onednn_takes(monkeypatch, jnp.float32)
     model = models.create("resnet18", width_divisor=8)
     variables = models.init(model, jax.random.key(0))
     x = jnp.asarray(np.random.default_rng(0).normal(size=(8, *model.input_shape)), jnp.float32)
@@ -306,6 +345,7 @@ def test_flax_conv_matches_layers_conv_on_onednn(monkeypatch):
 @pytest.mark.parametrize("dtype", TOLERANCE)
 @pytest.mark.parametrize("name", ["resnet 3x3 stride 2", "vgg 2x2 map", "lenet 1->6 k5 p2", "asymmetric padding"])
 def test_conv_with_bias_equals_lax_plus_bias_forward_and_gradients(name, dtype, serial_macs, monkeypatch):
+    _need(dtype)
     monkeypatch.setattr(onednn.convolution, "SERIAL_MACS", serial_macs)
     x, w, strides, padding = _operands(SHAPES[name], jnp.dtype(dtype))
     bias = jnp.asarray(np.random.default_rng(5).normal(size=w.shape[-1:]), dtype)
@@ -338,8 +378,7 @@ def test_conv_with_bias_equals_lax_plus_bias_forward_and_gradients(name, dtype, 
 @pytest.mark.parametrize("kwargs", [dict(strides=2, padding="SAME"), dict(padding=1), dict(kernel_size=(1, 1))],
                          ids=["3x3 stride 2 SAME", "3x3 pad 1", "1x1"])
 def test_conv_layer_hands_its_bias_to_onednn_and_equals_flax(kwargs, dtype, monkeypatch):
-    monkeypatch.setenv(backend.ENV_VAR, "fast")
-    assert backend.conv_library(jnp.dtype(dtype)) == "onednn", "this host takes oneDNN (the handlers build here)"
+    _onednn_takes(monkeypatch, dtype)
     settings = {"features": 8, "kernel_size": (3, 3), **kwargs, "dtype": jnp.dtype(dtype)}
     x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 9, 9, 16)), dtype).astype(jnp.float32)
     ours = layers.Conv(**settings)

@@ -17,8 +17,10 @@ the stem, whose input is data) and weight gradient — as one jitted JAX
 program through `jaxnets.convolution` (what the models run: `convolution.conv_algorithm`
 picks the lowering), the same as XLA's own convolution (`lax`), as im2col
 (`convolution.im2col_conv`: kh*kw shifted slices + one matmul), handed to
-oneDNN (where this jaxlib does that: `backend.onednn_lowers_convolutions`),
-and PyTorch's `conv2d` forward + backward, all in `--dtype`. Times
+oneDNN by XLA (where this jaxlib does that: `backend.onednn_lowers_convolutions`),
+jaxnets' own oneDNN handler (`jaxnets.onednn.conv`, wherever it builds here,
+whether or not `backend.CONV_RULES` picks it on this CPU: the column that
+decides a rule), and PyTorch's `conv2d` forward + backward, all in `--dtype`. Times
 are the minimum over rounds with the variants alternated (each timed call
 right after an untimed one), so a noisy neighbour hurts every variant alike.
 """
@@ -36,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxnets import backend, convolution, report
+from jaxnets import backend, convolution, onednn, report
 from jaxnets.bench import host
 
 # (name, H, W, C, O, kernel, stride, padding, models that have it)
@@ -180,6 +182,10 @@ def run(batch_size: int = 128, rounds: int = 5, log=print, layer_specs=LAYERS, d
         }
         if backend.onednn_lowers_convolutions(dtype):  # jax 0.12: XLA's convolution handed to oneDNN
             variants["onednn"] = _jax_layer(lax_conv, x, w, stem, options=backend.ONEDNN_OPTIONS)
+        if (backend.onednn_handler_problem() is None and onednn.build.dtype_works(dtype)
+                and onednn.supports(x.shape, w.shape, dtype, padding)):
+            variants["handler"] = _jax_layer(functools.partial(onednn.conv, strides=(stride, stride), padding=padding),
+                                             x, w, stem)
         if have_torch:
             variants["torch"] = _torch_layer(x_np, w_np, stride, pad, stem, dtype)
         best = {v: float("inf") for v in variants}
@@ -208,17 +214,18 @@ def run(batch_size: int = 128, rounds: int = 5, log=print, layer_specs=LAYERS, d
 def table(rows: list[dict]) -> str:
     """Markdown: one line per layer; with counts, each layer's time per step and a total line."""
     torch_col = "torch_ms" in rows[0]
-    onednn_col = "onednn_ms" in rows[0]
+    optional = [v for v in ("onednn", "handler") if all(f"{v}_ms" in r for r in rows)]
     counted = "count" in rows[0]
-    header = ["layer", "in", "jaxnets (ms)", "lax (ms)", "im2col (ms)"] + (["oneDNN (ms)"] if onednn_col else []) + (
-        ["torch (ms)", "torch / jaxnets"] if torch_col else [])
+    names = {"jaxnets": "jaxnets", "lax": "lax", "onednn": "XLA's oneDNN", "handler": "oneDNN handler",
+             "torch": "torch"}
+    header = (["layer", "in", "jaxnets (ms)", "lax (ms)", "im2col (ms)"] + [f"{names[v]} (ms)" for v in optional]
+              + (["torch (ms)", "torch / jaxnets"] if torch_col else []))
     cells = [[r["layer"], r["models"], f"{r['jaxnets_ms']:.1f}", f"{r['lax_ms']:.1f}", f"{r['im2col_ms']:.1f}"]
-             + ([f"{r['onednn_ms']:.1f}"] if onednn_col else [])
+             + [f"{r[f'{v}_ms']:.1f}" for v in optional]
              + ([f"{r['torch_ms']:.1f}", f"{r['jaxnets_over_torch']:.2f}x"] if torch_col else []) for r in rows]
-    align = "llrrr" + ("r" if onednn_col else "") + ("rr" if torch_col else "")
+    align = "llrrr" + "r" * len(optional) + ("rr" if torch_col else "")
     if counted:
-        per_step = [v for v in ("jaxnets", "lax", "onednn", "torch") if f"{v}_ms_per_step" in rows[0]]
-        names = {"jaxnets": "jaxnets", "lax": "lax", "onednn": "oneDNN", "torch": "torch"}
+        per_step = [v for v in ("jaxnets", "lax", *optional, "torch") if f"{v}_ms_per_step" in rows[0]]
         header += ["count"] + [f"{names[v]} per step (ms)" for v in per_step]
         for cell, r in zip(cells, rows, strict=True):
             cell += [str(r["count"])] + [f"{r[f'{v}_ms_per_step']:.0f}" for v in per_step]
@@ -230,8 +237,8 @@ def table(rows: list[dict]) -> str:
 
 
 def totals_per_step(rows: list[dict]) -> dict[str, float]:
-    """Milliseconds per training step spent in all the counted convolutions, per variant."""
-    variants = [k[: -len("_ms_per_step")] for k in rows[0] if k.endswith("_ms_per_step")]
+    """Milliseconds per training step spent in all the counted convolutions, per variant (those timed on every row)."""
+    variants = [k[: -len("_ms_per_step")] for k in rows[0] if k.endswith("_ms_per_step") and all(k in r for r in rows)]
     return {v: sum(r[f"{v}_ms_per_step"] for r in rows) for v in variants}
 
 

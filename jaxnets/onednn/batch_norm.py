@@ -40,9 +40,11 @@ def batch_norm(x: jax.Array, scale: jax.Array, shift: jax.Array,
     `mean` and `variance` `[C]` float32 over N, H and W (the biased variance,
     as `flax.linen.BatchNorm` uses it). `scale` and `shift` are float32 `[C]`.
     Gradients flow to `x`, `scale` and `shift` (not through the returned
-    statistics: they feed running averages, which take no gradient).
+    statistics: they feed running averages, which take no gradient). Raises
+    `build.Unavailable` where the handler cannot run `x`'s dtype (see
+    `build.require_dtype`).
     """
-    build.load()
+    build.require_dtype(x.dtype)
     call = jax.ffi.ffi_call(FORWARD_TARGET, (jax.ShapeDtypeStruct(x.shape, x.dtype), _channel(x), _channel(x)),
                             vmap_method="sequential")
     return call(x, scale, shift, epsilon=np.float32(epsilon))

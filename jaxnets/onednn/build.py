@@ -197,6 +197,7 @@ def _load() -> ctypes.CDLL:
         raise Unavailable(f"jaxnets' oneDNN convolutions did not load from {path}: {error}. Delete that folder to "
                           f"rebuild, or {INSTALL_HINT}") from error
     library.JaxnetsOnednnVersion.restype = ctypes.c_char_p
+    library.JaxnetsOnednnSupportsType.argtypes = [ctypes.c_int]
     for target, handler in handlers.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
     return library
@@ -205,6 +206,30 @@ def _load() -> ctypes.CDLL:
 def unavailable_reason() -> str | None:
     """None when `load()` works here, else why not (the `Unavailable` message). Loads on first call."""
     return _load_once()[1]
+
+
+@functools.cache
+def dtype_works(dtype_name: str) -> bool:
+    """Whether oneDNN has kernels on this CPU for every handler call in `dtype_name` ('float32' or 'bfloat16').
+
+    oneDNN 3.2 computes bfloat16 only from AVX-512 up: on an AVX2-only CPU its
+    bfloat16 convolutions and batch norms cannot be made. Asked of the loaded
+    library once per dtype (it makes a small primitive of each kind). Raises
+    `Unavailable` like `load`.
+    """
+    codes = {"float32": 0, "bfloat16": 1}
+    return dtype_name in codes and bool(load().JaxnetsOnednnSupportsType(codes[dtype_name]))
+
+
+def require_dtype(dtype) -> None:
+    """Raise `Unavailable` unless `dtype_works(dtype)`: the error says which CPU it needs and what to use instead."""
+    import numpy as np
+
+    name = np.dtype(dtype).name
+    if not dtype_works(name):
+        raise Unavailable(f"oneDNN {version()} has no {name} convolution or batch norm kernels for this CPU "
+                          f"(bfloat16 needs AVX-512): compute in float32 here, or let jaxnets.layers pick the "
+                          f"lowering (it uses oneDNN only where it runs)")
 
 
 def version() -> str:

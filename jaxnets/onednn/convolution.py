@@ -84,8 +84,11 @@ def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
     `strides` and `padding` are static (hashable tuples). With a `bias`, the
     forward pass adds it and the weight gradient's oneDNN call also returns
     the bias gradient (no separate sum over N, H, W). Raises
-    `build.Unavailable` when the handler cannot be built here.
+    `build.Unavailable` when the handler cannot be built here, or this CPU has
+    no oneDNN kernels for the dtype (`build.dtype_works`: bfloat16 on an
+    AVX2-only CPU).
     """
+    build.require_dtype(x.dtype)
     if kernel.shape[:2] == (1, 1) and tuple(strides) != (1, 1) and not any(p for pair in padding for p in pair):
         # A strided 1x1 convolution is a 1x1 convolution of every stride-th pixel. oneDNN 3.2's strided 1x1
         # weight gradient corrupts memory on thin inputs (8 channels): it never sees a strided 1x1 here.
