@@ -231,6 +231,13 @@ def test_conv_layers_reads_each_models_convolutions_from_the_model_and_counts_th
     totals = conv_layers.totals_per_step(rows)
     assert totals["jaxnets"] == pytest.approx(sum(r["jaxnets_ms"] for r in rows))
     assert "| **all convolutions** |" in conv_layers.table(rows)
+    # jaxnets' oneDNN handler is timed wherever it runs, whether or not this CPU's rule takes it
+    from jaxnets import backend, onednn
+
+    handler = backend.onednn_handler_problem() is None and onednn.build.dtype_works("float32")
+    assert all(("handler_ms" in r) == handler for r in rows)
+    assert ("oneDNN handler (ms)" in conv_layers.table(rows)) == handler
+    assert ("handler" in totals) == handler
 
 
 def test_step_profile_groups_operations_by_kind_and_skips_the_runtime():
