@@ -296,7 +296,7 @@ CONV_RULES = (
              "2026-12-06 evening, Zen 4 (avx512f): ResNet-18 fp32 3x3 conv + both gradients 2.3x Eigen"),
     # AVX2 without AVX-512: oneDNN's convolutions win (more at batch 128), its batch norm loses to XLA's.
     ConvRule("float32", ("avx2",), "onednn",
-             "2026-12-07, Zen 3 (avx2): ResNet-18 fp32 step 4,041 -> 3,325 ms at batch 128, 864 -> 801 at 32; "
+             "2026-12-07, Zen 3 (avx2): ResNet-18 fp32 step 4,041 -> 3,325 ms at batch 128, 864 -> 800 at 32; "
              "LeNet 11.0 -> 8.5 ms at 128; oneDNN batch norm 3,325 -> 3,471 ms", batch_norm=False),
     ConvRule("bfloat16", ("avx512_bf16", "amx_bf16"), "xla-onednn",
              "2026-12-06 Zen 4 (avx512_bf16), jax 0.12: ResNet-18 bf16 train step 836 -> 570 ms at batch 32"),
