@@ -253,6 +253,21 @@ def quiet_uncacheable_onednn() -> None:
     warnings.filterwarnings("ignore", message=UNCACHEABLE_WARNING, category=UserWarning)
 
 
+# Initialising a model is one program of random draws (threefry bits, uniform and truncated-normal transforms) that
+# runs once. XLA's default LLVM optimisation spends 3-4x longer compiling it on the CPU than level 1, which gives
+# bit-identical weights (BENCHMARKS.md "2026-12-07: compiling a model's init"; tests/test_models.py checks equality).
+INIT_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+def init_compiler_options(backend: str | None = None) -> dict[str, Any]:
+    """XLA options for the jitted `models.init` program: `INIT_OPTIONS` on the CPU, none elsewhere.
+
+    Only the CPU was measured (GPU kernels' compile is another code path).
+    """
+    backend = jax.default_backend() if backend is None else backend
+    return dict(INIT_OPTIONS) if backend == "cpu" else {}
+
+
 def jit(fun: Callable, *, dtype=None, **kwargs) -> Callable:
     """`jax.jit(fun, **kwargs)` with `compiler_options(dtype=dtype)`: every jaxnets jit goes through here.
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnets import models
+from jaxnets import backend, models
 
 # Counts of the same architectures in PyTorch (10 classes); the PyTorch side
 # is recounted in test_interop.py. README's model table lists these.
@@ -232,3 +232,19 @@ def test_init_reuses_its_compiled_program_for_an_equal_model():
     assert not np.allclose(jax.tree.leaves(first)[0], jax.tree.leaves(other_seed)[0])
     other = models.init(models.create("mlp", hidden_size=8, num_classes=3), jax.random.key(0))  # its own program
     assert other["params"]["output"]["kernel"].shape[-1] == 3
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("lenet", {}), ("resnet18", {"width_divisor": 8})])
+def test_init_compiled_at_its_lower_llvm_level_gives_the_default_programs_weights_bit_for_bit(name, kwargs, getkey):
+    """`models.init` compiles with `backend.init_compiler_options()`: faster to compile, never other weights.
+
+    Uniform (LeNet's PyTorch defaults) and truncated-normal draws (ResNet's Kaiming normal); the reference is the
+    same init traced inside a caller's own `jax.jit` (XLA's default options), which `models.init` also supports.
+    """
+    assert backend.init_compiler_options("cpu") == backend.INIT_OPTIONS and backend.init_compiler_options("gpu") == {}
+    model, key = models.create(name, **kwargs), getkey()
+    ours = models.init(model, key)
+    default = jax.jit(lambda k: models.init(model, k))(key)  # a tracer key: the caller's program, default options
+    assert jax.tree.structure(ours) == jax.tree.structure(default)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(default), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
