@@ -282,3 +282,67 @@ def test_same_start_trains_both_frameworks_from_the_same_weights_on_the_same_bat
     assert "| 3 |" in same_start.table(result)
     with pytest.raises(ValueError, match="need 64000 images"):
         same_start.batches("digits", None, steps=500, batch_size=128)
+
+
+def test_interleaved_alternates_the_settings_and_flips_their_order_every_repetition():
+    from jaxnets.bench import interleaved
+
+    calls = []
+    steps = {name: functools.partial(calls.append, name) for name in ("a", "b", "c")}
+    times = interleaved.alternate(steps, reps=3, steps_per_rep=2, warmup=1)
+    assert calls[:3] == ["a", "b", "c"]  # one warm-up step each, untimed
+    assert calls[3:] == ["a", "a", "b", "b", "c", "c", "c", "c", "b", "b", "a", "a", "a", "a", "b", "b", "c", "c"]
+    assert {name: len(values) for name, values in times.items()} == {"a": 3, "b": 3, "c": 3}
+    with pytest.raises(ValueError, match="must be >= 1"):
+        interleaved.alternate(steps, reps=0, steps_per_rep=2)
+
+
+def test_interleaved_summary_pairs_each_repetition_with_the_reference():
+    from jaxnets.bench import interleaved
+
+    # a drift (the host slowing 3x over the run) hits both settings alike; "eigen" is 10% slower in every pair
+    times = {"fast": [1.0, 2.0, 3.0, 2.0], "eigen": [1.1, 2.2, 3.3, 1.8]}
+    ref, other = interleaved.summarize(times)
+    assert ref == {"setting": "fast", "ms_median": 2000.0, "ms_min": 1000.0, "ratio_median": 1.0, "faster_in": 0,
+                   "reps": 4}
+    assert other["ratio_median"] == pytest.approx(1.1) and other["faster_in"] == 1  # the last pair: 1.8 < 2.0
+    assert other["ms_median"] == pytest.approx(2000.0)  # (1.8 + 2.2) / 2: medians alone would call it a tie
+
+
+def test_interleaved_setting_is_scoped_and_only_in_process_settings_are_taken(monkeypatch):
+    from jaxnets import backend
+    from jaxnets.bench import interleaved
+
+    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    with interleaved.cpu_setting("eigen"):
+        assert backend.cpu_path_setting() == "eigen" and backend.conv_library("float32") in ("eigen", "xla")
+    assert backend.cpu_path_setting() == "fast"
+    monkeypatch.delenv(backend.ENV_VAR)
+    with interleaved.cpu_setting("eigen"):
+        pass
+    assert backend.ENV_VAR not in os.environ
+    with pytest.raises(ValueError, match="jit-xla"):
+        with interleaved.cpu_setting("xla"):
+            pass
+    with pytest.raises(SystemExit):
+        interleaved.main(["--settings", "fast,fast"])  # nothing to compare: a usage error, nothing compiled
+
+
+def test_interleaved_cli_compiles_each_setting_and_writes_its_report(tmp_path, capsys):
+    """LeNet at batch 8: each setting's own program (jaxnets' oneDNN calls only where its rules take them)."""
+    from jaxnets import backend
+    from jaxnets.bench import interleaved
+
+    out = tmp_path / "ab.json"
+    assert interleaved.main(["--model", "lenet", "--batch-size", "8", "--reps", "3", "--steps", "1",
+                             "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    programs = report["programs"]
+    assert programs["eigen"]["library"] == "eigen" and programs["eigen"]["handler_calls"] == 0
+    assert programs["fast"]["library"] == backend.conv_library("float32")
+    assert (programs["fast"]["handler_calls"] > 0) == (programs["fast"]["library"] == "onednn")
+    assert [r["setting"] for r in report["rows"]] == ["fast", "eigen"]
+    assert all(len(v) == 3 and min(v) > 0 for v in report["seconds_per_step"].values())
+    assert report["machine"]["cpu"] == host.cpu_model()
+    printed = capsys.readouterr().out
+    assert "| fast | " in printed and "faster than reference in" in printed and "CPU flags:" in printed

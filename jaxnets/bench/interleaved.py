@@ -1,0 +1,178 @@
+"""Which CPU path trains faster here: one train step compiled per setting, timed in alternation (noisy hosts).
+
+    python -m jaxnets.bench.interleaved --model resnet18 --batch-size 32 --settings fast,eigen --reps 20
+
+On a shared machine the speed drifts by 10-40% within minutes, so timing
+one variant for a while and then the other compares the host's moods, not
+the variants (BENCHMARKS.md "2026-12-07: issue 24 round 6" shows a rule that
+won 8 of 10 such back-to-back rounds and tied under this tool). Here every
+setting's train step is compiled first (the benchmark's model, batch and
+SGD: `jaxnets.bench.cases`), then each repetition times `--steps` steps of
+every setting back to back, the order flipped every repetition. A drift then
+slows both sides of a repetition alike, and the paired ratios cancel it.
+
+Settings are `JAXNETS_CPU_CONV` values that can change inside one process:
+`fast` (jaxnets' CPU path: `backend.CONV_RULES` picks the convolution
+library) and `eigen` (the same path, XLA's own convolutions). `xla` changes
+process-wide XLA flags; `jaxnets-bench --modes jit,jit-xla` compares it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+
+from jaxnets import backend, data, report
+from jaxnets.bench import cases, host
+from jaxnets.training import TrainState
+
+SETTINGS = ("fast", "eigen")  # the `JAXNETS_CPU_CONV` values that switch per compiled program
+HANDLER_TARGET = "jaxnets_onednn_convolution"  # jaxnets' oneDNN convolutions, counted in each program
+
+
+@contextlib.contextmanager
+def cpu_setting(setting: str) -> Iterator[None]:
+    """`JAXNETS_CPU_CONV=setting` inside the block (programs traced here follow it), the old value after.
+
+    Raises:
+      ValueError: `setting` is not one of `SETTINGS`.
+    """
+    if setting not in SETTINGS:
+        raise ValueError(f"setting {setting!r} cannot switch inside one process; use one of {SETTINGS} "
+                         "('xla' changes process-wide XLA flags: compare it with `jaxnets-bench --modes jit,jit-xla`)")
+    before = os.environ.get(backend.ENV_VAR)
+    os.environ[backend.ENV_VAR] = setting
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(backend.ENV_VAR, None)
+        else:
+            os.environ[backend.ENV_VAR] = before
+
+
+def compile_step(case: cases.Case, setting: str) -> tuple[Callable[[], None], dict]:
+    """The benchmark's train step for `case`, compiled under `setting`: a call running one step, and what it holds.
+
+    Returns:
+      (`step()`: runs one step on its own state and waits for it; info: `library` (the convolution library
+      `backend.conv_library` picks under the setting), `handler_calls` (jaxnets' oneDNN convolutions in the
+      compiled program), `compile_s`).
+    """
+    with cpu_setting(setting):
+        model = cases.bench_model(case.model, case.dtype)
+        batch = data.synthetic_batch(model.input_shape, case.batch_size, num_classes=cases.NUM_CLASSES,
+                                     seed=case.seed, dtype=jnp.dtype(case.dtype))
+        state = TrainState.create(model, cases.bench_optimizer(), seed=case.seed)
+        jax.clear_caches()  # the model's functions are traced afresh under this setting
+        start = time.perf_counter()
+        compiled = backend.jit(cases.train_step(), dtype=case.dtype, donate_argnums=(0,)).lower(state, batch).compile()
+        info = {"library": backend.conv_library(case.dtype), "compile_s": time.perf_counter() - start,
+                "handler_calls": compiled.as_text().count(HANDLER_TARGET)}
+    held = [state]
+
+    def step() -> None:
+        held[0], metrics = compiled(held[0], batch)
+        jax.block_until_ready(metrics)
+
+    return step, info
+
+
+def alternate(steps: dict[str, Callable[[], None]], reps: int, steps_per_rep: int, warmup: int = 2,
+              ) -> dict[str, list[float]]:
+    """Seconds per step of each entry of `steps`, `reps` times, back to back; the order reverses every repetition.
+
+    Every callable first runs `warmup` untimed steps. Returns `{name: [seconds per step, one per repetition]}`.
+    """
+    if reps < 1 or steps_per_rep < 1:
+        raise ValueError(f"reps and steps per repetition must be >= 1 (got {reps}, {steps_per_rep})")
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    names, times = list(steps), {name: [] for name in steps}
+    for rep in range(reps):
+        for name in names if rep % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            for _ in range(steps_per_rep):
+                steps[name]()
+            times[name].append((time.perf_counter() - start) / steps_per_rep)
+    return times
+
+
+def summarize(times: dict[str, list[float]]) -> list[dict]:
+    """One row per setting: median ms per step, and against the first setting (the reference) paired by repetition.
+
+    `ratio_median` is the median over repetitions of (this setting's time / the reference's): above 1.0 this
+    setting is slower; `faster_in` counts the repetitions where it beat the reference.
+    """
+    reference, *_ = times
+    rows = []
+    for name, values in times.items():
+        ratios = [v / r for v, r in zip(values, times[reference], strict=True)]
+        rows.append({"setting": name, "ms_median": 1e3 * statistics.median(values), "ms_min": 1e3 * min(values),
+                     "ratio_median": statistics.median(ratios), "faster_in": sum(r < 1.0 for r in ratios),
+                     "reps": len(values)})
+    return rows
+
+
+def table(rows: list[dict], infos: dict[str, dict]) -> str:
+    """The summary as a Markdown table."""
+    cells = [[r["setting"], infos[r["setting"]]["library"], infos[r["setting"]]["handler_calls"],
+              f"{r['ms_median']:,.1f}", f"{r['ms_min']:,.1f}", f"{r['ratio_median']:.3f}",
+              f"{r['faster_in']} / {r['reps']}" if i else "reference"] for i, r in enumerate(rows)]
+    return report.markdown_table(["setting", "convolutions", "oneDNN calls", "ms / step (median)", "ms (min)",
+                                  "time / reference (median of pairs)", "faster than reference in"], cells,
+                                 "llrrrrr")
+
+
+def run(case: cases.Case, settings: tuple[str, ...], reps: int, steps_per_rep: int,
+        log: Callable[[str], None] | None = print) -> dict:
+    """Compile `case`'s train step under each setting, alternate them, summarize. The result is JSON-ready."""
+    if len(set(settings)) < 2:
+        raise ValueError(f"give at least two different settings to compare (got {settings})")
+    steps, infos = {}, {}
+    for setting in settings:
+        steps[setting], infos[setting] = compile_step(case, setting)
+        if log:
+            log(f"{setting}: compiled in {infos[setting]['compile_s']:.1f} s, convolutions "
+                f"{infos[setting]['library']}, {infos[setting]['handler_calls']} oneDNN calls")
+    times = alternate(steps, reps, steps_per_rep)
+    return {"case": case._asdict(), "settings": list(settings), "programs": infos, "rows": summarize(times),
+            "seconds_per_step": times}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jaxnets.bench.interleaved", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--settings", default="fast,eigen", help="comma-separated JAXNETS_CPU_CONV values; the first is "
+                   "the reference (default: fast,eigen)")
+    p.add_argument("--reps", type=int, default=20, help="repetitions (default 20)")
+    p.add_argument("--steps", type=int, default=2, help="steps per setting per repetition (default 2)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    settings = tuple(s.strip() for s in args.settings.split(",") if s.strip())
+    try:
+        result = run(cases.Case(model=args.model, what="train", batch_size=args.batch_size, dtype=args.dtype),
+                     settings, args.reps, args.steps)
+    except ValueError as error:
+        p.error(str(error))
+    print(f"{args.model} train step, batch {args.batch_size}, {args.dtype}; {args.reps} repetitions of "
+          f"{args.steps} steps; {host.machine()['cpu']}; CPU flags: {backend.describe()['cpu_flags']}")
+    print(table(result["rows"], result["programs"]))
+    if args.json:
+        report.write_json(args.json, {"machine": host.machine(), "backend": backend.describe(), **result})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
