@@ -292,6 +292,10 @@ class ConvRule(NamedTuple):
     `batch_norm`: training-mode batch normalisation goes to jaxnets' oneDNN
     handler too (`batch_norm_in_onednn`); only where that was measured to win
     or tie, and only for `library == 'onednn'`.
+    `eigen_from_channels`, `eigen_max_batch`: stride-1 convolutions with at
+    least `eigen_from_channels` input channels, in batches of at most
+    `eigen_max_batch`, stay with XLA's own (`'eigen'`); None: every
+    convolution takes `library`. Where the library was measured to lose there.
     """
 
     dtype: str
@@ -299,6 +303,8 @@ class ConvRule(NamedTuple):
     library: str
     measured: str  # where the measurement that chose this row is (BENCHMARKS.md section)
     batch_norm: bool = True
+    eigen_from_channels: int | None = None
+    eigen_max_batch: int | None = None
 
 
 # First match wins; no match: 'eigen' (XLA's own convolution, out of YNNPACK). A row is only taken where its library
@@ -309,10 +315,14 @@ CONV_RULES = (
              "2026-12-06 evening, Zen 4 (avx512_bf16): ResNet-18 bf16 3x3 conv + both gradients 4.8x Eigen"),
     ConvRule("float32", ("avx512f",), "onednn",
              "2026-12-06 evening, Zen 4 (avx512f): ResNet-18 fp32 3x3 conv + both gradients 2.3x Eigen"),
-    # AVX2 without AVX-512: oneDNN's convolutions win (more at batch 128), its batch norm loses to XLA's.
+    # AVX2 without AVX-512: oneDNN's convolutions win, except the wide stride-1 ones at small batches (VGG-16's and
+    # ResNet-18's blocks at batch 32: XLA's Eigen there); oneDNN's batch norm loses to XLA's.
     ConvRule("float32", ("avx2",), "onednn",
              "2026-12-07, Zen 3 (avx2): ResNet-18 fp32 step 4,041 -> 3,325 ms at batch 128, 864 -> 800 at 32; "
-             "LeNet 11.0 -> 8.5 ms at 128; oneDNN batch norm 3,325 -> 3,471 ms", batch_norm=False),
+             "LeNet 11.0 -> 8.5 ms at 128; oneDNN batch norm 3,325 -> 3,471 ms; round 6 (bench.interleaved): wide "
+             "stride-1 convolutions in Eigen at batch 32: VGG-16 0.87-0.90x, ResNet-18 0.91-0.99x the step time; "
+             "at batch 128 ResNet-18 1.06-1.08x (so not there)",
+             batch_norm=False, eigen_from_channels=64, eigen_max_batch=32),
     ConvRule("bfloat16", ("avx512_bf16", "amx_bf16"), "xla-onednn",
              "2026-12-06 Zen 4 (avx512_bf16), jax 0.12: ResNet-18 bf16 train step 836 -> 570 ms at batch 32"),
 )
@@ -386,7 +396,8 @@ def library_works(library: str, dtype_name: str) -> bool:
 
 
 def conv_library(dtype, backend: str | None = None, *, flags: frozenset[str] | None = None,
-                 works: Callable[[str, str], bool] | None = None) -> str:
+                 works: Callable[[str, str], bool] | None = None, in_channels: int | None = None,
+                 strides: tuple[int, ...] | None = None, batch: int | None = None) -> str:
     """Which library runs `dtype` convolutions in jaxnets: `'onednn'`, `'xla-onednn'`, `'eigen'` or `'xla'`.
 
     `'onednn'` is jaxnets' own oneDNN handler (`jaxnets.onednn`: forward and
@@ -394,13 +405,21 @@ def conv_library(dtype, backend: str | None = None, *, flags: frozenset[str] | N
     `'eigen'` XLA's own convolution, `'xla'` XLA's defaults (not the CPU, or
     `JAXNETS_CPU_CONV=xla`). Else the first `CONV_RULES` row for this dtype
     whose CPU flag this CPU has and whose library really runs here
-    (`library_works`), or `'eigen'`. `flags` and `works` replace the CPU's
-    flags and that check (for tests).
+    (`library_works`), or `'eigen'`. Given one convolution's `in_channels`,
+    `strides` and `batch`, a row's `eigen_from_channels` / `eigen_max_batch`
+    may keep it in `'eigen'`. `flags` and `works` replace the CPU's flags and
+    that check (for tests).
     """
     if not fast_cpu_path(backend):
         return "xla"
     rule = conv_rule(dtype, flags=flags, works=works)
-    return "eigen" if rule is None else rule.library
+    if rule is None:
+        return "eigen"
+    if (rule.eigen_from_channels is not None and None not in (in_channels, strides, batch)
+            and in_channels >= rule.eigen_from_channels and all(s == 1 for s in strides)
+            and batch <= rule.eigen_max_batch):
+        return "eigen"
+    return rule.library
 
 
 def conv_rule(dtype, *, flags: frozenset[str] | None = None,

@@ -34,11 +34,13 @@ def conv_algorithm(platform: str, input_shape: Sequence[int], kernel_shape: Sequ
 
     Only on the CPU with jaxnets' CPU path on (`jaxnets.backend`), for a plain
     2-D NHWC convolution: `'onednn'` (`jaxnets.onednn.conv`: forward and both
-    gradients in oneDNN) when `backend.conv_library(dtype)` says oneDNN, except
-    float32 on maps smaller than the kernel window. Otherwise `'dense'` when its
-    kernel window is larger than its input map (`kh * kw > H * W`: VGG's 3x3
-    convs on 2x2 maps; XLA swaps the operands of exactly those and runs them
-    far off its fast paths, as a matmul they run at matmul speed); `'im2col'`
+    gradients in oneDNN) when `backend.conv_library` says oneDNN for this
+    dtype, input channel count, stride and batch (a rule may keep wide
+    stride-1 convolutions of small batches in XLA's), except float32 on maps
+    smaller than the kernel window. Otherwise `'dense'` when its kernel
+    window is larger than its input map (`kh * kw > H * W`: VGG's 3x3 convs on
+    2x2 maps; XLA swaps the operands of exactly those and runs them far off
+    its fast paths, as a matmul they run at matmul speed); `'im2col'`
     for thin 3x3 convolutions (`in * 9 <= IM2COL_MAX_PATCH` and
     `out <= IM2COL_MAX_OUT`: LeNet's). Everything else, and every convolution
     on GPU/TPU, is `lax.conv_general_dilated`.
@@ -56,7 +58,8 @@ def conv_algorithm(platform: str, input_shape: Sequence[int], kernel_shape: Sequ
     # there at batch 128, 69 vs 39 ms for VGG's 512->512 on 2x2 maps); everything else oneDNN beats (BENCHMARKS.md).
     if (dtype is not None and not (tiny_map and jnp.dtype(dtype) == jnp.float32)
             and onednn.supports(input_shape, kernel_shape, dtype, padding)
-            and backend.conv_library(dtype, platform) == "onednn"):
+            and backend.conv_library(dtype, platform, in_channels=channels, strides=tuple(strides),
+                                     batch=input_shape[0]) == "onednn"):
         return "onednn"
     if tiny_map:
         return "dense"

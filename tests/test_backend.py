@@ -151,6 +151,49 @@ def test_conv_library_rules(dtype, flags, working, setting, platform, want, monk
     assert backend.conv_library(dtype, platform, flags=frozenset(flags), works=_fake_works(*working)) == want
 
 
+@pytest.mark.parametrize("flags, in_channels, strides, batch, want", [
+    ({"avx2"}, 64, (1, 1), 32, "eigen"),  # AVX2: wide stride-1 convolutions at batch 32 (VGG-16's, ResNet's) Eigen
+    ({"avx2"}, 512, (1, 1), 8, "eigen"),
+    ({"avx2"}, 64, (1, 1), 33, "onednn"),  # larger batches: oneDNN (ResNet-18 at batch 128 was faster so)
+    ({"avx2"}, 64, (2, 2), 32, "onednn"),  # strided (ResNet-18's downsampling): oneDNN
+    ({"avx2"}, 32, (1, 1), 32, "onednn"),  # thin (LeNet's, the 3-channel stems): oneDNN
+    ({"avx2"}, None, None, None, "onednn"),  # no convolution named: the dtype's library
+    ({"avx2", "avx512f"}, 512, (1, 1), 8, "onednn"),  # AVX-512's row takes every convolution
+])
+def test_a_rule_keeps_wide_stride_1_convolutions_of_small_batches_in_eigen(flags, in_channels, strides, batch, want,
+                                                                           monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    rule = backend.conv_rule("float32", flags=frozenset(flags), works=_fake_works(*BOTH))
+    assert (rule.eigen_from_channels, rule.eigen_max_batch) == ((64, 32) if flags == {"avx2"} else (None, None))
+    assert backend.conv_library("float32", "cpu", flags=frozenset(flags), works=_fake_works(*BOTH),
+                                in_channels=in_channels, strides=strides, batch=batch) == want
+
+
+def test_conv_algorithm_asks_the_rule_with_the_convolutions_channels_and_strides(monkeypatch):
+    """On an AVX2-only CPU's rule at batch 8: VGG's 3x3 64->64 stays XLA's, ResNet's strided 64->128 and LeNet's
+    1->6 go to oneDNN; at batch 128 the 64->64 does too."""
+    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    asked, conv_library = [], backend.conv_library
+
+    def library(dtype, platform=None, **conv):
+        asked.append(conv)
+        return conv_library(dtype, platform, flags=frozenset({"avx2"}), works=_fake_works(*BOTH), **conv)
+
+    monkeypatch.setattr(backend, "conv_library", library)
+    pad = ((1, 1), (1, 1))
+    assert convolution.conv_algorithm("cpu", (8, 32, 32, 64), (3, 3, 64, 64), (1, 1), pad, None, None, 1,
+                                      dtype="float32") == "lax"
+    assert convolution.conv_algorithm("cpu", (8, 32, 32, 64), (3, 3, 64, 128), (2, 2), pad, None, None, 1,
+                                      dtype="float32") == "onednn"
+    assert convolution.conv_algorithm("cpu", (8, 28, 28, 1), (3, 3, 1, 6), (1, 1), pad, None, None, 1,
+                                      dtype="float32") == "onednn"
+    assert convolution.conv_algorithm("cpu", (128, 32, 32, 64), (3, 3, 64, 64), (1, 1), pad, None, None, 1,
+                                      dtype="float32") == "onednn"
+    assert asked == [{"in_channels": 64, "strides": (1, 1), "batch": 8}, {"in_channels": 64, "strides": (2, 2),
+                     "batch": 8}, {"in_channels": 1, "strides": (1, 1), "batch": 8},
+                     {"in_channels": 64, "strides": (1, 1), "batch": 128}]
+
+
 @pytest.mark.parametrize("dtype, flags, working, setting, want", [
     ("float32", {"avx2", "avx512f"}, BOTH, "fast", True),  # AVX-512: oneDNN's batch norm measured to win
     ("float32", {"avx2"}, BOTH, "fast", False),  # AVX2: the convolutions go to oneDNN, batch norm stays in XLA
@@ -236,7 +279,7 @@ def test_algorithm_choice(name, shape, monkeypatch):
 def test_algorithm_choice_where_onednn_runs(dtype, input_shape, kernel_shape, padding, want, monkeypatch):
     """Given a dtype whose library is jaxnets' oneDNN: which convolutions take it (`conv_algorithm`)."""
     monkeypatch.setenv(backend.ENV_VAR, "fast")
-    monkeypatch.setattr(backend, "conv_library", lambda dtype, platform=None: "onednn")
+    monkeypatch.setattr(backend, "conv_library", lambda dtype, platform=None, **_: "onednn")
     args = (input_shape, kernel_shape, (1, 1), padding, None, None, 1)
     assert convolution.conv_algorithm("cpu", *args, dtype=dtype) == want
     assert convolution.conv_algorithm("cpu", input_shape, kernel_shape, (1, 1), padding, None, (2, 2), 1,
