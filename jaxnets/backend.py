@@ -479,13 +479,23 @@ def _onednn_description() -> str:
     return "not used: " + problem.splitlines()[0]
 
 
+def _library_text(dtype_name: str) -> str:
+    """`'float32: onednn'`, with the rule's exception where it has one (`ConvRule.eigen_from_channels`)."""
+    library = conv_library(dtype_name)
+    rule = conv_rule(dtype_name)
+    if library == "onednn" and rule is not None and rule.eigen_from_channels is not None:
+        return (f"{dtype_name}: {library} (eigen for stride-1 convolutions of >= {rule.eigen_from_channels} "
+                f"channels at batch <= {rule.eigen_max_batch})")
+    return f"{dtype_name}: {library}"
+
+
 def describe() -> dict[str, str]:
     """What jaxnets did to the CPU backend, for logs and benchmark tables (CPU flags, each dtype's library)."""
     on_cpu = jax.default_backend() == "cpu"
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
     return {"cpu_conv": cpu_path_setting() if on_cpu else "backend default",
             "cpu_flags": " ".join(f for f in wanted if f in cpu_flags()) or "none of " + " ".join(wanted),
-            "conv_library": ", ".join(f"{d}: {conv_library(d)}" for d in ("float32", "bfloat16")) if on_cpu
+            "conv_library": ", ".join(_library_text(d) for d in ("float32", "bfloat16")) if on_cpu
             else "backend default",
             "onednn": (_onednn_description() if on_cpu else "backend default"),
             "xla_flag": _status["flag"], "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),

@@ -247,6 +247,16 @@ def test_describe_names_the_cpu_flags_each_dtypes_library_and_onednn():
         "onednn"]
 
 
+def test_describe_names_a_rules_exception(monkeypatch):
+    """On an AVX2-only CPU the float32 line says which convolutions stay in Eigen (what the bench prints)."""
+    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    monkeypatch.setattr(backend, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(backend, "library_works", _fake_works(*BOTH))
+    described = backend.describe()["conv_library"]
+    assert described.startswith("float32: onednn (eigen for stride-1 convolutions of >= 64 channels at batch <= 32)")
+    assert described.endswith("bfloat16: eigen")
+
+
 def test_serializable_block_keeps_jaxnets_custom_calls_out(monkeypatch):
     monkeypatch.setenv(backend.ENV_VAR, "fast")
     with backend.serializable():

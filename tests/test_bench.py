@@ -326,6 +326,8 @@ def test_interleaved_setting_is_scoped_and_only_in_process_settings_are_taken(mo
             pass
     with pytest.raises(SystemExit):
         interleaved.main(["--settings", "fast,fast"])  # nothing to compare: a usage error, nothing compiled
+    with pytest.raises(SystemExit):
+        interleaved.main(["--reps", "0"])
 
 
 def test_interleaved_cli_compiles_each_setting_and_writes_its_report(tmp_path, capsys):

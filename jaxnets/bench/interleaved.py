@@ -138,6 +138,8 @@ def run(case: cases.Case, settings: tuple[str, ...], reps: int, steps_per_rep: i
     """Compile `case`'s train step under each setting, alternate them, summarize. The result is JSON-ready."""
     if len(set(settings)) < 2:
         raise ValueError(f"give at least two different settings to compare (got {settings})")
+    if reps < 1 or steps_per_rep < 1:  # before anything compiles
+        raise ValueError(f"reps and steps per repetition must be >= 1 (got {reps}, {steps_per_rep})")
     steps, infos = {}, {}
     for setting in settings:
         steps[setting], infos[setting] = compile_step(case, setting)
