@@ -255,7 +255,7 @@ def quiet_uncacheable_onednn() -> None:
 
 # Initialising a model is one program of random draws (threefry bits, uniform and truncated-normal transforms) that
 # runs once. XLA's default LLVM optimisation spends 3-4x longer compiling it on the CPU than level 1, which gives
-# bit-identical weights (BENCHMARKS.md "2026-12-07: compiling a model's init"; tests/test_models.py checks equality).
+# bit-identical weights (BENCHMARKS.md "2026-12-07: issue 24 round 6", "Faster to start"; tests/test_models.py).
 INIT_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
@@ -294,8 +294,8 @@ class ConvRule(NamedTuple):
     or tie, and only for `library == 'onednn'`.
     `eigen_from_channels`, `eigen_max_batch`: stride-1 convolutions with at
     least `eigen_from_channels` input channels, in batches of at most
-    `eigen_max_batch`, stay with XLA's own (`'eigen'`); None: every
-    convolution takes `library`. Where the library was measured to lose there.
+    `eigen_max_batch` (None: any batch), stay with XLA's own (`'eigen'`);
+    `eigen_from_channels=None`: every convolution takes `library`. Where the library was measured to lose there.
     """
 
     dtype: str
@@ -417,7 +417,7 @@ def conv_library(dtype, backend: str | None = None, *, flags: frozenset[str] | N
         return "eigen"
     if (rule.eigen_from_channels is not None and None not in (in_channels, strides, batch)
             and in_channels >= rule.eigen_from_channels and all(s == 1 for s in strides)
-            and batch <= rule.eigen_max_batch):
+            and (rule.eigen_max_batch is None or batch <= rule.eigen_max_batch)):
         return "eigen"
     return rule.library
 
