@@ -91,6 +91,19 @@ def bench_optimizer(lr: float = 0.01):
     return optimizers.sgd(lr, momentum=0.9, weight_decay=5e-4)
 
 
+def case_inputs(case: Case) -> tuple[Any, TrainState, data.Batch]:
+    """What a JAX case runs on: `(model, state, batch)`.
+
+    The bench's model (`bench_model`) in `case.dtype`, its fresh `TrainState`
+    (SGD: `bench_optimizer`, seeded with `case.seed`) and one synthetic batch of
+    `case.batch_size` examples (images in `case.dtype`, int32 labels), seeded alike.
+    """
+    model = bench_model(case.model, case.dtype)
+    batch = data.synthetic_batch(model.input_shape, case.batch_size, num_classes=NUM_CLASSES, seed=case.seed,
+                                 dtype=jnp.dtype(case.dtype))
+    return model, TrainState.create(model, bench_optimizer(), seed=case.seed), batch
+
+
 def train_step() -> Callable:
     """The undecorated train step `(state, batch) -> (state, metrics)` that every JAX mode runs."""
     return make_steps(mode="eager").train
@@ -123,10 +136,7 @@ def jax_case(case: Case, *, program: ProgramBuilder = step_program, compiled: bo
       (compiled modes); `compilations` every XLA compilation the case triggered
       (1 for a compiled program; per-op kernels for op by op).
     """
-    model = bench_model(case.model, case.dtype)
-    batch = data.synthetic_batch(model.input_shape, case.batch_size, num_classes=NUM_CLASSES, seed=case.seed,
-                                 dtype=jnp.dtype(case.dtype))
-    state = TrainState.create(model, bench_optimizer(), seed=case.seed)
+    model, state, batch = case_inputs(case)
     one_step = step_program(model, state, batch, case.what)
     prog = one_step if program is step_program else program(model, state, batch, case.what)
     # FLOPs of ONE step, from the single step's HLO (XLA counts a loop body once, whatever its trip count), traced

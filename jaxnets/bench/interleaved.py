@@ -28,11 +28,9 @@ import time
 from collections.abc import Callable, Iterator
 
 import jax
-import jax.numpy as jnp
 
-from jaxnets import backend, data, report
+from jaxnets import backend, report
 from jaxnets.bench import cases, host
-from jaxnets.training import TrainState
 
 SETTINGS = ("fast", "eigen")  # the `JAXNETS_CPU_CONV` values that switch per compiled program
 HANDLER_TARGET = "jaxnets_onednn_convolution"  # jaxnets' oneDNN convolutions, counted in each program
@@ -68,10 +66,7 @@ def compile_step(case: cases.Case, setting: str) -> tuple[Callable[[], None], di
       compiled program), `compile_s`).
     """
     with cpu_setting(setting):
-        model = cases.bench_model(case.model, case.dtype)
-        batch = data.synthetic_batch(model.input_shape, case.batch_size, num_classes=cases.NUM_CLASSES,
-                                     seed=case.seed, dtype=jnp.dtype(case.dtype))
-        state = TrainState.create(model, cases.bench_optimizer(), seed=case.seed)
+        _, state, batch = cases.case_inputs(case)
         jax.clear_caches()  # the model's functions are traced afresh under this setting
         start = time.perf_counter()
         compiled = backend.jit(cases.train_step(), dtype=case.dtype, donate_argnums=(0,)).lower(state, batch).compile()

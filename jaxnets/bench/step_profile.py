@@ -30,11 +30,9 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 
-from jaxnets import backend, data, report
+from jaxnets import backend, report
 from jaxnets.bench import cases, host
-from jaxnets.training import TrainState
 
 # Events of the runtime itself (not operations), skipped when summing.
 _NOT_OPERATIONS = ("ThunkExecutor", "$", "Pjit", "CommonPjRt", "Slinky", "ParseArguments", "Handle input",
@@ -82,10 +80,8 @@ def _read_trace(folder: str) -> list[dict]:
 
 def run(model_name: str, batch_size: int = 32, dtype: str = "float32", steps: int = 3, warmup: int = 2) -> dict:
     """Profile `steps` train steps of `model_name`; returns the kinds, the step's wall time and the sum."""
-    model = cases.bench_model(model_name, dtype)
-    batch = data.synthetic_batch(model.input_shape, batch_size, num_classes=cases.NUM_CLASSES, seed=0,
-                                 dtype=jnp.dtype(dtype))
-    state = TrainState.create(model, cases.bench_optimizer(), seed=0)
+    _, state, batch = cases.case_inputs(cases.Case(model=model_name, what="train", batch_size=batch_size,
+                                                   dtype=dtype, seed=0))
     step = backend.jit(cases.train_step(), dtype=dtype, donate_argnums=0).lower(state, batch).compile()
     for _ in range(warmup):
         state, _ = step(state, batch)
