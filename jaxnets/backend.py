@@ -316,13 +316,14 @@ CONV_RULES = (
     ConvRule("float32", ("avx512f",), "onednn",
              "2026-12-06 evening, Zen 4 (avx512f): ResNet-18 fp32 3x3 conv + both gradients 2.3x Eigen"),
     # AVX2 without AVX-512: oneDNN's convolutions win, except the wide stride-1 ones at small batches (VGG-16's and
-    # ResNet-18's blocks at batch 32: XLA's Eigen there); oneDNN's batch norm loses to XLA's.
+    # ResNet-18's blocks at batches up to 64: XLA's Eigen there); oneDNN's batch norm loses to XLA's.
     ConvRule("float32", ("avx2",), "onednn",
              "2026-12-07, Zen 3 (avx2): ResNet-18 fp32 step 4,041 -> 3,325 ms at batch 128, 864 -> 800 at 32; "
              "LeNet 11.0 -> 8.5 ms at 128; oneDNN batch norm 3,325 -> 3,471 ms; round 6 (bench.interleaved): wide "
              "stride-1 convolutions in Eigen at batch 32: VGG-16 0.87-0.90x, ResNet-18 0.91-0.99x the step time; "
-             "at batch 128 ResNet-18 1.06-1.08x (so not there)",
-             batch_norm=False, eigen_from_channels=64, eigen_max_batch=32),
+             "at batch 128 ResNet-18 1.06-1.08x, then 0.92x and 1.01x (so not there); round 7: at batch 64 VGG-16 "
+             "0.88-0.91x, ResNet-18 0.92-0.95x",
+             batch_norm=False, eigen_from_channels=64, eigen_max_batch=64),
     ConvRule("bfloat16", ("avx512_bf16", "amx_bf16"), "xla-onednn",
              "2026-12-06 Zen 4 (avx512_bf16), jax 0.12: ResNet-18 bf16 train step 836 -> 570 ms at batch 32"),
 )

@@ -152,9 +152,10 @@ def test_conv_library_rules(dtype, flags, working, setting, platform, want, monk
 
 
 @pytest.mark.parametrize("flags, in_channels, strides, batch, want", [
-    ({"avx2"}, 64, (1, 1), 32, "eigen"),  # AVX2: wide stride-1 convolutions at batch 32 (VGG-16's, ResNet's) Eigen
+    ({"avx2"}, 64, (1, 1), 32, "eigen"),  # AVX2: wide stride-1 convolutions at batch <= 64 (VGG-16's, ResNet's) Eigen
     ({"avx2"}, 512, (1, 1), 8, "eigen"),
-    ({"avx2"}, 64, (1, 1), 33, "onednn"),  # larger batches: oneDNN (ResNet-18 at batch 128 was faster so)
+    ({"avx2"}, 64, (1, 1), 64, "eigen"),
+    ({"avx2"}, 64, (1, 1), 65, "onednn"),  # larger batches: oneDNN (ResNet-18 at batch 128 was as fast or faster so)
     ({"avx2"}, 64, (2, 2), 32, "onednn"),  # strided (ResNet-18's downsampling): oneDNN
     ({"avx2"}, 32, (1, 1), 32, "onednn"),  # thin (LeNet's, the 3-channel stems): oneDNN
     ({"avx2"}, None, None, None, "onednn"),  # no convolution named: the dtype's library
@@ -164,7 +165,7 @@ def test_a_rule_keeps_wide_stride_1_convolutions_of_small_batches_in_eigen(flags
                                                                            monkeypatch):
     monkeypatch.setenv(backend.ENV_VAR, "fast")
     rule = backend.conv_rule("float32", flags=frozenset(flags), works=_fake_works(*BOTH))
-    assert (rule.eigen_from_channels, rule.eigen_max_batch) == ((64, 32) if flags == {"avx2"} else (None, None))
+    assert (rule.eigen_from_channels, rule.eigen_max_batch) == ((64, 64) if flags == {"avx2"} else (None, None))
     assert backend.conv_library("float32", "cpu", flags=frozenset(flags), works=_fake_works(*BOTH),
                                 in_channels=in_channels, strides=strides, batch=batch) == want
 
@@ -253,7 +254,7 @@ def test_describe_names_a_rules_exception(monkeypatch):
     monkeypatch.setattr(backend, "cpu_flags", lambda: frozenset({"avx2"}))
     monkeypatch.setattr(backend, "library_works", _fake_works(*BOTH))
     described = backend.describe()["conv_library"]
-    assert described.startswith("float32: onednn (eigen for stride-1 convolutions of >= 64 channels at batch <= 32)")
+    assert described.startswith("float32: onednn (eigen for stride-1 convolutions of >= 64 channels at batch <= 64)")
     assert described.endswith("bfloat16: eigen")
 
 

@@ -330,6 +330,43 @@ def test_interleaved_setting_is_scoped_and_only_in_process_settings_are_taken(mo
         interleaved.main(["--reps", "0"])
 
 
+def test_interleaved_settings_may_change_the_rule_this_cpu_takes_and_only_inside_their_block(monkeypatch):
+    """`fast:eigen_max_batch=32`: the AVX2 row with its batch limit changed while the program traces, then back."""
+    from jaxnets import backend
+    from jaxnets.bench import interleaved
+
+    assert interleaved.parse_setting("eigen") == ("eigen", {})
+    assert interleaved.parse_setting("fast:eigen_max_batch=32+eigen_from_channels=none") == (
+        "fast", {"eigen_max_batch": 32, "eigen_from_channels": None})
+    for bad, match in [("xla", "jit-xla"), ("fast:library=eigen", "FIELD=VALUE"), ("fast:eigen_max_batch=",
+                       "FIELD=VALUE"), ("fast:eigen_max_batch=big", "whole number"),
+                       ("eigen:eigen_max_batch=32", "only 'fast'")]:
+        with pytest.raises(ValueError, match=match):
+            interleaved.parse_setting(bad)
+    with pytest.raises(SystemExit):
+        interleaved.main(["--settings", "fast,fast:eigen_max_batch=x"])  # a usage error, nothing compiled
+
+    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    monkeypatch.setattr(backend, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(backend, "library_works", lambda library, dtype: library == "onednn")
+    rules = backend.CONV_RULES
+    shipped = backend.conv_rule("float32").eigen_max_batch
+
+    def library(batch):
+        return backend.conv_library("float32", "cpu", in_channels=64, strides=(1, 1), batch=batch)
+
+    with interleaved.rule_overrides("float32", {"eigen_max_batch": 32}):
+        assert backend.conv_rule("float32").eigen_max_batch == 32
+        assert (library(32), library(33)) == ("eigen", "onednn")
+    assert backend.CONV_RULES is rules and backend.conv_rule("float32").eigen_max_batch == shipped
+    with interleaved.rule_overrides("float32", {"eigen_from_channels": None}):
+        assert library(8) == "onednn"  # no exception: every convolution in the row's library
+    with pytest.raises(ValueError, match="no CONV_RULES row"):
+        with interleaved.rule_overrides("bfloat16", {"eigen_max_batch": 32}):  # AVX2: no bfloat16 row
+            pass
+    assert backend.CONV_RULES is rules
+
+
 def test_interleaved_cli_compiles_each_setting_and_writes_its_report(tmp_path, capsys):
     """LeNet at batch 8: each setting's own program (jaxnets' oneDNN calls only where its rules take them)."""
     from jaxnets import backend

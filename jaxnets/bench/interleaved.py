@@ -15,6 +15,11 @@ Settings are `JAXNETS_CPU_CONV` values that can change inside one process:
 `fast` (jaxnets' CPU path: `backend.CONV_RULES` picks the convolution
 library) and `eigen` (the same path, XLA's own convolutions). `xla` changes
 process-wide XLA flags; `jaxnets-bench --modes jit,jit-xla` compares it.
+A `fast` setting may change fields of the rule this CPU takes, to try a rule
+before writing it down: `fast:eigen_max_batch=32` (several joined by `+`,
+`none` for None; the fields in `RULE_FIELDS`):
+
+    python -m jaxnets.bench.interleaved --model vgg16 --batch-size 64 --settings fast,fast:eigen_max_batch=32
 """
 
 from __future__ import annotations
@@ -34,6 +39,55 @@ from jaxnets.bench import cases, host
 
 SETTINGS = ("fast", "eigen")  # the `JAXNETS_CPU_CONV` values that switch per compiled program
 HANDLER_TARGET = "jaxnets_onednn_convolution"  # jaxnets' oneDNN convolutions, counted in each program
+RULE_FIELDS = ("eigen_from_channels", "eigen_max_batch")  # `backend.ConvRule` fields a `fast:` setting may change
+
+
+def parse_setting(text: str) -> tuple[str, dict[str, int | None]]:
+    """`'fast'` -> `('fast', {})`; `'fast:eigen_max_batch=32+eigen_from_channels=none'` -> the rule fields too.
+
+    Raises:
+      ValueError: an unknown setting or field, a value that is not an integer or `none`, or fields on a
+        setting other than `fast` (only its rules have them).
+    """
+    name, _, fields = text.partition(":")
+    if name not in SETTINGS:
+        raise ValueError(f"setting {name!r} cannot switch inside one process; use one of {SETTINGS} "
+                         "('xla' changes process-wide XLA flags: compare it with `jaxnets-bench --modes jit,jit-xla`)")
+    overrides: dict[str, int | None] = {}
+    for item in filter(None, fields.split("+")):
+        field, _, value = item.partition("=")
+        if field not in RULE_FIELDS or not value:
+            raise ValueError(f"{item!r} in setting {text!r}: give FIELD=VALUE with FIELD one of {RULE_FIELDS}")
+        if value.lower() != "none" and not value.isdigit():
+            raise ValueError(f"{item!r} in setting {text!r}: the value is a whole number or 'none'")
+        overrides[field] = None if value.lower() == "none" else int(value)
+    if overrides and name != "fast":
+        raise ValueError(f"setting {text!r}: only 'fast' takes rule fields ('{name}' uses no rule)")
+    return name, overrides
+
+
+@contextlib.contextmanager
+def rule_overrides(dtype: str, overrides: dict[str, int | None]) -> Iterator[None]:
+    """Inside the block, the `backend.CONV_RULES` row this CPU takes for `dtype` has `overrides`' fields.
+
+    Programs traced inside follow the changed rule; the table is put back after.
+
+    Raises:
+      ValueError: `overrides` given, but no row applies to `dtype` on this CPU.
+    """
+    if not overrides:
+        yield
+        return
+    rule = backend.conv_rule(dtype)
+    if rule is None:
+        raise ValueError(f"no CONV_RULES row applies to {dtype} on this CPU (flags: "
+                         f"{backend.describe()['cpu_flags']}): there is no rule to change")
+    before = backend.CONV_RULES
+    backend.CONV_RULES = tuple(row._replace(**overrides) if row is rule else row for row in before)
+    try:
+        yield
+    finally:
+        backend.CONV_RULES = before
 
 
 @contextlib.contextmanager
@@ -43,9 +97,9 @@ def cpu_setting(setting: str) -> Iterator[None]:
     Raises:
       ValueError: `setting` is not one of `SETTINGS`.
     """
-    if setting not in SETTINGS:
-        raise ValueError(f"setting {setting!r} cannot switch inside one process; use one of {SETTINGS} "
-                         "('xla' changes process-wide XLA flags: compare it with `jaxnets-bench --modes jit,jit-xla`)")
+    parse_setting(setting)
+    if ":" in setting:
+        raise ValueError(f"setting {setting!r}: rule fields belong to `rule_overrides`, not the environment")
     before = os.environ.get(backend.ENV_VAR)
     os.environ[backend.ENV_VAR] = setting
     try:
@@ -60,12 +114,15 @@ def cpu_setting(setting: str) -> Iterator[None]:
 def compile_step(case: cases.Case, setting: str) -> tuple[Callable[[], None], dict]:
     """The benchmark's train step for `case`, compiled under `setting`: a call running one step, and what it holds.
 
+    `setting` is a `parse_setting` text: a `JAXNETS_CPU_CONV` value, for `fast` with rule fields changed.
+
     Returns:
       (`step()`: runs one step on its own state and waits for it; info: `library` (the convolution library
       `backend.conv_library` picks under the setting), `handler_calls` (jaxnets' oneDNN convolutions in the
       compiled program), `compile_s`).
     """
-    with cpu_setting(setting):
+    name, overrides = parse_setting(setting)
+    with cpu_setting(name), rule_overrides(case.dtype, overrides):
         _, state, batch = cases.case_inputs(case)
         jax.clear_caches()  # the model's functions are traced afresh under this setting
         start = time.perf_counter()
@@ -133,6 +190,8 @@ def run(case: cases.Case, settings: tuple[str, ...], reps: int, steps_per_rep: i
     """Compile `case`'s train step under each setting, alternate them, summarize. The result is JSON-ready."""
     if len(set(settings)) < 2:
         raise ValueError(f"give at least two different settings to compare (got {settings})")
+    for setting in settings:  # every text checked before anything compiles
+        parse_setting(setting)
     if reps < 1 or steps_per_rep < 1:  # before anything compiles
         raise ValueError(f"reps and steps per repetition must be >= 1 (got {reps}, {steps_per_rep})")
     steps, infos = {}, {}
@@ -151,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="resnet18")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--settings", default="fast,eigen", help="comma-separated JAXNETS_CPU_CONV values; the first is "
-                   "the reference (default: fast,eigen)")
+    p.add_argument("--settings", default="fast,eigen", help="comma-separated JAXNETS_CPU_CONV values (fast, eigen), "
+                   "fast with rule fields changed (fast:eigen_max_batch=32); the first is the reference "
+                   "(default: fast,eigen)")
     p.add_argument("--reps", type=int, default=20, help="repetitions (default 20)")
     p.add_argument("--steps", type=int, default=2, help="steps per setting per repetition (default 2)")
     p.add_argument("--json", default=None)
