@@ -10,9 +10,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+import platform
+import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxnets import bench
@@ -385,3 +388,37 @@ def test_interleaved_cli_compiles_each_setting_and_writes_its_report(tmp_path, c
     assert report["machine"]["cpu"] == host.cpu_model()
     printed = capsys.readouterr().out
     assert "| fast | " in printed and "faster than reference in" in printed and "CPU flags:" in printed
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.machine() != "x86_64",
+                    reason="jaxnets' oneDNN handler is built for x86-64 Linux only")
+def test_conv_passes_times_each_pass_of_each_convolution_in_both_libraries(tmp_path, capsys):
+    """LeNet at batch 4: both convolutions, three passes, two libraries; the totals are the counted sums."""
+    from jaxnets.bench import conv_passes
+
+    out = tmp_path / "passes.json"
+    assert conv_passes.main(["--model", "lenet", "--batch-size", "4", "--rounds", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert [r["layer"] for r in rows] == ["3x3 1->6 @28", "3x3 6->16 @14"] and all(r["count"] == 1 for r in rows)
+    for row in rows:  # 3 passes x 2 libraries, each timed
+        times = [v for k, v in row.items() if k.endswith("_ms")]
+        assert len(times) == 6 and min(times) > 0
+    sums = report["totals_ms"]
+    assert sums["forward_eigen"] == pytest.approx(sum(r["forward_eigen_ms"] for r in rows))
+    assert sums["best"] <= min(sum(sums[f"{p}_{lib}"] for p in conv_passes.PASSES) for lib in conv_passes.LIBRARIES)
+    printed = capsys.readouterr().out
+    assert "weight grad: Eigen / oneDNN (ms)" in printed and "every pass in its faster library" in printed
+    with pytest.raises(SystemExit):
+        conv_passes.main(["--model", "lenet", "--rounds", "0"])
+
+
+def test_conv_passes_refuses_to_time_a_library_that_computes_a_wrong_answer():
+    from jaxnets.bench import conv_passes
+
+    right = np.arange(1.0, 7.0)
+    programs = {"forward": {"eigen": lambda: right, "onednn": lambda: right * (1 + 1e-5)},
+                "weight_grad": {"eigen": lambda: right, "onednn": lambda: right[::-1]}}
+    with pytest.raises(RuntimeError, match="weight_grad of XLA's Eigen and jaxnets' oneDNN handler differ"):
+        conv_passes.check_agreement("3x3 64->64 @32", programs)
+    conv_passes.check_agreement("3x3 64->64 @32", {"forward": programs["forward"]})  # within tolerance: no error

@@ -28,7 +28,8 @@ These run on their own (`python -m jaxnets.bench.NAME --help`):
   epochs        whole epochs in each mode (eager / jit / scan) and compute dtype
   conv_layers   a model's convolutions one by one, JAX (jaxnets, XLA, im2col, oneDNN) vs PyTorch, any dtype
   step_profile  where one compiled train step's time goes, by kind of XLA operation (JAX's profiler)
-  interleaved   jaxnets' CPU path vs XLA's Eigen convolutions, compiled both ways, timed in alternation
+  conv_passes   each convolution's forward, input and weight gradient: XLA's Eigen vs jaxnets' oneDNN
+  interleaved   jaxnets' CPU path vs XLA's Eigen convolutions (or a changed rule), compiled, timed in alternation
   devices       data-parallel throughput on 1, 2, 4, ... devices
   compile_cache cold vs cached compile in a second process
   same_start    the first steps in jaxnets and PyTorch from the same weights and batches
