@@ -237,22 +237,28 @@ def _tiled_max_pool_forward(x, window):
 
 
 def _tiled_max_pool_backward(window, residuals, grad):
-    """Each output's gradient to the first input of its tile equal to the maximum, zeros elsewhere."""
+    """Each output's gradient to the first input of its tile equal to the maximum, zeros elsewhere.
+
+    The `window**2` masked gradients are interleaved back into place by one
+    stack + reshape (`[N, rows, i, cols, j, C] -> [N, H, W, C]`), then the
+    ragged edge is padded with zeros. Scattering each part with an
+    interior-padded `lax.pad` instead computed the same, 3-16x slower in
+    bfloat16 (XLA:CPU evaluates the pads' index arithmetic per element;
+    BENCHMARKS.md, 2026-12-07 round 8).
+    """
     x, y = residuals
     height, width = x.shape[1:3]
     rows, cols = y.shape[1:3]
     zero = jnp.zeros((), grad.dtype)
     taken = jnp.zeros(y.shape, bool)
-    dx = jnp.zeros(x.shape, grad.dtype)
-    for k, part in enumerate(_window_slices(x, window)):
-        i, j = divmod(k, window)
+    parts = []
+    for part in _window_slices(x, window):  # row-major i, j
         first = (part == y) & ~taken
         taken = taken | first
-        # Back to rows i, i + window, ... and columns j, j + window, ...: a pad with `window - 1` zeros between.
-        dx = dx + jax.lax.pad(jnp.where(first, grad, zero), zero,
-                              ((0, 0, 0), (i, height - i - (rows - 1) * window - 1, window - 1),
-                               (j, width - j - (cols - 1) * window - 1, window - 1), (0, 0, 0)))
-    return (dx,)
+        parts.append(jnp.where(first, grad, zero))
+    tiles = jnp.stack([jnp.stack(parts[i * window:(i + 1) * window], axis=3) for i in range(window)], axis=2)
+    dx = tiles.reshape(x.shape[0], rows * window, cols * window, x.shape[3])
+    return (jnp.pad(dx, ((0, 0), (0, height - rows * window), (0, width - cols * window), (0, 0))),)
 
 
 _tiled_max_pool.defvjp(_tiled_max_pool_forward, _tiled_max_pool_backward)
