@@ -20,7 +20,7 @@ vs `jit-xla`). jaxnets therefore, on the CPU only:
    to jaxnets' own `jit`s instead (`compiler_options()`); eager ops then keep
    XLA's defaults.
 2. lowers some convolutions itself (`jaxnets.convolution`: maps smaller than
-   the kernel window as one matmul, thin 3x3 kernels as im2col).
+   the kernel window as one matmul per kernel tap, thin 3x3 kernels as im2col).
 
 On GPU and TPU nothing changes: cuDNN / the TPU compiler stay in charge.
 

@@ -3,7 +3,7 @@
 `conv_general_dilated` is what `jaxnets.layers.Conv` calls. On the CPU with
 jaxnets' CPU path on (`jaxnets.backend`), a plain 2-D NHWC convolution may
 run in oneDNN (`jaxnets.onednn.conv`, where `backend.conv_library` picks it),
-as one matmul (`dense_conv`, maps smaller than the kernel window) or as
+as one matmul per kernel tap (`tap_conv`, maps smaller than the kernel window) or as
 im2col (`im2col_conv`, thin 3x3 kernels); everything else, and every
 convolution on GPU/TPU, is `lax.conv_general_dilated` (cuDNN / the TPU
 compiler decide there). BENCHMARKS.md has the measurements behind each rule.
@@ -15,12 +15,11 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxnets import backend, onednn
 
-ALGORITHMS = ("lax", "dense", "im2col", "onednn")
+ALGORITHMS = ("lax", "taps", "im2col", "onednn")
 
 # Thin 3x3 convolutions (few input and output channels: MNIST LeNet's 1->6 and 6->16) run faster as im2col
 # (9 shifted slices + one matmul) than as XLA:CPU's Eigen convolution; wider ones (the 3->64 stem) do not.
@@ -30,20 +29,21 @@ IM2COL_MAX_OUT = 16
 
 def conv_algorithm(platform: str, input_shape: Sequence[int], kernel_shape: Sequence[int],
                    strides: Sequence[int], padding, lhs_dilation, rhs_dilation, groups: int, dtype=None) -> str:
-    """Which lowering `conv_general_dilated` uses: `'dense'` (one matmul), `'im2col'`, `'onednn'` or `'lax'`.
+    """Which lowering `conv_general_dilated` uses: `'taps'`, `'im2col'`, `'onednn'` or `'lax'`.
 
     Only on the CPU with jaxnets' CPU path on (`jaxnets.backend`), for a plain
-    2-D NHWC convolution: `'onednn'` (`jaxnets.onednn.conv`: forward and both
-    gradients in oneDNN) when `backend.conv_library` says oneDNN for this
-    dtype, input channel count, stride and batch (a rule may keep wide
-    stride-1 convolutions of small batches in XLA's), except float32 on maps
-    smaller than the kernel window. Otherwise `'dense'` when its kernel
-    window is larger than its input map (`kh * kw > H * W`: VGG's 3x3 convs on
-    2x2 maps; XLA swaps the operands of exactly those and runs them far off
-    its fast paths, as a matmul they run at matmul speed); `'im2col'`
-    for thin 3x3 convolutions (`in * 9 <= IM2COL_MAX_PATCH` and
-    `out <= IM2COL_MAX_OUT`: LeNet's). Everything else, and every convolution
-    on GPU/TPU, is `lax.conv_general_dilated`.
+    2-D NHWC convolution: `'taps'` (`tap_conv`, one matmul per kernel tap)
+    when its kernel window is larger than its input map (`kh * kw > H * W`:
+    VGG's 3x3 convs on 2x2 maps), in every dtype: there it beat oneDNN 1.7-2x
+    and the earlier one-matmul lowering 2-4x (XLA's own convolution swaps the
+    operands of exactly these and runs far off its fast paths). Else
+    `'onednn'` (`jaxnets.onednn.conv`: forward and both gradients in oneDNN)
+    when `backend.conv_library` says oneDNN for this dtype, input channel
+    count, stride and batch (a rule may keep wide stride-1 convolutions of
+    small batches in XLA's); else `'im2col'` for thin 3x3 convolutions
+    (`in * 9 <= IM2COL_MAX_PATCH` and `out <= IM2COL_MAX_OUT`: LeNet's, where
+    oneDNN is not taken). Everything else, and every convolution on GPU/TPU,
+    is `lax.conv_general_dilated`. BENCHMARKS.md has the measurements.
     """
     if not backend.fast_cpu_path(platform) or len(input_shape) != 4 or groups != 1:
         return "lax"
@@ -53,16 +53,12 @@ def conv_algorithm(platform: str, input_shape: Sequence[int], kernel_shape: Sequ
         return "lax"
     height, width = input_shape[1], input_shape[2]
     kh, kw, channels, out = kernel_shape
-    tiny_map = kh * kw > height * width
-    # float32 convolutions on maps smaller than the kernel stay one matmul (oneDNN's backward-weights is slower
-    # there at batch 128, 69 vs 39 ms for VGG's 512->512 on 2x2 maps); everything else oneDNN beats (BENCHMARKS.md).
-    if (dtype is not None and not (tiny_map and jnp.dtype(dtype) == jnp.float32)
-            and onednn.supports(input_shape, kernel_shape, dtype, padding)
+    if kh * kw > height * width:
+        return "taps"
+    if (dtype is not None and onednn.supports(input_shape, kernel_shape, dtype, padding)
             and backend.conv_library(dtype, platform, in_channels=channels, strides=tuple(strides),
                                      batch=input_shape[0]) == "onednn"):
         return "onednn"
-    if tiny_map:
-        return "dense"
     if (kh, kw) == (3, 3) and channels * kh * kw <= IM2COL_MAX_PATCH and out <= IM2COL_MAX_OUT:
         return "im2col"
     return "lax"
@@ -102,40 +98,45 @@ def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding
     return matmul(patches, kernel.reshape(kh * kw * channels, out))
 
 
-def _dense_conv_indices(in_hw, kernel_hw, strides, padding) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """Static gather indices that turn an HWIO kernel into an `[H*W, Ho*Wo]` tap table.
+def tap_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding) -> jax.Array:
+    """A small-map 2-D convolution as one matmul per kernel tap. `[N, H, W, C] x [kh, kw, C, O] -> [N, Ho, Wo, O]`.
 
-    Returns (tap index `[H*W, Ho*Wo]` into the flattened `kh*kw` window, valid
-    mask of the same shape, (Ho, Wo)).
-    """
-    (height, width), (kh, kw), (sh, sw) = in_hw, kernel_hw, strides
-    (pt, pb), (pl, pr) = padding
-    out_h = (height + pt + pb - kh) // sh + 1
-    out_w = (width + pl + pr - kw) // sw + 1
-    ih, iw, oh, ow = np.meshgrid(np.arange(height), np.arange(width), np.arange(out_h), np.arange(out_w),
-                                 indexing="ij")
-    dy, dx = ih - oh * sh + pt, iw - ow * sw + pl  # kernel tap that links input (ih, iw) to output (oh, ow)
-    valid = (dy >= 0) & (dy < kh) & (dx >= 0) & (dx < kw)
-    taps = np.where(valid, dy * kw + dx, 0).reshape(height * width, out_h * out_w)
-    return taps, valid.reshape(height * width, out_h * out_w), (out_h, out_w)
-
-
-def dense_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding) -> jax.Array:
-    """A small-map 2-D convolution as one matmul. `[N, H, W, C] x [kh, kw, C, O] -> [N, Ho, Wo, O]`.
-
-    The kernel is gathered into a `[H*W*C, Ho*Wo*O]` matrix (zeros where a
-    tap falls into the padding), so for tiny maps the whole layer is one
-    `[N, H*W*C] @ [H*W*C, Ho*Wo*O]` product; gradients flow through the
-    gather. Equal to `lax.conv_general_dilated` up to float reassociation.
+    For each tap `(dy, dx)` of the window, the input pixels it links to an
+    output pixel (never padding) are stacked into `[k * N, C]` and multiplied
+    by `kernel[dy, dx]` (`[C, O]`, a slice: no copy of the kernel); the
+    products are summed into their output pixels. That is exactly the
+    convolution's multiply-adds, none on padding (a 3x3 window on a 2x2 map:
+    16 pixel pairs where im2col computes 36), and the weight gradient is one
+    `[C, k * N] x [k * N, O]` product per tap. 16-bit floats are computed in
+    float32 and rounded once at the end (`matmul`'s rule; their dots were
+    several times slower). Gradients by autodiff. Equal to
+    `lax.conv_general_dilated` up to float reassociation.
     """
     batch, height, width, channels = x.shape
     kh, kw, _, out_channels = kernel.shape
-    taps, valid, (out_h, out_w) = _dense_conv_indices((height, width), (kh, kw), tuple(strides), padding)
-    table = kernel.reshape(kh * kw, channels, out_channels)[taps]  # [H*W, Ho*Wo, C, O]
-    table = table * jnp.asarray(valid, kernel.dtype)[:, :, None, None]
-    matrix = table.transpose(0, 2, 1, 3).reshape(height * width * channels, out_h * out_w * out_channels)
-    y = matmul(x.reshape(batch, height * width * channels), matrix)
-    return y.reshape(batch, out_h, out_w, out_channels)
+    (sh, sw), ((pt, pb), (pl, pr)) = strides, padding
+    out_h = (height + pt + pb - kh) // sh + 1
+    out_w = (width + pl + pr - kw) // sw + 1
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"a {kh}x{kw} window does not fit a {height}x{width} map padded by {padding}: no output "
+                         "pixel; pad the input or use a smaller kernel")
+    dtype = x.dtype
+    compute = jnp.float32 if jnp.finfo(dtype).bits <= 32 else dtype  # float64 stays
+    x, kernel = x.astype(compute), kernel.astype(compute)
+    sums: dict[tuple[int, int], jax.Array] = {}
+    for dy in range(kh):
+        for dx in range(kw):
+            pairs = [(oh, ow, oh * sh + dy - pt, ow * sw + dx - pl) for oh in range(out_h) for ow in range(out_w)]
+            pairs = [(oh, ow, ih, iw) for oh, ow, ih, iw in pairs if 0 <= ih < height and 0 <= iw < width]
+            if not pairs:
+                continue
+            products = jnp.concatenate([x[:, ih, iw] for _, _, ih, iw in pairs]) @ kernel[dy, dx]  # [k * N, O]
+            for k, (oh, ow, _, _) in enumerate(pairs):
+                part = products[k * batch:(k + 1) * batch]
+                sums[oh, ow] = sums[oh, ow] + part if (oh, ow) in sums else part
+    zero = jnp.zeros((batch, out_channels), compute)  # an output pixel whose window holds only padding
+    rows = [jnp.stack([sums.get((oh, ow), zero) for ow in range(out_w)], axis=1) for oh in range(out_h)]
+    return jnp.stack(rows, axis=1).astype(dtype)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -152,8 +153,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     algorithm = conv_algorithm(jax.default_backend(), lhs.shape, rhs.shape, window_strides, padding, lhs_dilation,
                                rhs_dilation, feature_group_count, lhs.dtype) if nhwc and not kwargs else "lax"
-    if algorithm == "dense":
-        return dense_conv(lhs, rhs, window_strides, tuple(tuple(p) for p in padding))
+    if algorithm == "taps":
+        return tap_conv(lhs, rhs, window_strides, tuple(tuple(p) for p in padding))
     if algorithm == "im2col":
         return im2col_conv(lhs, rhs, window_strides, tuple(tuple(p) for p in padding))
     if algorithm == "onednn" and lhs.dtype == rhs.dtype:

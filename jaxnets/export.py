@@ -30,7 +30,7 @@ jaxnets: `jaxnets.models` is never imported. The program runs on any of the
 platforms it was lowered for (`platforms=('cpu', 'cuda', 'tpu')` lowers once
 per platform; no GPU is needed to export for one). A multi-platform export
 traces the model under `jaxnets.backend.portable()`, so no CPU-only lowering
-choice (the tiny-map matmul of `jaxnets.layers`) ends up in the GPU/TPU
+choice (the tiny-map matmuls of `jaxnets.convolution`) ends up in the GPU/TPU
 program; a CPU-only export keeps it. jaxnets' XLA options
 (`jaxnets.backend.compiler_options`, `XLA_FLAGS`) are compile-time settings of
 the process that runs the artifact, not part of it.

@@ -38,10 +38,12 @@ CONV_SHAPES = {
     "resnet stride-2 3x3 (lax)": (3, 16, 16, 8, 16, 3, 2, 1),
     "resnet 1x1 stride-2 shortcut (lax)": (3, 16, 16, 8, 16, 1, 2, 0),
     "resnet 4x4 map (lax)": (2, 4, 4, 16, 16, 3, 1, 1),
-    "vgg 2x2 map (dense)": (3, 2, 2, 32, 24, 3, 1, 1),
-    "vgg 2x2 map batch 1 (dense)": (1, 2, 2, 32, 32, 3, 1, 1),
-    "1x1 map (dense)": (5, 1, 1, 16, 8, 3, 1, 1),
-    "2x2 map stride 2 (dense)": (3, 2, 2, 8, 8, 3, 2, 1),
+    "vgg 2x2 map (taps)": (3, 2, 2, 32, 24, 3, 1, 1),
+    "vgg 2x2 map batch 1 (taps)": (1, 2, 2, 32, 32, 3, 1, 1),
+    "1x1 map (taps)": (5, 1, 1, 16, 8, 3, 1, 1),
+    "2x2 map stride 2 (taps)": (3, 2, 2, 8, 8, 3, 2, 1),
+    "5x5 window on a 3x3 map (taps)": (2, 3, 3, 8, 8, 5, 1, 2),
+    "5x5 window stride 2 on a 4x4 map (taps)": (2, 4, 4, 8, 8, 5, 2, 2),
     "1x1 kernel on 1x1 map (lax)": (3, 1, 1, 8, 8, 1, 1, 0),
 }
 
@@ -61,8 +63,8 @@ def _conv_pair(shape, algorithm, dtype=jnp.float32):
     dims = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
 
     def ours(x, w):  # the labelled lowering itself: not the dispatcher, which may pick lax on another backend
-        if algorithm == "dense":
-            return convolution.dense_conv(x, w, (stride, stride), padding)
+        if algorithm == "taps":
+            return convolution.tap_conv(x, w, (stride, stride), padding)
         if algorithm == "im2col":
             return convolution.im2col_conv(x, w, (stride, stride), padding)
         return convolution.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dims)
@@ -282,8 +284,8 @@ def test_algorithm_choice(name, shape, monkeypatch):
     ("float32", (8, 16, 16, 64), (3, 3, 64, 64), ((1, 1), (1, 1)), "onednn"),
     ("bfloat16", (8, 16, 16, 64), (3, 3, 64, 64), ((1, 1), (1, 1)), "onednn"),
     ("float32", (8, 28, 28, 1), (3, 3, 1, 6), ((1, 1), (1, 1)), "onednn"),  # LeNet's thin 3x3: oneDNN beats im2col
-    ("float32", (8, 2, 2, 512), (3, 3, 512, 512), ((1, 1), (1, 1)), "dense"),  # float32 tiny map: one matmul
-    ("bfloat16", (8, 2, 2, 512), (3, 3, 512, 512), ((1, 1), (1, 1)), "onednn"),
+    ("float32", (8, 2, 2, 512), (3, 3, 512, 512), ((1, 1), (1, 1)), "taps"),  # tiny maps: a matmul per tap
+    ("bfloat16", (8, 2, 2, 512), (3, 3, 512, 512), ((1, 1), (1, 1)), "taps"),
     ("float64", (8, 16, 16, 64), (3, 3, 64, 64), ((1, 1), (1, 1)), "lax"),  # oneDNN has no float64
     ("float32", (8, 16, 16, 64), (3, 3, 64, 64), ((-1, 1), (1, 1)), "lax"),  # negative padding: XLA's
 ])
@@ -307,11 +309,16 @@ def test_switch_off_and_bad_setting(monkeypatch):
     with pytest.raises(ValueError, match="JAXNETS_CPU_CONV"):
         backend.cpu_path_setting()
     monkeypatch.setenv(backend.ENV_VAR, "fast")
-    assert convolution.conv_algorithm("cpu", *args) == "dense"
+    assert convolution.conv_algorithm("cpu", *args) == "taps"
 
 
-def test_models_route_tiny_maps_through_a_matmul(monkeypatch):
-    """VGG's 2x2-map convs become dot_general; its larger maps stay convolutions (XLA's, with oneDNN off)."""
+def test_tap_conv_refuses_a_window_with_no_output_pixel():
+    with pytest.raises(ValueError, match="does not fit a 2x2 map"):
+        convolution.tap_conv(jnp.zeros((1, 2, 2, 4)), jnp.zeros((3, 3, 4, 4)), (1, 1), ((0, 0), (0, 0)))
+
+
+def test_models_route_tiny_maps_through_matmuls(monkeypatch):
+    """VGG's 2x2-map convs become dot_generals; its larger maps stay convolutions (XLA's, with oneDNN off)."""
     monkeypatch.setenv(backend.ENV_VAR, "eigen")
     model = models.create("vgg11")
     variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
