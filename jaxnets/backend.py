@@ -69,7 +69,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxnets import compile_cache
+from jaxnets import compile_cache, host_memory
 
 ENV_VAR = "JAXNETS_CPU_CONV"
 CHOICES = ("fast", "eigen", "xla")
@@ -500,6 +500,7 @@ def describe() -> dict[str, str]:
             else "backend default",
             "onednn": (_onednn_description() if on_cpu else "backend default"),
             "xla_flag": _status["flag"], "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+            "host_memory": host_memory.describe(),
             "compile_cache": compile_cache.in_use() + (
                 " (not for oneDNN programs: jaxlib cannot serialize them)"
                 if on_cpu and compile_cache.in_use() != "off" and conv_library("bfloat16") == "xla-onednn" else "")}

@@ -341,7 +341,9 @@ def test_interleaved_settings_may_change_the_rule_this_cpu_takes_and_only_inside
     assert interleaved.parse_setting("eigen") == ("eigen", {})
     assert interleaved.parse_setting("fast:eigen_max_batch=32+eigen_from_channels=none") == (
         "fast", {"eigen_max_batch": 32, "eigen_from_channels": None})
-    for bad, match in [("xla", "jit-xla"), ("fast:library=eigen", "FIELD=VALUE"), ("fast:eigen_max_batch=",
+    assert interleaved.parse_setting("fast:batch_norm=0") == ("fast", {"batch_norm": False})
+    for bad, match in [("xla", "jit-xla"), ("fast:batch_norm=yes", "0 .XLA's. or 1"),
+                       ("fast:library=eigen", "FIELD=VALUE"), ("fast:eigen_max_batch=",
                        "FIELD=VALUE"), ("fast:eigen_max_batch=big", "whole number"),
                        ("eigen:eigen_max_batch=32", "only 'fast'")]:
         with pytest.raises(ValueError, match=match):
@@ -364,6 +366,9 @@ def test_interleaved_settings_may_change_the_rule_this_cpu_takes_and_only_inside
     assert backend.CONV_RULES is rules and backend.conv_rule("float32").eigen_max_batch == shipped
     with interleaved.rule_overrides("float32", {"eigen_from_channels": None}):
         assert library(8) == "onednn"  # no exception: every convolution in the row's library
+    with interleaved.rule_overrides("float32", {"batch_norm": True}):  # the AVX2 row keeps batch norm in XLA
+        assert backend.batch_norm_in_onednn("float32", "cpu")
+    assert not backend.batch_norm_in_onednn("float32", "cpu")
     with pytest.raises(ValueError, match="no CONV_RULES row"):
         with interleaved.rule_overrides("bfloat16", {"eigen_max_batch": 32}):  # AVX2: no bfloat16 row
             pass

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnets import backend, data, models
+from jaxnets import backend, data, host_memory, models
 from jaxnets.bench import timing
 from jaxnets.training import TrainState, make_steps, optimizers
 
@@ -184,6 +184,9 @@ def in_child(case: Case, *, mode: str, cpu_conv: str | None = None) -> dict:
     too (`cpu_conv=None`: this process's setting): oneDNN's OpenMP threads,
     which jaxnets' CPU kernels start in this process, slowed PyTorch's own
     OpenMP runtime in the same process by up to 2.6x (LeNet, batch 32).
+    PyTorch's and XLA's-defaults children keep glibc's malloc defaults
+    (`JAXNETS_HOST_MEMORY=system`: what users of plain PyTorch or plain JAX
+    have); jaxnets' own keep this process's `jaxnets.host_memory` setting.
 
     Raises:
       RuntimeError: the child failed; the message has its last line of output.
@@ -193,6 +196,8 @@ def in_child(case: Case, *, mode: str, cpu_conv: str | None = None) -> dict:
             "cases.measure_here(sys.argv[1], cases.Case(**json.loads(sys.argv[2])))))")
     # Not the XLA_FLAGS this process was given by jaxnets: the child chooses its own.
     env = backend.child_environment(backend.cpu_path_setting() if cpu_conv is None else cpu_conv)
+    if mode.startswith("torch") or cpu_conv == "xla":  # glibc's malloc defaults, as plain PyTorch / JAX users have
+        env[host_memory.ENV_VAR] = "system"
     done = subprocess.run([sys.executable, "-c", code, mode, json.dumps(case._asdict())], env=env,
                           capture_output=True, text=True, check=False)
     rows = [line for line in done.stdout.splitlines() if line.startswith(ROW_MARK)]

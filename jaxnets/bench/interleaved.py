@@ -17,7 +17,7 @@ library) and `eigen` (the same path, XLA's own convolutions). `xla` changes
 process-wide XLA flags; `jaxnets-bench --modes jit,jit-xla` compares it.
 A `fast` setting may change fields of the rule this CPU takes, to try a rule
 before writing it down: `fast:eigen_max_batch=32` (several joined by `+`,
-`none` for None; the fields in `RULE_FIELDS`):
+`none` for None, `batch_norm=0` for XLA's batch norm; the fields in `RULE_FIELDS`):
 
     python -m jaxnets.bench.interleaved --model vgg16 --batch-size 64 --settings fast,fast:eigen_max_batch=32
 """
@@ -39,10 +39,11 @@ from jaxnets.bench import cases, host
 
 SETTINGS = ("fast", "eigen")  # the `JAXNETS_CPU_CONV` values that switch per compiled program
 HANDLER_TARGET = "jaxnets_onednn_convolution"  # jaxnets' oneDNN convolutions, counted in each program
-RULE_FIELDS = ("eigen_from_channels", "eigen_max_batch")  # `backend.ConvRule` fields a `fast:` setting may change
+# `backend.ConvRule` fields a `fast:` setting may change; `batch_norm` takes 0 or 1 (off / on).
+RULE_FIELDS = ("eigen_from_channels", "eigen_max_batch", "batch_norm")
 
 
-def parse_setting(text: str) -> tuple[str, dict[str, int | None]]:
+def parse_setting(text: str) -> tuple[str, dict[str, int | bool | None]]:
     """`'fast'` -> `('fast', {})`; `'fast:eigen_max_batch=32+eigen_from_channels=none'` -> the rule fields too.
 
     Raises:
@@ -53,11 +54,16 @@ def parse_setting(text: str) -> tuple[str, dict[str, int | None]]:
     if name not in SETTINGS:
         raise ValueError(f"setting {name!r} cannot switch inside one process; use one of {SETTINGS} "
                          "('xla' changes process-wide XLA flags: compare it with `jaxnets-bench --modes jit,jit-xla`)")
-    overrides: dict[str, int | None] = {}
+    overrides: dict[str, int | bool | None] = {}
     for item in filter(None, fields.split("+")):
         field, _, value = item.partition("=")
         if field not in RULE_FIELDS or not value:
             raise ValueError(f"{item!r} in setting {text!r}: give FIELD=VALUE with FIELD one of {RULE_FIELDS}")
+        if field == "batch_norm":
+            if value not in ("0", "1"):
+                raise ValueError(f"{item!r} in setting {text!r}: batch_norm is 0 (XLA's) or 1 (oneDNN's)")
+            overrides[field] = value == "1"
+            continue
         if value.lower() != "none" and not value.isdigit():
             raise ValueError(f"{item!r} in setting {text!r}: the value is a whole number or 'none'")
         overrides[field] = None if value.lower() == "none" else int(value)
