@@ -70,6 +70,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnets import compile_cache, host_memory
+from jaxnets.env_choice import env_choice
 
 ENV_VAR = "JAXNETS_CPU_CONV"
 CHOICES = ("fast", "eigen", "xla")
@@ -97,11 +98,7 @@ def cpu_path_setting(environ: dict | None = None) -> str:
     Raises:
       ValueError: the variable holds something else.
     """
-    value = (os.environ if environ is None else environ).get(ENV_VAR, "fast").strip().lower() or "fast"
-    if value not in CHOICES:
-        raise ValueError(f"{ENV_VAR}={value!r} is not understood; use one of {CHOICES} "
-                         "('xla' keeps XLA's default CPU convolutions)")
-    return value
+    return env_choice(ENV_VAR, CHOICES, "'xla' keeps XLA's default CPU convolutions", environ)
 
 
 @functools.cache

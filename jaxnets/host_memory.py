@@ -39,6 +39,8 @@ import os
 import sys
 import warnings
 
+from jaxnets.env_choice import env_choice
+
 ENV_VAR = "JAXNETS_HOST_MEMORY"
 CHOICES = ("keep", "system")
 # mallopt's parameter numbers (glibc's malloc.h) and the values jaxnets sets.
@@ -60,11 +62,7 @@ def setting(environ: dict | None = None) -> str:
     Raises:
       ValueError: the variable holds something else.
     """
-    value = (os.environ if environ is None else environ).get(ENV_VAR, "keep").strip().lower() or "keep"
-    if value not in CHOICES:
-        raise ValueError(f"{ENV_VAR}={value!r} is not understood; use one of {CHOICES} "
-                         "('system' keeps glibc's malloc defaults)")
-    return value
+    return env_choice(ENV_VAR, CHOICES, "'system' keeps glibc's malloc defaults", environ)
 
 
 def plan(environ: dict, platform: str, glibc: bool, backend_started: bool) -> tuple[bool, str]:
