@@ -288,7 +288,11 @@ class ConvRule(NamedTuple):
 
     `batch_norm`: training-mode batch normalisation goes to jaxnets' oneDNN
     handler too (`batch_norm_in_onednn`); only where that was measured to win
-    or tie, and only for `library == 'onednn'`.
+    or tie, and only for `library == 'onednn'`. `dense`: so do dense layers'
+    matrix products (`dense_in_onednn`), on the same terms, with jax versions
+    below `dense_jax_below` only (None: every version): jax 0.10's XLA
+    computes bfloat16 dots in float32 (converts around a float32 dot), jax
+    0.12's natively, and faster in a whole step than the custom calls.
     `eigen_from_channels`, `eigen_max_batch`: stride-1 convolutions with at
     least `eigen_from_channels` input channels, in batches of at most
     `eigen_max_batch` (None: any batch), stay with XLA's own (`'eigen'`);
@@ -300,6 +304,8 @@ class ConvRule(NamedTuple):
     library: str
     measured: str  # where the measurement that chose this row is (BENCHMARKS.md section)
     batch_norm: bool = True
+    dense: bool = False
+    dense_jax_below: tuple[int, ...] | None = None
     eigen_from_channels: int | None = None
     eigen_max_batch: int | None = None
 
@@ -309,7 +315,9 @@ class ConvRule(NamedTuple):
 # table holds for every jax version and install.
 CONV_RULES = (
     ConvRule("bfloat16", ("avx512_bf16", "amx_bf16"), "onednn",
-             "2026-12-06 evening, Zen 4 (avx512_bf16): ResNet-18 bf16 3x3 conv + both gradients 4.8x Eigen"),
+             "2026-12-06 evening, Zen 4 (avx512_bf16): ResNet-18 bf16 3x3 conv + both gradients 4.8x Eigen; "
+             "2026-12-07 round 9, Zen 4: MLP bf16 step with dense layers in oneDNN 0.68-0.72x the time on jax 0.10.2, "
+             "1.25-1.28x on jax 0.12.1 (bench.interleaved)", dense=True, dense_jax_below=(0, 11)),
     ConvRule("float32", ("avx512f",), "onednn",
              "2026-12-06 evening, Zen 4 (avx512f): ResNet-18 fp32 3x3 conv + both gradients 2.3x Eigen"),
     # AVX2 without AVX-512: oneDNN's convolutions win, except the wide stride-1 ones at small batches (VGG-16's and
@@ -451,6 +459,26 @@ def batch_norm_in_onednn(dtype, backend: str | None = None, *, flags: frozenset[
     return rule is not None and rule.library == "onednn" and rule.batch_norm
 
 
+def dense_in_onednn(dtype, backend: str | None = None, *, flags: frozenset[str] | None = None,
+                    works: Callable[[str, str], bool] | None = None) -> bool:
+    """Whether dense layers computing in `dtype` run their products in jaxnets' oneDNN matmul (`jaxnets.layers.Dense`).
+
+    Where `dtype`'s convolutions run in jaxnets' oneDNN handler and that
+    `CONV_RULES` row says so for this jax version (`ConvRule.dense`,
+    `ConvRule.dense_jax_below`); `flags` and `works` as in `conv_library`.
+    """
+    if not fast_cpu_path(backend):
+        return False
+    rule = conv_rule(dtype, flags=flags, works=works)
+    return (rule is not None and rule.library == "onednn" and rule.dense
+            and (rule.dense_jax_below is None or jax_version() < rule.dense_jax_below))
+
+
+def jax_version() -> tuple[int, ...]:
+    """The running jax's release as numbers: `(0, 10, 2)`."""
+    return tuple(int(part) for part in jax.__version__.split(".")[:3] if part.isdigit())
+
+
 def child_environment(setting: str) -> dict[str, str]:
     """`os.environ` for a child process that is to decide `JAXNETS_CPU_CONV=setting` afresh.
 
@@ -496,6 +524,8 @@ def describe() -> dict[str, str]:
             "conv_library": ", ".join(_library_text(d) for d in ("float32", "bfloat16")) if on_cpu
             else "backend default",
             "onednn": (_onednn_description() if on_cpu else "backend default"),
+            "dense_in_onednn": (", ".join(d for d in ("float32", "bfloat16") if dense_in_onednn(d)) or "none")
+            if on_cpu else "backend default",
             "xla_flag": _status["flag"], "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
             "host_memory": host_memory.describe(),
             "compile_cache": compile_cache.in_use() + (

@@ -125,10 +125,38 @@ class Conv(_FanInBias, nn.Conv):
 
 
 class Dense(_FanInBias, nn.Dense):
-    """Fully connected layer: `[..., in] -> [..., out]`, kernel `[in, out]`."""
+    """Fully connected layer: `[..., in] -> [..., out]`, kernel `[in, out]`.
+
+    Where jaxnets runs dense layers in oneDNN (`backend.dense_in_onednn`:
+    bfloat16 on CPUs with bfloat16 dot instructions), a plain layer (no custom
+    dot_general or precision) multiplies with `jaxnets.onednn.dense`: the
+    product accumulated in float32 and rounded once, and the kernel's
+    gradient returned in the kernel's own dtype. Same parameters and, up to
+    rounding, the same results as flax's `nn.Dense`.
+    """
 
     kernel_init: initializers.Initializer = torch_default_kernel_init
     bias_init: initializers.Initializer = torch_default_bias_init
+
+    @nn.compact
+    def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
+        if not self._onednn_applies(inputs):
+            return super().__call__(inputs)
+        kernel = self.param("kernel", self.kernel_init, (jnp.shape(inputs)[-1], self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        x, _, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        y = onednn.dense(x, kernel)
+        return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+
+    def _onednn_applies(self, inputs) -> bool:
+        """Whether this call multiplies in `onednn.dense` (else flax's `nn.Dense`)."""
+        if (self.is_initializing() or self.dot_general is not None or self.dot_general_cls is not None
+                or self.precision is not None or jnp.ndim(inputs) < 1):
+            return False
+        dtype = jnp.dtype(self.dtype) if self.dtype is not None else jnp.result_type(inputs.dtype, self.param_dtype)
+        return (backend.dense_in_onednn(dtype)
+                and onednn.dense_supports(jnp.shape(inputs), (jnp.shape(inputs)[-1], self.features), dtype,
+                                          self.param_dtype))
 
 
 class BatchNorm(nn.BatchNorm):

@@ -467,3 +467,24 @@ def test_conv_as_matmul_keeps_float64():
         assert got.dtype == jnp.float64
         np.testing.assert_allclose(np.asarray(got), np.asarray(a) @ np.asarray(b), rtol=1e-14)
         assert backend.YNN_OPTION not in backend.compiler_options("cpu", jnp.float64)
+
+
+@pytest.mark.parametrize("dtype, flags, working, version, setting, want", [
+    ("bfloat16", {"avx512_bf16"}, BOTH, (0, 10, 2), "fast", True),  # jax 0.10: XLA's bfloat16 dots are float32 ones
+    ("bfloat16", {"amx_bf16"}, BOTH, (0, 10, 2), "fast", True),
+    ("bfloat16", {"avx512_bf16"}, BOTH, (0, 12, 1), "fast", False),  # jax 0.12's own bfloat16 dots win the step
+    ("bfloat16", {"avx512_bf16"}, ("xla-onednn",), (0, 10, 2), "fast", False),  # no handler of ours
+    ("float32", {"avx512f"}, BOTH, (0, 10, 2), "fast", False),  # float32 dots: XLA's are as fast
+    ("bfloat16", {"avx512_bf16"}, BOTH, (0, 10, 2), "eigen", False),
+    ("bfloat16", {"avx512_bf16"}, BOTH, (0, 10, 2), "xla", False),
+])
+def test_dense_follows_its_rule_and_the_jax_version(dtype, flags, working, version, setting, want, monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, setting)
+    monkeypatch.setattr(backend, "jax_version", lambda: version)
+    assert backend.dense_in_onednn(dtype, "cpu", flags=frozenset(flags), works=_fake_works(*working)) == want
+    assert not backend.dense_in_onednn(dtype, "gpu", flags=frozenset(flags), works=_fake_works(*working))
+
+
+def test_jax_version_reads_the_running_release():
+    assert backend.jax_version() == tuple(int(p) for p in jax.__version__.split(".")[:3])
+    assert backend.jax_version() >= (0, 10, 2)

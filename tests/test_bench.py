@@ -342,6 +342,7 @@ def test_interleaved_settings_may_change_the_rule_this_cpu_takes_and_only_inside
     assert interleaved.parse_setting("fast:eigen_max_batch=32+eigen_from_channels=none") == (
         "fast", {"eigen_max_batch": 32, "eigen_from_channels": None})
     assert interleaved.parse_setting("fast:batch_norm=0") == ("fast", {"batch_norm": False})
+    assert interleaved.parse_setting("fast:dense=1") == ("fast", {"dense": True, "dense_jax_below": None})
     for bad, match in [("xla", "jit-xla"), ("fast:batch_norm=yes", "0 .XLA's. or 1"),
                        ("fast:library=eigen", "FIELD=VALUE"), ("fast:eigen_max_batch=",
                        "FIELD=VALUE"), ("fast:eigen_max_batch=big", "whole number"),

@@ -1,4 +1,4 @@
-"""jaxnets.onednn: oneDNN convolutions and batch normalisation as XLA:CPU custom calls, and their build.
+"""jaxnets.onednn: oneDNN convolutions, batch normalisation and matrix products as XLA:CPU custom calls, and their build.
 
 Every convolution shape the models produce, in float32 and bfloat16, must
 equal float32 `lax.conv_general_dilated` in the forward pass and both
@@ -411,3 +411,129 @@ def test_conv_layer_leaves_other_convolutions_to_flax(kwargs, monkeypatch):
     variables = ours.init(jax.random.key(0), x)
     assert onednn.convolution.BIAS_FORWARD_TARGET not in str(jax.make_jaxpr(lambda v: ours.apply(v, x))(variables))
     assert _relative(ours.apply(variables, x), nn.Conv(**settings).apply(variables, x)) < 1e-5
+
+
+# ------------------------------------------------------------- dense layers' matrix products (matmul.cc)
+
+# (input shape, kernel shape): a batch row by row, leading dims, the MLP's first layer (threaded at batch 64).
+DENSE_SHAPES = {"rows": ((5, 7), (7, 3)), "leading dims": ((3, 2, 16), (16, 8)), "mlp layer": ((64, 784), (784, 512))}
+
+
+def _dense_operands(x_shape, k_shape, dtype, kernel_dtype):
+    rng = np.random.default_rng(sum(x_shape) + sum(k_shape))
+    x = jnp.asarray(rng.normal(size=x_shape), dtype)
+    kernel = jnp.asarray(rng.normal(size=k_shape) / np.sqrt(k_shape[0]), kernel_dtype)
+    cotangent = jnp.asarray(rng.normal(size=x_shape[:-1] + k_shape[-1:]), dtype)
+    return x, kernel, cotangent
+
+
+@pytest.mark.parametrize("serial_macs", [0, 1 << 62], ids=["all threads", "one thread"])
+@pytest.mark.parametrize("dtype, kernel_dtype", [("float32", "float32"), ("bfloat16", "float32"),
+                                                 ("bfloat16", "bfloat16")])
+@pytest.mark.parametrize("name", DENSE_SHAPES)
+def test_dense_equals_a_float64_product_forward_and_gradients(name, dtype, kernel_dtype, serial_macs, monkeypatch):
+    """Forward, input and weight gradients against float64 products of the same (rounded) values; each result in
+    the dtype it must have (the kernel's gradient in the kernel's dtype: float32 for a bfloat16 model)."""
+    _need(dtype)
+    monkeypatch.setattr(onednn.matmul, "SERIAL_MACS", serial_macs)
+    x, kernel, cotangent = _dense_operands(*DENSE_SHAPES[name], dtype, kernel_dtype)
+    y, pullback = jax.vjp(onednn.dense, x, kernel)
+    dx, dkernel = jax.jit(pullback)(cotangent)
+    x64, cot64 = (np.asarray(a, np.float64).reshape(-1, a.shape[-1]) for a in (x, cotangent))
+    k64 = np.asarray(kernel.astype(dtype), np.float64)  # the kernel as the product sees it
+    want = {"forward": (x64 @ k64).reshape(y.shape), "input gradient": (cot64 @ k64.T).reshape(x.shape),
+            "weight gradient": x64.T @ cot64}
+    for got, dtype_wanted, what in [(y, dtype, "forward"), (dx, dtype, "input gradient"),
+                                    (dkernel, kernel_dtype, "weight gradient")]:
+        assert got.dtype == jnp.dtype(dtype_wanted) and got.shape == want[what].shape, what
+        assert _relative(got, want[what]) < TOLERANCE[dtype], what
+
+
+def test_dense_accumulates_in_float32_and_rounds_once():
+    """A long bfloat16 sum (4,096 terms) as exact as float32 accumulation allows: a bfloat16 running sum would be
+    ~1% off."""
+    _need("bfloat16")
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.uniform(0.5, 1.5, size=(4, 4096)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.uniform(0.5, 1.5, size=(4096, 2)), jnp.bfloat16)
+    want = np.asarray(x, np.float64) @ np.asarray(kernel, np.float64)
+    got = np.asarray(onednn.dense(x, kernel), np.float64)
+    assert np.max(np.abs(got - want) / want) <= 2.0 ** -8  # one bfloat16 rounding (half an ulp is 2**-9)
+
+
+def test_dense_runs_eagerly_and_under_vmap():
+    x, kernel, _ = _dense_operands((6, 10), (10, 4), jnp.float32, jnp.float32)
+    want = x @ kernel
+    assert _relative(onednn.dense(x, kernel), want) < 1e-6  # not jitted
+    got = jax.vmap(lambda k: onednn.dense(x, k))(jnp.stack([kernel, 2 * kernel]))
+    assert _relative(got[1], 2 * want) < 1e-6
+
+
+def test_a_matmul_whose_shapes_do_not_chain_is_a_clear_error():
+    a, b = jnp.ones((4, 6)), jnp.ones((5, 3))
+    with pytest.raises(Exception, match="shapes do not chain"):
+        jax.block_until_ready(onednn.matmul.product(a, b, jnp.float32))
+    with pytest.raises(Exception, match="share one dtype"):
+        jax.block_until_ready(onednn.matmul.product(a, jnp.ones((6, 3), jnp.bfloat16), jnp.float32))
+    assert _relative(onednn.matmul.product(a, jnp.ones((3, 6)), jnp.float32, transpose_b=True), a @ jnp.ones((6, 3))) == 0
+
+
+@pytest.mark.parametrize("x_shape, k_shape, dtype, kernel_dtype, supported", [
+    ((2, 8), (8, 4), "bfloat16", "float32", True),
+    ((2, 3, 8), (8, 4), "float32", "float32", True),
+    ((2, 8), (7, 4), "float32", "float32", False),  # the inner sizes differ
+    ((2, 8), (8, 4), "float16", "float32", False),
+    ((2, 8), (8, 4, 1), "float32", "float32", False),
+    ((2, 8), (8, 4), "bfloat16", "int8", False),
+])
+def test_dense_supports(x_shape, k_shape, dtype, kernel_dtype, supported):
+    assert onednn.dense_supports(x_shape, k_shape, dtype, kernel_dtype) == supported
+
+
+def _dense_takes_onednn(monkeypatch, dtype) -> None:
+    """Make the rules send `dtype` dense layers to jaxnets' matmul, whatever this CPU and jax version are."""
+    _onednn_takes(monkeypatch, dtype)
+    monkeypatch.setattr(backend, "jax_version", lambda: (0, 10, 2))
+    rule = backend.conv_rule(dtype)
+    monkeypatch.setattr(backend, "CONV_RULES", tuple(r._replace(dense=True) if r is rule else r
+                                                     for r in backend.CONV_RULES))
+    assert backend.dense_in_onednn(jnp.dtype(dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_dense_layer_on_onednn_equals_flax(dtype, monkeypatch):
+    """`layers.Dense` on oneDNN: flax's `nn.Dense` output and gradients (in float32 on the same rounded values),
+    float32 parameter gradients for a bfloat16 layer."""
+    _dense_takes_onednn(monkeypatch, dtype)
+    ours = layers.Dense(12, dtype=jnp.dtype(dtype))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 5, 20)), dtype)
+    variables = ours.init(jax.random.key(0), x)
+    variables = jax.tree.map(lambda p: p.astype(jnp.dtype(dtype)).astype(jnp.float32), variables)
+    assert onednn.matmul.TARGET in str(jax.make_jaxpr(lambda v: ours.apply(v, x))(variables))
+    reference = nn.Dense(12, dtype=jnp.float32)
+    cotangent = jnp.asarray(np.random.default_rng(2).normal(size=(3, 5, 12)), jnp.float32)
+
+    def vjp(module, inputs):
+        y, pullback = jax.vjp(lambda v: module.apply(v, inputs), variables)
+        return y, pullback(cotangent.astype(y.dtype))[0]["params"]
+
+    (y, grads), (want_y, want_grads) = jax.jit(lambda: vjp(ours, x))(), vjp(reference, x.astype(jnp.float32))
+    assert y.dtype == jnp.dtype(dtype) and y.shape == want_y.shape
+    assert _relative(y, want_y) < TOLERANCE[dtype]
+    for name in ("kernel", "bias"):
+        assert grads[name].dtype == jnp.float32, name
+        assert _relative(grads[name], want_grads[name]) < TOLERANCE[dtype], name
+
+
+@pytest.mark.parametrize("kwargs", [dict(precision=lax.Precision.HIGHEST), dict(dot_general=lax.dot_general),
+                                    dict(use_bias=False)], ids=["precision", "own dot_general", "no bias"])
+def test_dense_layer_leaves_custom_products_to_flax(kwargs, monkeypatch):
+    """A layer asking for its own precision or dot_general keeps flax's product; one without a bias is ours."""
+    _dense_takes_onednn(monkeypatch, "bfloat16")
+    ours = layers.Dense(6, dtype=jnp.bfloat16, **kwargs)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 10)), jnp.float32)
+    variables = ours.init(jax.random.key(0), x)
+    ours_calls = onednn.matmul.TARGET in str(jax.make_jaxpr(lambda v: ours.apply(v, x))(variables))
+    assert ours_calls == ("use_bias" in kwargs)
+    want = nn.Dense(6, dtype=jnp.float32, **kwargs).apply(variables, x.astype(jnp.bfloat16).astype(jnp.float32))
+    assert _relative(ours.apply(variables, x), want) < TOLERANCE["bfloat16"]

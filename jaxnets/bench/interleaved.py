@@ -17,7 +17,7 @@ library) and `eigen` (the same path, XLA's own convolutions). `xla` changes
 process-wide XLA flags; `jaxnets-bench --modes jit,jit-xla` compares it.
 A `fast` setting may change fields of the rule this CPU takes, to try a rule
 before writing it down: `fast:eigen_max_batch=32` (several joined by `+`,
-`none` for None, `batch_norm=0` for XLA's batch norm; the fields in `RULE_FIELDS`):
+`none` for None, `batch_norm=0` for XLA's batch norm, `dense=0` for XLA's dots; the fields in `RULE_FIELDS`):
 
     python -m jaxnets.bench.interleaved --model vgg16 --batch-size 64 --settings fast,fast:eigen_max_batch=32
 """
@@ -38,9 +38,10 @@ from jaxnets import backend, report
 from jaxnets.bench import cases, host
 
 SETTINGS = ("fast", "eigen")  # the `JAXNETS_CPU_CONV` values that switch per compiled program
-HANDLER_TARGET = "jaxnets_onednn_convolution"  # jaxnets' oneDNN convolutions, counted in each program
-# `backend.ConvRule` fields a `fast:` setting may change; `batch_norm` takes 0 or 1 (off / on).
-RULE_FIELDS = ("eigen_from_channels", "eigen_max_batch", "batch_norm")
+HANDLER_TARGET = 'custom_call_target="jaxnets_onednn_'  # jaxnets' oneDNN calls (any kind), counted in each program
+# `backend.ConvRule` fields a `fast:` setting may change; `batch_norm` and `dense` take 0 or 1 (off / on).
+RULE_FIELDS = ("eigen_from_channels", "eigen_max_batch", "batch_norm", "dense")
+SWITCHES = ("batch_norm", "dense")  # the on/off fields among them
 
 
 def parse_setting(text: str) -> tuple[str, dict[str, int | bool | None]]:
@@ -59,10 +60,12 @@ def parse_setting(text: str) -> tuple[str, dict[str, int | bool | None]]:
         field, _, value = item.partition("=")
         if field not in RULE_FIELDS or not value:
             raise ValueError(f"{item!r} in setting {text!r}: give FIELD=VALUE with FIELD one of {RULE_FIELDS}")
-        if field == "batch_norm":
+        if field in SWITCHES:
             if value not in ("0", "1"):
-                raise ValueError(f"{item!r} in setting {text!r}: batch_norm is 0 (XLA's) or 1 (oneDNN's)")
+                raise ValueError(f"{item!r} in setting {text!r}: {field} is 0 (XLA's) or 1 (oneDNN's)")
             overrides[field] = value == "1"
+            if field == "dense":
+                overrides["dense_jax_below"] = None  # on or off whatever the jax version
             continue
         if value.lower() != "none" and not value.isdigit():
             raise ValueError(f"{item!r} in setting {text!r}: the value is a whole number or 'none'")
@@ -124,7 +127,7 @@ def compile_step(case: cases.Case, setting: str) -> tuple[Callable[[], None], di
 
     Returns:
       (`step()`: runs one step on its own state and waits for it; info: `library` (the convolution library
-      `backend.conv_library` picks under the setting), `handler_calls` (jaxnets' oneDNN convolutions in the
+      `backend.conv_library` picks under the setting), `handler_calls` (jaxnets' oneDNN calls in the
       compiled program), `compile_s`).
     """
     name, overrides = parse_setting(setting)

@@ -1,6 +1,6 @@
 """Build jaxnets' oneDNN convolution handler once per machine, load it, and register it with XLA:CPU.
 
-`convolution.cc` and `batch_norm.cc` (beside this file) are compiled with the system's C++
+`convolution.cc`, `batch_norm.cc` and `matmul.cc` (beside this file) are compiled with the system's C++
 compiler against two things already installed: XLA's FFI headers (in jaxlib,
 `jax.ffi.include_dir()`) and oneDNN (the PyPI packages `onednn-cpu-gomp`,
 the library, and `onednn-devel-cpu-gomp`, its headers; dependencies of
@@ -31,14 +31,15 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SOURCES = ("convolution.cc", "batch_norm.cc")  # compiled, in this order
+SOURCES = ("convolution.cc", "batch_norm.cc", "matmul.cc")  # compiled, in this order
 HEADERS = ("common.h",)
 # XLA custom-call target name -> the handler's symbol in the shared library.
 TARGETS = {"jaxnets_onednn_convolution": "JaxnetsOnednnConvolution",
            "jaxnets_onednn_convolution_bias_forward": "JaxnetsOnednnConvolutionBiasForward",
            "jaxnets_onednn_convolution_bias_weights": "JaxnetsOnednnConvolutionBiasWeights",
            "jaxnets_onednn_batch_norm_forward": "JaxnetsOnednnBatchNormForward",
-           "jaxnets_onednn_batch_norm_backward": "JaxnetsOnednnBatchNormBackward"}
+           "jaxnets_onednn_batch_norm_backward": "JaxnetsOnednnBatchNormBackward",
+           "jaxnets_onednn_matmul": "JaxnetsOnednnMatmul"}
 RUNTIME_PACKAGE = "onednn-cpu-gomp"
 HEADERS_PACKAGE = "onednn-devel-cpu-gomp"
 LIBRARY_FILE = "libdnnl.so.3"

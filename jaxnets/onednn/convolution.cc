@@ -234,7 +234,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetsOnednnConvolution, Convolution,
 
 // 1 when this CPU has oneDNN kernels for every call of the handlers in `type` (0: float32, 1: bfloat16), else 0:
 // oneDNN 3.2 has no bfloat16 convolution or batch norm below AVX-512 (an AVX2-only CPU), and primitive creation
-// is where that shows. Probed on a small convolution (forward, both gradients) and a batch norm (forward, backward).
+// is where that shows. Probed on a small convolution (forward, both gradients), a batch norm (forward, backward) and
+// a matrix product (matmul.cc).
 extern "C" int JaxnetsOnednnSupportsType(int type_code) {
   using namespace jaxnets_onednn;
   if (type_code != 0 && type_code != 1) return 0;
@@ -253,6 +254,8 @@ extern "C" int JaxnetsOnednnSupportsType(int type_code) {
                                                            flags);
     dnnl::batch_normalization_backward::primitive_desc norm_back(engine, dnnl::prop_kind::backward, x, x, x, 1e-5f,
                                                                  flags, norm);
+    memory::desc a({4, 16}, type, tag::ab), b({16, 8}, type, tag::ab), c({4, 8}, type, tag::ab);
+    dnnl::matmul::primitive_desc product(engine, a, b, c);
   } catch (const dnnl::error&) {
     return 0;
   }
