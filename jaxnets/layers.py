@@ -130,8 +130,9 @@ class Dense(_FanInBias, nn.Dense):
     Where jaxnets runs dense layers in oneDNN (`backend.dense_in_onednn`:
     bfloat16 on CPUs with bfloat16 dot instructions), a plain layer (no custom
     dot_general or precision) multiplies with `jaxnets.onednn.dense`: the
-    product accumulated in float32 and rounded once, and the kernel's
-    gradient returned in the kernel's own dtype. Same parameters and, up to
+    product accumulated in float32 and rounded once, the kernel's gradient
+    returned in the kernel's own dtype and the bias's computed in the same
+    oneDNN call. Same parameters and, up to
     rounding, the same results as flax's `nn.Dense`.
     """
 
@@ -144,9 +145,8 @@ class Dense(_FanInBias, nn.Dense):
             return super().__call__(inputs)
         kernel = self.param("kernel", self.kernel_init, (jnp.shape(inputs)[-1], self.features), self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
-        x, _, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        y = onednn.dense(x, kernel)
-        return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+        x, _, _ = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        return onednn.dense(x, kernel, bias)  # the kernel and bias in their own dtypes: cast inside, gradients too
 
     def _onednn_applies(self, inputs) -> bool:
         """Whether this call multiplies in `onednn.dense` (else flax's `nn.Dense`)."""

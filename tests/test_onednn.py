@@ -449,6 +449,25 @@ def test_dense_equals_a_float64_product_forward_and_gradients(name, dtype, kerne
         assert _relative(got, want[what]) < TOLERANCE[dtype], what
 
 
+@pytest.mark.parametrize("serial_macs", [0, 1 << 62], ids=["all threads", "one thread"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", DENSE_SHAPES)
+def test_dense_with_bias_equals_a_float64_product_plus_bias(name, dtype, serial_macs, monkeypatch):
+    """The bias gradient (the output gradient's column sums) comes out of the weight gradient's call, float32."""
+    _need(dtype)
+    monkeypatch.setattr(onednn.matmul, "SERIAL_MACS", serial_macs)
+    x, kernel, cotangent = _dense_operands(*DENSE_SHAPES[name], dtype, "float32")
+    bias = jnp.linspace(-1, 1, kernel.shape[1], dtype=jnp.float32)
+    y, pullback = jax.vjp(onednn.dense, x, kernel, bias)
+    _, dkernel, dbias = jax.jit(pullback)(cotangent)
+    x64, cot64 = (np.asarray(a, np.float64).reshape(-1, a.shape[-1]) for a in (x, cotangent))
+    k64, b64 = np.asarray(kernel.astype(dtype), np.float64), np.asarray(bias.astype(dtype), np.float64)
+    assert y.dtype == jnp.dtype(dtype) and dkernel.dtype == dbias.dtype == jnp.float32
+    assert _relative(y, (x64 @ k64 + b64).reshape(y.shape)) < TOLERANCE[dtype]
+    assert _relative(dkernel, x64.T @ cot64) < TOLERANCE[dtype]
+    assert _relative(dbias, cot64.sum(axis=0)) < 1e-6  # float32 sums of the exact (rounded) gradient
+
+
 def test_dense_accumulates_in_float32_and_rounds_once():
     """A long bfloat16 sum (4,096 terms) as exact as float32 accumulation allows: a bfloat16 running sum would be
     ~1% off."""

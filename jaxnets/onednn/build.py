@@ -39,7 +39,8 @@ TARGETS = {"jaxnets_onednn_convolution": "JaxnetsOnednnConvolution",
            "jaxnets_onednn_convolution_bias_weights": "JaxnetsOnednnConvolutionBiasWeights",
            "jaxnets_onednn_batch_norm_forward": "JaxnetsOnednnBatchNormForward",
            "jaxnets_onednn_batch_norm_backward": "JaxnetsOnednnBatchNormBackward",
-           "jaxnets_onednn_matmul": "JaxnetsOnednnMatmul"}
+           "jaxnets_onednn_matmul": "JaxnetsOnednnMatmul",
+           "jaxnets_onednn_matmul_weights_bias": "JaxnetsOnednnMatmulWeightsBias"}
 RUNTIME_PACKAGE = "onednn-cpu-gomp"
 HEADERS_PACKAGE = "onednn-devel-cpu-gomp"
 LIBRARY_FILE = "libdnnl.so.3"

@@ -5,8 +5,11 @@
 // buffers of one dtype; a transposed operand is described to oneDNN by its strides, not copied. The result is
 // float32 or bfloat16, accumulated in float32 either way (a bfloat16 weight gradient can come out in float32
 // directly, for float32 weights). Each distinct product's primitive is made once and kept. `threads` as in
-// convolution.cc: 1 runs the call on the calling thread alone.
+// convolution.cc: 1 runs the call on the calling thread alone. `JaxnetsOnednnMatmulWeightsBias` is the weight
+// gradient with the bias gradient (the output gradient's column sums, float32) from the same call, where XLA:CPU
+// would convert the gradient and sum it in separate passes.
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "common.h"
@@ -25,8 +28,28 @@ memory::desc matrix(int64_t rows, int64_t cols, memory::data_type type, bool tra
   return memory::desc({rows, cols}, type, transposed ? memory::dims{1, rows} : memory::dims{cols, 1});
 }
 
-ffi::Error Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, int64_t transpose_a,
-                  int64_t transpose_b, int64_t threads) {
+// `sums[n] = sum over m of g[m, n]` in float32: a bias gradient, from the output gradient `g` ([M, N], float32 or
+// bfloat16, row-major). One pass, row by row (contiguous reads); bfloat16 is the upper half of a float32.
+void column_sums(const void* g, memory::data_type type, int64_t m, int64_t n, float* sums) {
+  for (int64_t j = 0; j < n; ++j) sums[j] = 0.0f;
+  for (int64_t i = 0; i < m; ++i) {
+    if (type == memory::data_type::f32) {
+      const float* row = static_cast<const float*>(g) + i * n;
+      for (int64_t j = 0; j < n; ++j) sums[j] += row[j];
+    } else {
+      const uint16_t* row = static_cast<const uint16_t*>(g) + i * n;
+      for (int64_t j = 0; j < n; ++j) {
+        uint32_t bits = static_cast<uint32_t>(row[j]) << 16;
+        float value;
+        std::memcpy(&value, &bits, sizeof value);
+        sums[j] += value;
+      }
+    }
+  }
+}
+
+ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, float* bias_sums,
+               int64_t transpose_a, int64_t transpose_b, int64_t threads) {
   memory::data_type type, out_type;
   if (!onednn_type(a.element_type(), &type) || !onednn_type(out->element_type(), &out_type))
     return ffi::Error::InvalidArgument("jaxnets oneDNN matmul: float32 or bfloat16 operands and result only");
@@ -64,10 +87,25 @@ ffi::Error Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer
                                     {DNNL_ARG_WEIGHTS, memory(plan.b, engine, b.untyped_data())},
                                     {DNNL_ARG_DST, memory(plan.out, engine, out->untyped_data())}});
     stream.wait();
+    if (bias_sums) column_sums(b.untyped_data(), type, k, n, bias_sums);
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("jaxnets oneDNN matmul: ") + e.what());
   }
   return ffi::Error::Success();
+}
+
+ffi::Error Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, int64_t transpose_a,
+                  int64_t transpose_b, int64_t threads) {
+  return Run(a, b, out, nullptr, transpose_a, transpose_b, threads);
+}
+
+// A dense layer's weight and bias gradients in one call: `x^T @ g` and the column sums of `g` (float32).
+ffi::Error WeightsBias(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::Result<ffi::AnyBuffer> kernel_grad,
+                       ffi::ResultBuffer<ffi::F32> bias_grad, int64_t threads) {
+  if (g.dimensions().size() != 2 || bias_grad->dimensions().size() != 1 ||
+      bias_grad->dimensions()[0] != g.dimensions()[1])
+    return ffi::Error::InvalidArgument("jaxnets oneDNN matmul: the bias gradient must be [N] for a [M, N] gradient");
+  return Run(x, g, kernel_grad, bias_grad->typed_data(), 1, 0, threads);
 }
 
 }  // namespace
@@ -79,4 +117,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetsOnednnMatmul, Matmul,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("transpose_a")
                                   .Attr<int64_t>("transpose_b")
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetsOnednnMatmulWeightsBias, WeightsBias,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("threads"));

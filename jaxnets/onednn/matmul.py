@@ -24,6 +24,7 @@ from jaxnets.onednn import build
 from jaxnets.onednn.convolution import SERIAL_MACS
 
 TARGET = "jaxnets_onednn_matmul"
+WEIGHTS_BIAS_TARGET = "jaxnets_onednn_matmul_weights_bias"  # (x^T @ g, column sums of g) in one call
 DTYPES = ("float32", "bfloat16")
 
 
@@ -54,18 +55,24 @@ def product(a: jax.Array, b: jax.Array, out_dtype, *, transpose_a: bool = False,
                 threads=np.int64(threads(m, k, n)))
 
 
-def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """`[..., K] x [K, N] -> [..., N]` in `x`'s dtype; float32 accumulation; gradients by oneDNN too.
+def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+    """`[..., K] x [K, N] (+ bias [N]) -> [..., N]` in `x`'s dtype; float32 accumulation; gradients by oneDNN too.
 
-    Equal to `x @ kernel.astype(x.dtype)` up to float reassociation (and
-    rounded once where a bfloat16 dot might round on the way). The kernel's
-    gradient comes back in the kernel's own dtype. Raises `build.Unavailable`
-    when the handler cannot be built here or this CPU has no oneDNN kernels
-    for `x`'s dtype.
+    Equal to `x @ kernel.astype(x.dtype) + bias.astype(x.dtype)` up to float
+    reassociation (and rounded once where a bfloat16 dot might round on the
+    way). The kernel's and the bias's gradients come back in their own dtypes;
+    the bias gradient (the output gradient summed over rows, in float32) comes
+    out of the weight gradient's call. Raises `build.Unavailable` when the
+    handler cannot be built here or this CPU has no oneDNN kernels for `x`'s
+    dtype.
     """
     build.require_dtype(x.dtype)
     rows = x.reshape(-1, x.shape[-1])
-    return _dense(rows, kernel, jnp.dtype(kernel.dtype).name).reshape(*x.shape[:-1], kernel.shape[-1])
+    if bias is None:
+        y = _dense(rows, kernel, jnp.dtype(kernel.dtype).name)
+    else:
+        y = _dense_bias(rows, kernel, bias, jnp.dtype(kernel.dtype).name, jnp.dtype(bias.dtype).name)
+    return y.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -86,3 +93,28 @@ def _backward(kernel_dtype, residuals, grad):
 
 
 _dense.defvjp(_forward, _backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _dense_bias(x, kernel, bias, kernel_dtype, bias_dtype):
+    return product(x, kernel.astype(x.dtype), x.dtype) + bias.astype(x.dtype)[None, :]
+
+
+def _bias_forward(x, kernel, bias, kernel_dtype, bias_dtype):
+    narrow = kernel.astype(x.dtype)
+    return product(x, narrow, x.dtype) + bias.astype(x.dtype)[None, :], (x, narrow)
+
+
+def _bias_backward(kernel_dtype, bias_dtype, residuals, grad):
+    x, narrow = residuals
+    grad = grad.astype(x.dtype)
+    build.load()
+    rows, out = x.shape[0], grad.shape[1]
+    weights = jax.ffi.ffi_call(WEIGHTS_BIAS_TARGET, (jax.ShapeDtypeStruct((x.shape[1], out), kernel_dtype),
+                                                     jax.ShapeDtypeStruct((out,), jnp.float32)),
+                               vmap_method="sequential")
+    kernel_grad, bias_grad = weights(x, grad, threads=np.int64(threads(x.shape[1], rows, out)))
+    return product(grad, narrow, x.dtype, transpose_b=True), kernel_grad, bias_grad.astype(bias_dtype)
+
+
+_dense_bias.defvjp(_bias_forward, _bias_backward)
