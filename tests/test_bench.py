@@ -428,3 +428,80 @@ def test_conv_passes_refuses_to_time_a_library_that_computes_a_wrong_answer():
     with pytest.raises(RuntimeError, match="weight_grad of XLA's Eigen and jaxnets' oneDNN handler differ"):
         conv_passes.check_agreement("3x3 64->64 @32", programs)
     conv_passes.check_agreement("3x3 64->64 @32", {"forward": programs["forward"]})  # within tolerance: no error
+
+
+def test_a_setting_may_name_a_code_variant():
+    from jaxnets.bench import interleaved
+
+    assert interleaved.split_variant("fast") == ("fast", None)
+    assert interleaved.split_variant("fast:dense=0@old") == ("fast:dense=0", "old")
+    for bad in ("fast@", "fast@a@b"):
+        with pytest.raises(ValueError, match="one variant after '@'"):
+            interleaved.split_variant(bad)
+
+
+VARIANT_FILE = '''
+import contextlib, os
+from jaxnets.bench import cases
+
+def _log(line):
+    with open(os.environ["VARIANT_LOG"], "a") as f:
+        f.write(line + "\\n")
+
+@contextlib.contextmanager
+def probe():
+    _log("enter")
+    original = cases.train_step
+    def train_step():
+        step = original()
+        def logged(state, batch):
+            _log("traced")
+            return step(state, batch)
+        return logged
+    cases.train_step = train_step
+    try:
+        yield
+    finally:
+        cases.train_step = original
+        _log("exit")
+
+VARIANTS = {"probe": probe}
+'''
+
+
+def test_interleaved_compiles_a_code_variant_inside_its_context(tmp_path, monkeypatch):
+    """`fast@probe`: that setting's step is traced inside the variant's context, the reference's outside it."""
+    from jaxnets.bench import cases, interleaved
+
+    path = tmp_path / "variants.py"
+    path.write_text(VARIANT_FILE)
+    log = tmp_path / "log.txt"
+    monkeypatch.setenv("VARIANT_LOG", str(log))
+    variants = interleaved.load_variants(path)
+    original = cases.train_step
+    result = interleaved.run(cases.Case(model="mlp", what="train", batch_size=4), ("fast", "fast@probe"), reps=2,
+                             steps_per_rep=1, log=None, variants=variants)
+    assert log.read_text().split() == ["enter", "traced", "exit"]  # traced once, inside; timing runs compiled code
+    assert cases.train_step is original
+    assert [r["setting"] for r in result["rows"]] == ["fast", "fast@probe"]
+    assert all(len(v) == 2 and min(v) > 0 for v in result["seconds_per_step"].values())
+
+
+def test_unknown_or_missing_variants_are_clear_errors(tmp_path):
+    from jaxnets.bench import cases, interleaved
+
+    case = cases.Case(model="mlp", what="train", batch_size=4)
+    with pytest.raises(ValueError, match="unknown code variant 'old' .known: none: pass --variants FILE"):
+        interleaved.run(case, ("fast", "fast@old"), reps=1, steps_per_rep=1, log=None)
+    with pytest.raises(ValueError, match="no such file"):
+        interleaved.load_variants(tmp_path / "missing.py")
+    empty = tmp_path / "empty.py"
+    empty.write_text("X = 1\n")
+    with pytest.raises(ValueError, match="must define VARIANTS"):
+        interleaved.load_variants(empty)
+    (tmp_path / "v.py").write_text(VARIANT_FILE)
+    with pytest.raises(ValueError, match="unknown code variant 'old' .known: probe"):
+        interleaved.run(case, ("fast", "fast@old"), reps=1, steps_per_rep=1, log=None,
+                        variants=interleaved.load_variants(tmp_path / "v.py"))
+    with pytest.raises(SystemExit):
+        interleaved.main(["--variants", str(empty), "--settings", "fast,fast@x"])  # a usage error

@@ -20,6 +20,16 @@ before writing it down: `fast:eigen_max_batch=32` (several joined by `+`,
 `none` for None, `batch_norm=0` for XLA's batch norm, `dense=0` for XLA's dots; the fields in `RULE_FIELDS`):
 
     python -m jaxnets.bench.interleaved --model vgg16 --batch-size 64 --settings fast,fast:eigen_max_batch=32
+
+Code variants: to compare two versions of jaxnets' code (an old and a new
+lowering) in one process, write a Python file whose `VARIANTS` dict maps a
+name to a function returning a context manager that swaps the code in (and
+back out), and name it after a setting with `@`:
+
+    python -m jaxnets.bench.interleaved --model mlp --dtype bfloat16 --variants old.py --settings fast,fast@old
+
+The setting's train step is traced and compiled inside that context; only
+the compiled programs are timed.
 """
 
 from __future__ import annotations
@@ -27,10 +37,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import runpy
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import jax
 
@@ -73,6 +85,51 @@ def parse_setting(text: str) -> tuple[str, dict[str, int | bool | None]]:
     if overrides and name != "fast":
         raise ValueError(f"setting {text!r}: only 'fast' takes rule fields ('{name}' uses no rule)")
     return name, overrides
+
+
+Variants = Mapping[str, Callable[[], contextlib.AbstractContextManager]]
+
+
+def split_variant(text: str) -> tuple[str, str | None]:
+    """`'fast:dense=0@old'` -> `('fast:dense=0', 'old')`; without `@`, `(text, None)`.
+
+    Raises:
+      ValueError: an empty variant name, or more than one `@`.
+    """
+    setting, at, variant = text.partition("@")
+    if not at:
+        return text, None
+    if not variant or "@" in variant:
+        raise ValueError(f"setting {text!r}: give one variant after '@' (SETTING@NAME, NAME a key of the "
+                         "--variants file's VARIANTS)")
+    return setting, variant
+
+
+def load_variants(path: str | Path) -> dict[str, Callable[[], contextlib.AbstractContextManager]]:
+    """The `VARIANTS` dict of the Python file at `path`: name -> a function returning a context manager.
+
+    Raises:
+      ValueError: the file is missing, or defines no `VARIANTS` dict of callables.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--variants {path}: no such file (a Python file defining VARIANTS = {{name: function "
+                         "returning a context manager}})")
+    variants = runpy.run_path(str(path)).get("VARIANTS")
+    if not isinstance(variants, Mapping) or not variants or not all(callable(v) for v in variants.values()):
+        raise ValueError(f"--variants {path}: the file must define VARIANTS, a non-empty dict of name -> function "
+                         "returning a context manager")
+    return dict(variants)
+
+
+def _variant_context(variant: str | None, variants: Variants | None) -> contextlib.AbstractContextManager:
+    """The context manager of `variant` (a no-op for None). Raises ValueError for an unknown name."""
+    if variant is None:
+        return contextlib.nullcontext()
+    if not variants or variant not in variants:
+        known = ", ".join(sorted(variants or {})) or "none: pass --variants FILE"
+        raise ValueError(f"unknown code variant {variant!r} (known: {known})")
+    return variants[variant]()
 
 
 @contextlib.contextmanager
@@ -120,18 +177,21 @@ def cpu_setting(setting: str) -> Iterator[None]:
             os.environ[backend.ENV_VAR] = before
 
 
-def compile_step(case: cases.Case, setting: str) -> tuple[Callable[[], None], dict]:
+def compile_step(case: cases.Case, setting: str, variants: Variants | None = None,
+                 ) -> tuple[Callable[[], None], dict]:
     """The benchmark's train step for `case`, compiled under `setting`: a call running one step, and what it holds.
 
-    `setting` is a `parse_setting` text: a `JAXNETS_CPU_CONV` value, for `fast` with rule fields changed.
+    `setting` is a `parse_setting` text: a `JAXNETS_CPU_CONV` value, for `fast` with rule fields changed,
+    optionally `@NAME`: traced inside `variants[NAME]()` (a code variant, see the module docstring).
 
     Returns:
       (`step()`: runs one step on its own state and waits for it; info: `library` (the convolution library
       `backend.conv_library` picks under the setting), `handler_calls` (jaxnets' oneDNN calls in the
       compiled program), `compile_s`).
     """
+    setting, variant = split_variant(setting)
     name, overrides = parse_setting(setting)
-    with cpu_setting(name), rule_overrides(case.dtype, overrides):
+    with cpu_setting(name), rule_overrides(case.dtype, overrides), _variant_context(variant, variants):
         _, state, batch = cases.case_inputs(case)
         jax.clear_caches()  # the model's functions are traced afresh under this setting
         start = time.perf_counter()
@@ -195,17 +255,23 @@ def table(rows: list[dict], infos: dict[str, dict]) -> str:
 
 
 def run(case: cases.Case, settings: tuple[str, ...], reps: int, steps_per_rep: int,
-        log: Callable[[str], None] | None = print) -> dict:
-    """Compile `case`'s train step under each setting, alternate them, summarize. The result is JSON-ready."""
+        log: Callable[[str], None] | None = print, variants: Variants | None = None) -> dict:
+    """Compile `case`'s train step under each setting, alternate them, summarize. The result is JSON-ready.
+
+    `variants`: the code variants that settings may name after `@` (`load_variants`).
+    """
     if len(set(settings)) < 2:
         raise ValueError(f"give at least two different settings to compare (got {settings})")
     for setting in settings:  # every text checked before anything compiles
-        parse_setting(setting)
+        text, variant = split_variant(setting)
+        parse_setting(text)
+        if variant is not None and (not variants or variant not in variants):
+            _variant_context(variant, variants)  # raises, naming the known ones
     if reps < 1 or steps_per_rep < 1:  # before anything compiles
         raise ValueError(f"reps and steps per repetition must be >= 1 (got {reps}, {steps_per_rep})")
     steps, infos = {}, {}
     for setting in settings:
-        steps[setting], infos[setting] = compile_step(case, setting)
+        steps[setting], infos[setting] = compile_step(case, setting, variants)
         if log:
             log(f"{setting}: compiled in {infos[setting]['compile_s']:.1f} s, convolutions "
                 f"{infos[setting]['library']}, {infos[setting]['handler_calls']} oneDNN calls")
@@ -220,16 +286,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--settings", default="fast,eigen", help="comma-separated JAXNETS_CPU_CONV values (fast, eigen), "
-                   "fast with rule fields changed (fast:eigen_max_batch=32); the first is the reference "
-                   "(default: fast,eigen)")
+                   "fast with rule fields changed (fast:eigen_max_batch=32), each optionally @NAME, a code variant "
+                   "of --variants; the first is the reference (default: fast,eigen)")
     p.add_argument("--reps", type=int, default=20, help="repetitions (default 20)")
     p.add_argument("--steps", type=int, default=2, help="steps per setting per repetition (default 2)")
+    p.add_argument("--variants", default=None, help="a Python file defining VARIANTS = {name: function returning "
+                   "a context manager}: code variants that settings name after '@' (fast@old)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     settings = tuple(s.strip() for s in args.settings.split(",") if s.strip())
     try:
+        variants = load_variants(args.variants) if args.variants else None
         result = run(cases.Case(model=args.model, what="train", batch_size=args.batch_size, dtype=args.dtype),
-                     settings, args.reps, args.steps)
+                     settings, args.reps, args.steps, variants=variants)
     except ValueError as error:
         p.error(str(error))
     print(f"{args.model} train step, batch {args.batch_size}, {args.dtype}; {args.reps} repetitions of "
