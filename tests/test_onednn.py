@@ -1,4 +1,4 @@
-"""jaxnets.onednn: oneDNN convolutions, batch normalisation and matrix products as XLA:CPU custom calls, and their build.
+"""jaxnets.onednn: oneDNN convolutions, batch norm and matrix products as XLA:CPU custom calls, and their build.
 
 Every convolution shape the models produce, in float32 and bfloat16, must
 equal float32 `lax.conv_general_dilated` in the forward pass and both
@@ -494,7 +494,8 @@ def test_a_matmul_whose_shapes_do_not_chain_is_a_clear_error():
         jax.block_until_ready(onednn.matmul.product(a, b, jnp.float32))
     with pytest.raises(Exception, match="share one dtype"):
         jax.block_until_ready(onednn.matmul.product(a, jnp.ones((6, 3), jnp.bfloat16), jnp.float32))
-    assert _relative(onednn.matmul.product(a, jnp.ones((3, 6)), jnp.float32, transpose_b=True), a @ jnp.ones((6, 3))) == 0
+    transposed = onednn.matmul.product(a, jnp.ones((3, 6)), jnp.float32, transpose_b=True)
+    assert _relative(transposed, a @ jnp.ones((6, 3))) == 0
 
 
 @pytest.mark.parametrize("x_shape, k_shape, dtype, kernel_dtype, supported", [
