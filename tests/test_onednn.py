@@ -557,3 +557,22 @@ def test_dense_layer_leaves_custom_products_to_flax(kwargs, monkeypatch):
     assert ours_calls == ("use_bias" in kwargs)
     want = nn.Dense(6, dtype=jnp.float32, **kwargs).apply(variables, x.astype(jnp.bfloat16).astype(jnp.float32))
     assert _relative(ours.apply(variables, x), want) < TOLERANCE["bfloat16"]
+
+
+def test_an_empty_batch_gives_zero_weight_and_bias_gradients():
+    """A batch of no rows/images sums nothing: the weight and bias gradients are exact zeros (oneDNN would leave
+    those buffers unwritten: a first version returned whatever the allocator held, e.g. -6e19)."""
+    kernel, bias = jnp.ones((8, 4)), jnp.ones(4)
+    for _ in range(3):  # dirty the allocator between calls: a stale buffer would show
+        jax.block_until_ready(onednn.dense(jnp.full((64, 8), 7.0), kernel * 3.0, bias))
+        y, pullback = jax.vjp(onednn.dense, jnp.zeros((0, 8)), kernel, bias)
+        dx, dkernel, dbias = pullback(jnp.zeros((0, 4)))
+        assert y.shape == (0, 4) and dx.shape == (0, 8)
+        assert not np.any(np.asarray(dkernel)) and not np.any(np.asarray(dbias))
+    w, b = jnp.ones((3, 3, 4, 8)), jnp.ones(8)
+    for _ in range(3):
+        y, pullback = jax.vjp(lambda x, w, b: onednn.conv(x, w, (1, 1), ((1, 1), (1, 1)), bias=b),
+                              jnp.zeros((0, 6, 6, 4)), w, b)
+        dx, dw, db = pullback(jnp.zeros(y.shape))
+        assert y.shape == (0, 6, 6, 8) and dx.shape == (0, 6, 6, 4)
+        assert not np.any(np.asarray(dw)) and not np.any(np.asarray(db))

@@ -7,6 +7,7 @@
 // With a bias (`JaxnetsOnednnConvolutionBias*`), the forward pass adds it and the weight gradient computes its
 // gradient in the same pass (oneDNN's `diff_bias`): no separate sum over N, H, W in XLA.
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -121,6 +122,14 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer* bias, ffi::Re
     return ffi::Error::InvalidArgument("jaxnets oneDNN convolution: kind is 0 (forward), 1 (data) or 2 (weights)");
   if (threads != 0 && threads != 1)
     return ffi::Error::InvalidArgument("jaxnets oneDNN convolution: threads is 0 (all of oneDNN's) or 1");
+  if (a.dimensions()[0] == 0) {  // a batch of no images: empty outputs, and zero weight (and bias) gradients,
+    // which oneDNN would leave unwritten
+    if (kind == kBackwardWeights) {
+      std::memset(out->untyped_data(), 0, out->size_bytes());
+      if (bias_out) std::memset((*bias_out)->untyped_data(), 0, (*bias_out)->size_bytes());
+    }
+    return ffi::Error::Success();
+  }
   try {
     auto& engine = cpu_engine();
     ThreadLimit limit(threads);  // made and run with the same thread count (oneDNN plans its work at creation)

@@ -67,6 +67,12 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> o
   if (k != kb || od[0] != m || od[1] != n)
     return ffi::Error::InvalidArgument("jaxnets oneDNN matmul: shapes do not chain: op(a) is [M, K], op(b) [K, N], "
                                        "the result [M, N]");
+  if (m == 0 || n == 0) return ffi::Error::Success();  // an empty result: nothing to write
+  if (k == 0) {  // an empty sum (a batch of no rows): zeros, which oneDNN would leave unwritten
+    std::memset(out->untyped_data(), 0, out->size_bytes());
+    if (bias_sums) column_sums(b.untyped_data(), type, k, n, bias_sums);
+    return ffi::Error::Success();
+  }
   try {
     auto& engine = cpu_engine();
     ThreadLimit limit(threads);  // made and run with the same thread count (oneDNN plans its work at creation)
