@@ -317,7 +317,7 @@ CONV_RULES = (
     ConvRule("bfloat16", ("avx512_bf16", "amx_bf16"), "onednn",
              "2026-12-06 evening, Zen 4 (avx512_bf16): ResNet-18 bf16 3x3 conv + both gradients 4.8x Eigen; "
              "2026-12-07 round 9, Zen 4: MLP bf16 step with dense layers in oneDNN 0.68-0.72x the time on jax 0.10.2, "
-             "1.25-1.28x on jax 0.12.1 (bench.interleaved)", dense=True, dense_jax_below=(0, 11)),
+             "1.10-1.28x on jax 0.12.1 (bench.interleaved)", dense=True, dense_jax_below=(0, 11)),
     ConvRule("float32", ("avx512f",), "onednn",
              "2026-12-06 evening, Zen 4 (avx512f): ResNet-18 fp32 3x3 conv + both gradients 2.3x Eigen"),
     # AVX2 without AVX-512: oneDNN's convolutions win, except the wide stride-1 ones at small batches (VGG-16's and

@@ -132,8 +132,8 @@ class Dense(_FanInBias, nn.Dense):
     dot_general or precision) multiplies with `jaxnets.onednn.dense`: the
     product accumulated in float32 and rounded once, the kernel's gradient
     returned in the kernel's own dtype and the bias's computed in the same
-    oneDNN call. Same parameters and, up to
-    rounding, the same results as flax's `nn.Dense`.
+    oneDNN call. Same parameters and, up to rounding, the same results as
+    flax's `nn.Dense`.
     """
 
     kernel_init: initializers.Initializer = torch_default_kernel_init
