@@ -190,9 +190,16 @@ RATIO_LABELS = (("jit_over_eager", "jit/eager", ".1f"), ("jit_over_xla_default",
 
 
 def ratio_line(ratio: dict) -> str:
-    """One line of `jaxnets.bench.ratios` output: 'mlp train b128:  jit/eager 12.3x  ...' (missing ratios left out)."""
+    """One line of `jaxnets.bench.ratios` output: 'mlp train b128:  jit/eager 12.3x  ...' (missing ratios left out).
+
+    A ratio measured over several rounds shows its range too: `jaxnets-jit/best-torch 1.12x [1.05-1.20]`.
+    """
     parts = [f"{ratio['model']} {ratio['what']} b{ratio['batch_size']}:"]
-    parts += [f"{label} {ratio[key]:{spec}}x" for key, label, spec in RATIO_LABELS if ratio.get(key) is not None]
+    for key, label, spec in RATIO_LABELS:
+        if ratio.get(key) is not None:
+            low_high = ratio.get(f"{key}_range")  # several rounds: the median, then [min-max] over them
+            spread = f" [{low_high[0]:{spec}}-{low_high[1]:{spec}}]" if low_high else ""
+            parts.append(f"{label} {ratio[key]:{spec}}x{spread}")
     return "  ".join(parts)
 
 

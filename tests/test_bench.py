@@ -201,6 +201,108 @@ def test_pipeline_takes_one_batch_size(capsys):
     assert "takes one --batch-size" in capsys.readouterr().err
 
 
+def _row(mode, median, low=None, high=None, round_number=1, batch=BATCH):
+    """A measured row as `run` makes it: only the fields `combine_rounds` and `ratios` read."""
+    return {"model": "mlp", "mode": mode, "what": "train", "batch_size": batch, "dtype": "float32",
+            "compile_s": 10.0 * round_number, "first_step_s": 10.0 * round_number, "trace_s": None,
+            "flops_per_step": 1e9, "compilations": 1, "peak_memory_bytes": None, "step_s_median": median,
+            "step_s_min": low or median, "step_s_max": high or median, "steps_timed": 5, "cpu_util": round_number,
+            "images_per_s": batch / median}
+
+
+def test_rounds_combine_into_one_row_per_case_and_ratios_pair_the_modes_round_by_round():
+    # Three rounds of jit, torch-eager and a skipped torch-compile. Round 2 is a slow spell for jit only; the
+    # per-round ratios are 2, 1 and 3 (median 2), where the ratio of the medians would be 4 / 2.5 = 1.6.
+    jit = [0.002, 0.004, 0.0025]
+    torch = [0.004, 0.004, 0.0075]
+    rows = []
+    for r in range(3):
+        rows += [_row("jit", jit[r], jit[r] * 0.9, jit[r] * 1.1, r + 1),
+                 _row("torch-eager", torch[r], round_number=r + 1),
+                 {"model": "mlp", "mode": "torch-compile", "what": "train", "batch_size": BATCH, "dtype": "float32",
+                  "skipped": f"broken in round {r + 1}"}]
+        for row in rows[-3:-1]:
+            del row["images_per_s"]  # combine_rounds derives it again
+    combined = suite.combine_rounds(rows, rounds=3, peak=100.0)
+    assert [r["mode"] for r in combined] == ["jit", "torch-eager", "torch-compile"]
+    first = combined[0]
+    assert first["step_s_median"] == 0.0025 and first["round_step_s"] == jit
+    assert first["step_s_min"] == pytest.approx(0.0018) and first["step_s_max"] == pytest.approx(0.0044)
+    assert first["steps_timed"] == 15 and first["cpu_util"] == 2.0 and first["compile_s"] == 10.0  # the cold round
+    assert first["images_per_s"] == BATCH / 0.0025 and first["gflops_per_s"] == pytest.approx(1e9 / 0.0025 / 1e9)
+    assert first["pct_of_peak"] == pytest.approx(first["gflops_per_s"])
+    assert combined[2]["skipped"] == "broken in round 1" and "step_s_median" not in combined[2]
+    (ratio,) = suite.ratios(combined)
+    assert ratio["jit_over_best_torch"] == pytest.approx(2.0)
+    assert ratio["jit_over_best_torch_range"] == pytest.approx([1.0, 3.0])
+    assert ratio["jit_over_eager"] is None and "jit_over_eager_range" not in ratio
+    assert report_ratio_line(ratio) == f"mlp train b{BATCH}:  jaxnets-jit/best-torch 2.00x [1.00-3.00]"
+
+
+def report_ratio_line(ratio):
+    from jaxnets import report
+
+    return report.ratio_line(ratio)
+
+
+def test_run_measures_every_case_once_per_round_and_says_which_round(capsys):
+    lines = []
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        bench.run(["mlp"], ["jit"], batch_size=BATCH, steps=STEPS, rounds=0, log=None)
+    (row,) = bench.run(["mlp"], ["jit"], batch_size=BATCH, steps=STEPS, rounds=2, log=lines.append)
+    assert len(row["round_step_s"]) == 2 and row["steps_timed"] == 2 * STEPS
+    assert row["step_s_min"] <= row["step_s_median"] <= row["step_s_max"]
+    assert [line.split()[:2] for line in lines] == [["round", "1/2"], ["round", "2/2"]]
+    with pytest.raises(SystemExit):
+        cli.main(["--rounds", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def _fake_python(tmp_path, jaxnets_dir, log):
+    """An executable that answers `host.torch_interpreter`'s probe with `jaxnets_dir`, and a child's measurement
+    with a row (the PyTorch modes' plumbing, without PyTorch); it appends its arguments to `log`."""
+    row = {key: 1.0 for key in cases.MEASURED_KEYS} | {"step_s_median": 0.01, "step_s_min": 0.01,
+                                                        "step_s_max": 0.01, "compilations": None}
+    probe = json.dumps({"torch": "9.9", "torch_threads": 3, "python": "3.99", "jaxnets": str(jaxnets_dir)})
+    script = tmp_path / "python"
+    script.write_text(f"""#!/bin/sh
+echo "$@" >> {log}
+case "$2" in
+  *torch_threads*) echo '{probe}' ;;
+  *) echo '{cases.ROW_MARK}{json.dumps(row)}' ;;
+esac
+""")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_torch_modes_may_run_under_another_python_that_imports_this_jaxnets(tmp_path, capsys):
+    ours = os.path.dirname(os.path.abspath(bench.__file__)).rsplit(os.sep, 1)[0]
+    log = tmp_path / "calls.txt"
+    fake = _fake_python(tmp_path, ours, log)
+    assert host.torch_interpreter(fake)["torch"] == "9.9"
+    facts = bench.machine(fake)
+    assert facts["torch"] == "9.9" and facts["torch_threads"] == 3 and facts["torch_python_version"] == "3.99"
+    (row,) = bench.run(["mlp"], ["torch-eager"], batch_size=BATCH, steps=STEPS, log=None, torch_python=fake)
+    assert row["step_s_median"] == 0.01 and row["images_per_s"] == BATCH / 0.01
+    assert "torch-eager" in log.read_text().splitlines()[-1]  # the child ran under the given interpreter
+
+    elsewhere = _fake_python(tmp_path / "..", tmp_path / "other_checkout", tmp_path / "other.txt")
+    with pytest.raises(ValueError, match="imports jaxnets from .*other_checkout"):
+        host.torch_interpreter(elsewhere)
+    (skipped,) = bench.run(["mlp"], ["torch-eager"], batch_size=BATCH, steps=STEPS, log=None, torch_python=elsewhere)
+    assert "the PyTorch modes must run the same model code" in skipped["skipped"]
+    with pytest.raises(ValueError, match="cannot run the PyTorch interpreter"):
+        host.torch_interpreter(str(tmp_path / "no-such-python"))
+    assert cli.main(["--models", "mlp", "--modes", "torch-eager", "--torch-python", str(tmp_path / "nope")]) == 2
+    assert "--torch-python: cannot run" in capsys.readouterr().err
+    not_python = tmp_path / "false"
+    not_python.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named torch' >&2\nexit 1\n")
+    not_python.chmod(0o755)
+    with pytest.raises(ValueError, match="cannot import torch and jaxnets .*No module named torch"):
+        host.torch_interpreter(str(not_python))
+
+
 def test_pipeline_benchmark_report_times_both_placements_and_picks_the_loaders_default():
     from jaxnets import data
     from jaxnets.bench import pipeline

@@ -21,7 +21,7 @@ The package, one concern per module:
   host          what the numbers were measured on (CPU model, devices, versions, peak GFLOP/s)
   timing        compile vs steady state, segments' median/min/max, CPU use, compile counts, FLOPs
   cases         the table of modes (`MODE_TABLE`: adding a mode is one entry) and one case's measurement
-  suite         `run` (every model x mode), `ratios`, `numerics` (eager == jit), `vary_batch` (recompiles)
+  suite         `run` (every model x mode, `rounds` times over), `ratios`, `numerics` (eager == jit), `vary_batch`
   jaxnets.report  tables, JSON and plots (shared with `fit`)
 
 These run on their own (`python -m jaxnets.bench.NAME --help`):
@@ -40,10 +40,10 @@ The command `jaxnets-bench` itself is `jaxnets.cli.bench`.
 """
 
 from jaxnets.bench.cases import MODE_TABLE, MODES, TORCH_MODES, WHAT, XLA_DEFAULT_MODE, Case, Mode, Program
-from jaxnets.bench.host import machine, peak_gflops, torch_available
-from jaxnets.bench.suite import numerics, plot, print_table, ratios, run, table, vary_batch
+from jaxnets.bench.host import machine, peak_gflops, torch_available, torch_interpreter
+from jaxnets.bench.suite import combine_rounds, numerics, plot, print_table, ratios, run, table, vary_batch
 from jaxnets.bench.timing import CompileCounter
 
 __all__ = ["MODES", "MODE_TABLE", "TORCH_MODES", "WHAT", "XLA_DEFAULT_MODE", "Case", "CompileCounter", "Mode",
-           "Program", "machine", "numerics", "peak_gflops", "plot", "print_table", "ratios", "run", "table",
-           "torch_available", "vary_batch"]
+           "Program", "combine_rounds", "machine", "numerics", "peak_gflops", "plot", "print_table", "ratios", "run",
+           "table", "torch_available", "torch_interpreter", "vary_batch"]

@@ -77,7 +77,7 @@ class Mode:
 
     name: str
     framework: str  # 'jax' or 'torch' (torch modes need PyTorch installed)
-    measure: Callable[[Case], dict]  # times one case; returns the fields of MEASURED_KEYS
+    measure: Callable[..., dict]  # times one case; returns the fields of MEASURED_KEYS (torch modes take python=)
     description: str
 
 
@@ -176,7 +176,7 @@ def jax_case(case: Case, *, program: ProgramBuilder = step_program, compiled: bo
 ROW_MARK = "JAXNETS-BENCH-ROW "
 
 
-def in_child(case: Case, *, mode: str, cpu_conv: str | None = None) -> dict:
+def in_child(case: Case, *, mode: str, cpu_conv: str | None = None, python: str | None = None) -> dict:
     """Measure `mode` (a `measure_here` name) in a child process started with `JAXNETS_CPU_CONV=cpu_conv`.
 
     The CPU convolution path is chosen when JAX starts, so XLA's own defaults
@@ -187,6 +187,8 @@ def in_child(case: Case, *, mode: str, cpu_conv: str | None = None) -> dict:
     PyTorch's and XLA's-defaults children keep glibc's malloc defaults
     (`JAXNETS_HOST_MEMORY=system`: what users of plain PyTorch or plain JAX
     have); jaxnets' own keep this process's `jaxnets.host_memory` setting.
+    The child runs this process's Python unless `python` names another
+    (`jaxnets-bench --torch-python`: checked by `host.torch_interpreter`).
 
     Raises:
       RuntimeError: the child failed; the message has its last line of output.
@@ -198,7 +200,7 @@ def in_child(case: Case, *, mode: str, cpu_conv: str | None = None) -> dict:
     env = backend.child_environment(backend.cpu_path_setting() if cpu_conv is None else cpu_conv)
     if mode.startswith("torch") or cpu_conv == "xla":  # glibc's malloc defaults, as plain PyTorch / JAX users have
         env[host_memory.ENV_VAR] = "system"
-    done = subprocess.run([sys.executable, "-c", code, mode, json.dumps(case._asdict())], env=env,
+    done = subprocess.run([python or sys.executable, "-c", code, mode, json.dumps(case._asdict())], env=env,
                           capture_output=True, text=True, check=False)
     rows = [line for line in done.stdout.splitlines() if line.startswith(ROW_MARK)]
     if done.returncode or not rows:
@@ -309,10 +311,13 @@ def measure_here(mode: str, case: Case) -> dict:
     return _HERE[mode](case)
 
 
-def measure_case(mode: str, case: Case) -> dict:
-    """`MODE_TABLE[mode].measure(case)`.
+def measure_case(mode: str, case: Case, torch_python: str | None = None) -> dict:
+    """`MODE_TABLE[mode].measure(case)`; a PyTorch mode's child runs under `torch_python` when given.
 
     Raises:
       KeyError: `mode` is not in `MODE_TABLE`.
     """
-    return MODE_TABLE[mode].measure(case)
+    entry = MODE_TABLE[mode]
+    if torch_python is not None and entry.framework == "torch":
+        return entry.measure(case, python=torch_python)
+    return entry.measure(case)

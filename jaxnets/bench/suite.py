@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 
@@ -17,77 +18,148 @@ from jaxnets.training import TrainState, make_steps, optimizers
 STEP_MODES = ("eager", "jit")
 
 
-
-
 def run(model_names: Sequence[str] = ("mlp", "lenet", "resnet18", "vgg16"), modes: Sequence[str] = cases.MODES,
         batch_size: int = 128, steps: int | None = None, min_time: float | None = 2.0, dtype: str = "float32",
-        what: str = "train", log: Callable[[str], None] | None = print) -> list[dict]:
-    """Benchmark every model x mode, one framework and one case at a time.
+        what: str = "train", log: Callable[[str], None] | None = print, rounds: int = 1,
+        torch_python: str | None = None) -> list[dict]:
+    """Benchmark every model x mode, one framework and one case at a time, `rounds` times over.
 
     Args:
       model_names: `jaxnets.models` names.
       modes: names in `cases.MODE_TABLE`; torch modes are skipped (with a note) without torch.
       batch_size: images per step.
-      steps: timed steps per case (split into 5 segments); or None to use `min_time`.
-      min_time: seconds of timed steps per case.
+      steps: timed steps per case and round (split into 5 segments); or None to use `min_time`.
+      min_time: seconds of timed steps per case and round.
       dtype: 'float32' or 'bfloat16' (compute dtype).
       what: 'train' (forward + backward + SGD update) or 'infer' (forward).
       log: called with one line per case as it finishes (None: quiet).
+      rounds: how many times to measure the whole sweep, one round after the other (`combine_rounds`): on a
+        shared machine a slow spell then lands in one round of every mode, not in every round of one mode.
+      torch_python: the Python interpreter the PyTorch modes' child processes run (`host.torch_interpreter`;
+        None: this one).
 
     Returns:
       one dict per case: model, mode, what, batch_size, dtype, then either
       'skipped' (the reason: no torch, or the error the case raised) or the
       measured fields (`cases.MEASURED_KEYS`) plus `images_per_s` and, where
       FLOPs are known, `gflops_per_s` and `pct_of_peak` (of `host.peak_gflops()`).
+      With `rounds > 1`, `combine_rounds`' rows (each also has `round_step_s`).
 
     Raises:
-      ValueError: an unknown model, mode or `what`.
+      ValueError: an unknown model, mode or `what`, or `rounds < 1`.
     """
     unknown = [m for m in modes if m not in cases.MODE_TABLE]
     if unknown:
         raise ValueError(f"unknown mode(s) {unknown}; choose from {tuple(cases.MODE_TABLE)}")
     if what not in cases.WHAT:
         raise ValueError(f"what must be one of {cases.WHAT}; got {what!r}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1; got {rounds}")
     for name in model_names:
         models.create(name)  # raises a clear error for unknown names
     peak = host.peak_gflops()
     rows = []
-    for name in model_names:
-        for mode in modes:
-            row = {"model": name, "mode": mode, "what": what, "batch_size": batch_size, "dtype": dtype}
-            if cases.MODE_TABLE[mode].framework == "torch" and not host.torch_available():
-                row["skipped"] = "torch is not installed (pip install 'jaxnets[torch]')"
-            else:
-                case = cases.Case(name, what, batch_size, jnp.dtype(dtype).name, steps, min_time)
-                try:
-                    row.update(cases.measure_case(mode, case))
-                except Exception as err:  # report and continue: one broken backend must not hide the rest
-                    row["skipped"] = describe(err)
-            if "step_s_median" in row:
-                row["images_per_s"] = batch_size / row["step_s_median"]
-                if row.get("flops_per_step"):
-                    row["gflops_per_s"] = row["flops_per_step"] / row["step_s_median"] / 1e9
-                    row["pct_of_peak"] = 100 * row["gflops_per_s"] / peak
-            rows.append(row)
-            if log:
-                log(report.speed_line(row))
-    return rows
+    for round_number in range(1, rounds + 1):
+        for name in model_names:
+            for mode in modes:
+                row = _measure_row(name, mode, cases.Case(name, what, batch_size, jnp.dtype(dtype).name, steps,
+                                                          min_time), peak, torch_python)
+                rows.append(row)
+                if log:
+                    log((f"round {round_number}/{rounds} " if rounds > 1 else "") + report.speed_line(row))
+    return combine_rounds(rows, rounds, peak) if rounds > 1 else rows
+
+
+def _torch_problem(torch_python: str | None) -> str | None:
+    """Why the PyTorch modes cannot run (in `torch_python`, else here), or None."""
+    if torch_python is None:
+        return None if host.torch_available() else "torch is not installed (pip install 'jaxnets[torch]')"
+    try:
+        host.torch_interpreter(torch_python)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _measure_row(name: str, mode: str, case: cases.Case, peak: float, torch_python: str | None) -> dict:
+    """One case's row: `case` measured in `mode`, with its derived fields, or 'skipped' and why."""
+    row = {"model": name, "mode": mode, "what": case.what, "batch_size": case.batch_size, "dtype": case.dtype}
+    problem = _torch_problem(torch_python) if cases.MODE_TABLE[mode].framework == "torch" else None
+    if problem:
+        row["skipped"] = problem
+    else:
+        try:
+            row.update(cases.measure_case(mode, case, torch_python))
+        except Exception as err:  # report and continue: one broken backend must not hide the rest
+            row["skipped"] = describe(err)
+    if "step_s_median" in row:
+        _derive(row, peak)
+    return row
+
+
+def _derive(row: dict, peak: float) -> None:
+    """Fill `images_per_s`, and `gflops_per_s` / `pct_of_peak` where FLOPs are known, from `step_s_median`."""
+    row["images_per_s"] = row["batch_size"] / row["step_s_median"]
+    if row.get("flops_per_step"):
+        row["gflops_per_s"] = row["flops_per_step"] / row["step_s_median"] / 1e9
+        row["pct_of_peak"] = 100 * row["gflops_per_s"] / peak
+
+
+def combine_rounds(rows: list[dict], rounds: int, peak: float) -> list[dict]:
+    """One row per case from `rounds` rounds of `run`'s rows (in round order, every case once per round).
+
+    A case skipped in any round is skipped (the first reason). Otherwise its
+    `step_s_median` is the median of the rounds' medians, `step_s_min` /
+    `step_s_max` the extremes of every segment of every round, `steps_timed` their sum, `cpu_util` the
+    mean; compile and first-step times are the first round's (the cold ones); `round_step_s` lists each round's
+    median, in order, for `ratios` to pair modes round by round.
+    """
+    per_case = len(rows) // rounds
+    combined = []
+    for index in range(per_case):
+        group = rows[index::per_case]
+        skipped = next((r for r in group if "skipped" in r), None)
+        if skipped is not None:
+            combined.append(skipped)
+            continue
+        medians = [r["step_s_median"] for r in group]
+        row = {**group[0], "step_s_median": statistics.median(medians),
+               "step_s_min": min(r["step_s_min"] for r in group), "step_s_max": max(r["step_s_max"] for r in group),
+               "steps_timed": sum(r["steps_timed"] for r in group),
+               "cpu_util": statistics.fmean(r["cpu_util"] for r in group), "round_step_s": medians}
+        _derive(row, peak)
+        combined.append(row)
+    return combined
+
+
+# `ratios`' keys: (name, mode in the numerator, modes whose fastest is the denominator).
+_RATIOS = (("jit_over_eager", ("eager",)), ("jit_over_xla_default", (cases.XLA_DEFAULT_MODE,)),
+           ("jit_over_best_torch", cases.TORCH_MODES))
 
 
 def ratios(rows: list[dict]) -> list[dict]:
-    """Per (model, what, batch): jit/eager, jit/jit-xla and jaxnets-jit / best-torch throughput (None if absent)."""
+    """Per (model, what, batch): jit/eager, jit/jit-xla and jaxnets-jit / best-torch throughput (None if absent).
+
+    From rows of several rounds (`round_step_s`), each ratio is computed round
+    by round (the modes measured minutes apart, not a whole sweep apart) and
+    its median is reported, with `<name>_range` its [min, max] over the rounds.
+    """
     out = []
     keys = sorted({(r["model"], r["what"], r["batch_size"]) for r in rows}, key=str)
     for key in keys:
-        ips = {r["mode"]: r["images_per_s"] for r in rows if (r["model"], r["what"], r["batch_size"]) == key
-               and "images_per_s" in r}
-        torch_best = max((v for m, v in ips.items() if m in cases.TORCH_MODES), default=None)
-        jit = ips.get("jit")
-        out.append({"model": key[0], "what": key[1], "batch_size": key[2],
-                    "jit_over_eager": jit / ips["eager"] if jit and "eager" in ips else None,
-                    "jit_over_xla_default": (jit / ips[cases.XLA_DEFAULT_MODE]
-                                             if jit and cases.XLA_DEFAULT_MODE in ips else None),
-                    "jit_over_best_torch": jit / torch_best if jit and torch_best else None})
+        steps = {r["mode"]: r.get("round_step_s", [r["step_s_median"]]) for r in rows
+                 if (r["model"], r["what"], r["batch_size"]) == key and "images_per_s" in r}
+        entry = {"model": key[0], "what": key[1], "batch_size": key[2]}
+        for name, denominators in _RATIOS:
+            present = [m for m in denominators if m in steps]
+            if "jit" not in steps or not present:
+                entry[name] = None
+                continue
+            per_round = [min(steps[m][i] for m in present) / steps["jit"][i] for i in range(len(steps["jit"]))]
+            entry[name] = statistics.median(per_round)
+            if len(per_round) > 1:
+                entry[f"{name}_range"] = [min(per_round), max(per_round)]
+        out.append(entry)
     return out
 
 

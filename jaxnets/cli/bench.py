@@ -20,6 +20,17 @@ def _batch_sizes(text: str) -> list[int]:
     return sizes
 
 
+def _positive(text: str) -> int:
+    """A positive whole number (--rounds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _whats(text: str) -> list[str]:
     """'train', 'infer', 'train,infer' or 'pipeline' (which runs alone)."""
     whats = [w for w in text.split(",") if w]
@@ -50,6 +61,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vary-batch", action="store_true", help="show recompilation on new batch shapes")
     p.add_argument("--no-cache", action="store_true", help="do not use or fill the compilation cache "
                    "(JAXNETS_COMPILE_CACHE=0 does the same); compile times are then always cold")
+    p.add_argument("--rounds", type=_positive, default=1,
+                   help="measure the whole sweep this many times, one round after the other, and report each "
+                        "case's median over rounds; ratios are taken round by round (median [min-max]), so a slow "
+                        "spell on a shared machine hits one round of every mode rather than one mode (default 1)")
+    p.add_argument("--torch-python", default=None, metavar="PYTHON",
+                   help="run the PyTorch modes under this Python interpreter (it needs torch and this checkout of "
+                        "jaxnets: pip install -e '.[torch]'), e.g. a Python 3.11 environment's when this one has jax "
+                        "0.12 and no torch, so that both are timed in one run")
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--plot", default=None, help="write a bar chart here (PNG)")
     return p
@@ -75,7 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == ["pipeline"] and len(args.batch_size) > 1:
         print("jaxnets-bench: error: --what pipeline takes one --batch-size", file=sys.stderr)
         return 2
-    report: dict = {"machine": bench.machine(), "peak_gflops": bench.peak_gflops(), "command": " ".join(sys.argv)}
+    if args.torch_python is not None and any(m in bench.TORCH_MODES for m in modes):
+        try:
+            bench.torch_interpreter(args.torch_python)
+        except ValueError as error:
+            print(f"jaxnets-bench: error: --torch-python: {error}", file=sys.stderr)
+            return 2
+    torch_python = args.torch_python if any(m in bench.TORCH_MODES for m in modes) else None
+    report: dict = {"machine": bench.machine(torch_python), "peak_gflops": bench.peak_gflops(),
+                    "command": " ".join(sys.argv)}
     print(f"machine: {report['machine']}  peak {report['peak_gflops']:.1f} GFLOP/s (jitted 2048^2 matmul)")
     if args.what == ["pipeline"]:
         from jaxnets.bench import pipeline
@@ -92,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [row for what in args.what for batch_size in args.batch_size
                 for row in bench.run(names, modes, batch_size, steps=args.steps,
                                      min_time=args.min_time if args.steps is None else None, dtype=args.dtype,
-                                     what=what)]
+                                     what=what, rounds=args.rounds, torch_python=torch_python)]
         report["rows"], report["ratios"] = rows, bench.ratios(rows)
         print()
         bench.print_table(rows)
