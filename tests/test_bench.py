@@ -245,11 +245,13 @@ def report_ratio_line(ratio):
     return report.ratio_line(ratio)
 
 
-def test_run_measures_every_case_once_per_round_and_says_which_round(capsys):
+def test_run_measures_every_case_once_per_round_and_says_which_round(capsys, monkeypatch):
     lines = []
     with pytest.raises(ValueError, match="rounds must be at least 1"):
         bench.run(["mlp"], ["jit"], batch_size=BATCH, steps=STEPS, rounds=0, log=None)
-    (row,) = bench.run(["mlp"], ["jit"], batch_size=BATCH, steps=STEPS, rounds=2, log=lines.append)
+    here = cases.Mode("jit-here", "jax", functools.partial(cases.jax_case, compiled=True), "jit in this process")
+    monkeypatch.setitem(cases.MODE_TABLE, "jit-here", here)  # no child process per round: this checks the rounds
+    (row,) = bench.run(["mlp"], ["jit-here"], batch_size=BATCH, steps=STEPS, rounds=2, log=lines.append)
     assert len(row["round_step_s"]) == 2 and row["steps_timed"] == 2 * STEPS
     assert row["step_s_min"] <= row["step_s_median"] <= row["step_s_max"]
     assert [line.split()[:2] for line in lines] == [["round", "1/2"], ["round", "2/2"]]

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnets import backend, data, host_memory, models
+from jaxnets import backend, compile_cache, data, host_memory, models
 from jaxnets.bench import timing
 from jaxnets.training import TrainState, make_steps, optimizers
 
@@ -174,14 +174,20 @@ def jax_case(case: Case, *, program: ProgramBuilder = step_program, compiled: bo
 
 
 ROW_MARK = "JAXNETS-BENCH-ROW "
+# On a GPU, JAX takes 75% of the device's memory when its backend starts, and the bench's own process has started
+# it (device facts, the peak matmul): children (JAX or PyTorch) would find a quarter left. So the bench's processes
+# allocate on demand unless the user chose otherwise (`jaxnets-bench` sets it in its own process too, before JAX
+# starts). No effect on the CPU.
+NO_PREALLOCATION = ("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def in_child(case: Case, *, mode: str, cpu_conv: str | None = None, python: str | None = None) -> dict:
     """Measure `mode` (a `measure_here` name) in a child process started with `JAXNETS_CPU_CONV=cpu_conv`.
 
-    The CPU convolution path is chosen when JAX starts, so XLA's own defaults
-    ('xla') can only be measured in a fresh process. PyTorch runs in a child
-    too (`cpu_conv=None`: this process's setting): oneDNN's OpenMP threads,
+    Every mode of `MODE_TABLE` is measured this way, each case in a fresh
+    process. The CPU convolution path is chosen when JAX starts, so XLA's own
+    defaults ('xla') can only be measured in a fresh process. PyTorch runs in a
+    child too (`cpu_conv=None`: this process's setting): oneDNN's OpenMP threads,
     which jaxnets' CPU kernels start in this process, slowed PyTorch's own
     OpenMP runtime in the same process by up to 2.6x (LeNet, batch 32).
     PyTorch's and XLA's-defaults children keep glibc's malloc defaults
@@ -193,15 +199,18 @@ def in_child(case: Case, *, mode: str, cpu_conv: str | None = None, python: str 
     Raises:
       RuntimeError: the child failed; the message has its last line of output.
     """
-    code = ("import json, sys; from jaxnets.bench import cases; "
+    # The child caches compiled programs where this process does (`jaxnets.compile_cache`; 'off': not at all).
+    code = ("import json, sys; from jaxnets import compile_cache; from jaxnets.bench import cases; "
+            "sys.argv[3] == 'off' or compile_cache.enable_compilation_cache(sys.argv[3]); "
             "print(cases.ROW_MARK + json.dumps("
             "cases.measure_here(sys.argv[1], cases.Case(**json.loads(sys.argv[2])))))")
     # Not the XLA_FLAGS this process was given by jaxnets: the child chooses its own.
     env = backend.child_environment(backend.cpu_path_setting() if cpu_conv is None else cpu_conv)
+    env.setdefault(NO_PREALLOCATION[0], NO_PREALLOCATION[1])
     if mode.startswith("torch") or cpu_conv == "xla":  # glibc's malloc defaults, as plain PyTorch / JAX users have
         env[host_memory.ENV_VAR] = "system"
-    done = subprocess.run([python or sys.executable, "-c", code, mode, json.dumps(case._asdict())], env=env,
-                          capture_output=True, text=True, check=False)
+    argv = [python or sys.executable, "-c", code, mode, json.dumps(case._asdict()), compile_cache.in_use()]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     rows = [line for line in done.stdout.splitlines() if line.startswith(ROW_MARK)]
     if done.returncode or not rows:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -276,11 +285,14 @@ def torch_case(case: Case, *, compiled: bool) -> dict:
 #: The mode that runs the jit step with XLA's default CPU convolutions (`JAXNETS_CPU_CONV=xla`, in a child process).
 XLA_DEFAULT_MODE = "jit-xla"
 
+# Every mode of the table runs in a fresh child process of its own, so that none is measured in a process that
+# earlier cases have left with other programs, freed buffers and a grown heap (jaxnets' own `jit` read 3-20% slower
+# at the MLP's millisecond step in the bench's process than alone: BENCHMARKS.md round 10).
 _ENTRIES = (
-    Mode("eager", "jax", functools.partial(jax_case, compiled=False),
-         "the train step run op by op, no jax.jit (PyTorch's dynamic graph)"),
-    Mode("jit", "jax", functools.partial(jax_case, compiled=True),
-         "the same step traced and compiled once by jax.jit (a static graph), old state donated"),
+    Mode("eager", "jax", functools.partial(in_child, mode="eager"),
+         "the train step run op by op, no jax.jit (PyTorch's dynamic graph), in a child process"),
+    Mode("jit", "jax", functools.partial(in_child, mode="jit"),
+         "the same step traced and compiled once by jax.jit (a static graph), old state donated, in a child process"),
     Mode(XLA_DEFAULT_MODE, "jax", functools.partial(in_child, mode="jit", cpu_conv="xla"),
          "jit with XLA's default CPU convolutions (JAXNETS_CPU_CONV=xla), in a child process"),
     # A new JAX mode goes here, as one entry. A whole-epoch `jax.lax.scan` train function ('scan') is
@@ -295,7 +307,7 @@ _ENTRIES = (
          "PyTorch with torch.compile, in a child process"),
 )
 # What a child process started by `in_child` measures, in that process.
-_HERE = {"jit": functools.partial(jax_case, compiled=True),
+_HERE = {"eager": functools.partial(jax_case, compiled=False), "jit": functools.partial(jax_case, compiled=True),
          "torch-eager": functools.partial(torch_case, compiled=False),
          "torch-compile": functools.partial(torch_case, compiled=True)}
 #: Every benchmark mode by name: adding a mode is one `Mode` entry.
@@ -307,7 +319,7 @@ TORCH_MODES = tuple(mode.name for mode in _ENTRIES if mode.framework == "torch")
 
 
 def measure_here(mode: str, case: Case) -> dict:
-    """Measure `mode` ('jit', 'torch-eager', 'torch-compile') in this process: what `in_child`'s child runs."""
+    """Measure `mode` ('eager', 'jit', 'torch-eager', 'torch-compile') in this process: what `in_child`'s child runs."""
     return _HERE[mode](case)
 
 

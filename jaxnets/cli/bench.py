@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from jaxnets import bench, compile_cache, models
+from jaxnets.bench import cases
 from jaxnets.report import write_json
 
 
@@ -76,6 +78,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # Before anything starts JAX's backend: on a GPU, leave memory for the child processes that time each mode.
+    os.environ.setdefault(*cases.NO_PREALLOCATION)
     cache = compile_cache.compilation_cache_for_command(args.no_cache)
     if cache is not None:
         print(f"compilation cache: {cache} (compile times are cache reads where it holds the program; "
