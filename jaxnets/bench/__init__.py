@@ -12,8 +12,9 @@ machine's peak (measured here with a large jitted matmul), process CPU
 utilisation, peak memory where the backend reports it, and how many XLA
 compilations the run triggered. Modes: 'eager' (the train step run op by op),
 'jit' (one compiled program), 'jit-xla' (the same jit step with XLA's default CPU
-convolutions, i.e. with `JAXNETS_CPU_CONV=xla`; measured in a child process
-because that choice is made when JAX starts), 'torch-eager', 'torch-compile'.
+convolutions, i.e. with `JAXNETS_CPU_CONV=xla`), 'torch-eager', 'torch-compile'.
+Every case runs in a fresh child process of its own (the same footing for every
+mode: no case inherits another's programs or heap), `rounds` times over if asked.
 With `dtype='bfloat16'` jaxnets computes in bfloat16 with float32 weights, and
 PyTorch runs the same recipe: `torch.autocast('cpu', torch.bfloat16)`.
 
