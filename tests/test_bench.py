@@ -43,6 +43,15 @@ def quick_compiles(monkeypatch):
     jax.config.update("jax_disable_most_optimizations", previous)
 
 
+@pytest.fixture
+def jax_modes_here(monkeypatch):
+    """`eager` and `jit` measured in this process (no child per case): for the tests of the report's bookkeeping.
+    The CLI test over every mode and the wheel test keep the real child processes."""
+    for name, compiled in (("eager", False), ("jit", True)):
+        here = cases.Mode(name, "jax", functools.partial(cases.jax_case, compiled=compiled), "in this process")
+        monkeypatch.setitem(cases.MODE_TABLE, name, here)
+
+
 @pytest.mark.slow  # every mode, PyTorch's compile included (~25 s)
 def test_cli_runs_mlp_in_every_mode_and_its_report_adds_up(tmp_path, capsys, monkeypatch):
     """One CLI run over every mode (torch ones where installed): schema, derived fields, compile counts, ratios."""
@@ -108,7 +117,7 @@ def test_cli_runs_mlp_in_every_mode_and_its_report_adds_up(tmp_path, capsys, mon
     assert "| model | what | batch | mode |" in out and f"mlp train b{BATCH}:  jit/eager " in out
 
 
-def test_infer_mode_and_skips(monkeypatch):
+def test_infer_mode_and_skips(monkeypatch, jax_modes_here):
     rows = bench.run(["mlp"], ["jit"], batch_size=BATCH, steps=STEPS, what="infer", log=None)
     assert rows[0]["what"] == "infer" and rows[0]["compilations"] == 1
     assert rows[0]["images_per_s"] == pytest.approx(BATCH / rows[0]["step_s_median"])
@@ -131,7 +140,7 @@ def _scan_program(model, state, batch, what, length=4):
     return cases.Program(train_epoch, (state, stacked), carry=True, steps_per_call=length)
 
 
-def test_a_new_mode_is_one_table_entry(monkeypatch):
+def test_a_new_mode_is_one_table_entry(monkeypatch, jax_modes_here):
     """A whole-epoch scan mode, registered as one entry: per-step times and FLOPs, one compilation, ratios intact."""
     scan = cases.Mode("scan", "jax", functools.partial(cases.jax_case, program=_scan_program, compiled=True),
                       "4 train steps per call as one jax.lax.scan")
@@ -175,7 +184,7 @@ def test_machine_facts():
     assert PEAK_GFLOPS(128, repeats=1) > 0
 
 
-def test_one_cli_run_covers_several_batch_sizes_and_both_train_and_inference(tmp_path):
+def test_one_cli_run_covers_several_batch_sizes_and_both_train_and_inference(tmp_path, jax_modes_here):
     out_json = tmp_path / "bench.json"
     assert cli.main(["--models", "mlp", "--modes", "jit", "--batch-size", "4,8", "--what", "train,infer",
                      "--steps", str(STEPS), "--json", str(out_json)]) == 0
