@@ -98,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == ["pipeline"] and len(args.batch_size) > 1:
         print("jaxnets-bench: error: --what pipeline takes one --batch-size", file=sys.stderr)
         return 2
-    if args.torch_python is not None and any(m in bench.TORCH_MODES for m in modes):
+    torch_python = args.torch_python if any(m in bench.TORCH_MODES for m in modes) else None
+    if torch_python is not None:
         try:
-            bench.torch_interpreter(args.torch_python)
+            bench.torch_interpreter(torch_python)
         except ValueError as error:
             print(f"jaxnets-bench: error: --torch-python: {error}", file=sys.stderr)
             return 2
-    torch_python = args.torch_python if any(m in bench.TORCH_MODES for m in modes) else None
     report: dict = {"machine": bench.machine(torch_python), "peak_gflops": bench.peak_gflops(),
                     "command": " ".join(sys.argv)}
     print(f"machine: {report['machine']}  peak {report['peak_gflops']:.1f} GFLOP/s (jitted 2048^2 matmul)")
