@@ -269,14 +269,21 @@ def test_build_key_follows_the_sources_and_versions():
 
 
 def test_a_built_library_is_reused(tmp_path, monkeypatch):
-    first = build.build(tmp_path)
+    # A stand-in compiler that writes its `-o` file: the cache logic is under test here, not the C++ build (which
+    # test_the_handlers_build_and_load_here does once a session; a second real build cost ~10 s).
+    fake = tmp_path / "fake-cxx"
+    fake.write_text('#!/bin/sh\nwhile [ "$1" != -o ]; do shift; done\necho built > "$2"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv(build.COMPILER_ENV, str(fake))
+    first = build.build(tmp_path / "cache")
+    assert first.read_text() == "built\n"
     stamp = first.stat().st_mtime_ns
 
     def no_compile(*args, **kwargs):
         raise AssertionError("compiled again")
 
     monkeypatch.setattr(build.subprocess, "run", no_compile)
-    assert build.build(tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert build.build(tmp_path / "cache") == first and first.stat().st_mtime_ns == stamp
 
 
 def test_missing_onednn_package_is_a_clear_error(monkeypatch):
