@@ -21,7 +21,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Any of these would let the checkout, or the suite's caches and XLA settings, leak into the fresh install.
-_LEAKY = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "XLA_FLAGS")
+# PYTHONDONTWRITEBYTECODE (set on these machines) goes too: the install is --no-compile, so with it every command
+# below would compile jax, flax and jaxnets from source on import; without it the first command caches them.
+_LEAKY = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "XLA_FLAGS", "PYTHONDONTWRITEBYTECODE")
 _LEAKY_PREFIXES = ("JAXNETS_", "JAX_")
 
 
