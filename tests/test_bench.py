@@ -362,13 +362,40 @@ def test_step_profile_groups_operations_by_kind_and_skips_the_runtime():
     assert step_profile.kind_of("custom-call.35.clone__onednn$convolution") == "onednn convolution"
     assert step_profile.kind_of("transpose_copy_fusion.58") == "transpose_copy_fusion"
     assert step_profile.kind_of("convolution-base-dilated.1") == "convolution-base-dilated"
-    assert step_profile.kind_of("ThunkExecutor::Execute") is None and step_profile.kind_of("$api.py:2778 x") is None
+    for runtime in ("ThunkExecutor::Execute", "$api.py:2778 x", "Wait for donation holds",
+                    "ThreadpoolListener::Record"):
+        assert step_profile.kind_of(runtime) is None, runtime
     events = [{"ph": "X", "name": "ynn_fusion.3", "dur": 3000}, {"ph": "X", "name": "ynn_fusion.9", "dur": 1000},
               {"ph": "X", "name": "transpose_copy_fusion.1", "dur": 6000}, {"ph": "i", "name": "ynn_fusion.1"},
               {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 99000}]
     kinds = step_profile.summarize(events, steps=2)
     assert list(kinds) == ["transpose_copy_fusion", "ynn_fusion"]  # largest first; the runtime's event skipped
-    assert kinds["ynn_fusion"] == {"ms_per_step": 2.0, "calls_per_step": 1.0}
+    assert kinds["ynn_fusion"] == pytest.approx({"ms_per_step": 2.0, "calls_per_step": 1.0, "fastest_ms": 2.0,
+                                                 "over_fastest_ms": 0.0})
+
+
+def test_step_profile_names_custom_calls_by_target_and_sums_each_operations_fastest_run():
+    from jaxnets.bench import step_profile
+
+    hlo = (' %ffi_call.245 = (bf16[32,16,16,128]{3,2,1,0}, f32[128]{0}) custom-call(%ffi_call.244, %p.1), '
+           'custom_call_target="jaxnets_onednn_batch_norm_forward", api_version=API_VERSION_TYPED_FFI\n'
+           '  %ffi_call.249 = bf16[32,16,16,128]{3,2,1,0} custom-call(%a, %b), custom_call_target='
+           '"jaxnets_onednn_convolution", operand_layout_constraints={bf16[32,16,16,128]{3,2,1,0}}\n'
+           '  %add_fusion.2 = f32[128]{0} fusion(%x, %y), kind=kLoop, calls=%fused_computation.2\n')
+    targets = step_profile.custom_call_targets(hlo)
+    assert targets == {"ffi_call.245": "jaxnets_onednn_batch_norm_forward",
+                       "ffi_call.249": "jaxnets_onednn_convolution"}
+    assert step_profile.kind_of("ffi_call.249", targets) == "jaxnets_onednn_convolution"
+    assert step_profile.kind_of("ffi_call.7", targets) == "ffi_call"  # not in the program's text: by its name
+    # Three steps: the convolution's fastest run is 5 ms; one slow step (11 ms) adds 2 ms a step on average. The
+    # batch norm runs twice a step (two events of one name per step) at 1 ms, undisturbed.
+    events = [{"ph": "X", "name": "ffi_call.249", "dur": d} for d in (5000, 11000, 5000)]
+    events += [{"ph": "X", "name": "ffi_call.245", "dur": 1000}] * 6
+    kinds = step_profile.summarize(events, steps=3, targets=targets)
+    assert kinds["jaxnets_onednn_convolution"] == pytest.approx(
+        {"ms_per_step": 7.0, "calls_per_step": 1.0, "fastest_ms": 5.0, "over_fastest_ms": 2.0})
+    assert kinds["jaxnets_onednn_batch_norm_forward"] == pytest.approx(
+        {"ms_per_step": 2.0, "calls_per_step": 2.0, "fastest_ms": 2.0, "over_fastest_ms": 0.0})
 
 
 @pytest.mark.slow  # profiles real steps: CI runs it, the quick lane does not
@@ -380,6 +407,7 @@ def test_step_profile_of_a_real_step_reports_its_operations():
     assert 0 < result["attributed_ms"]
     assert all(v["calls_per_step"] > 0 for v in result["kinds"].values())
     assert "| **step (wall, under the profiler)** |" in step_profile.table(result)
+    assert all(0 <= v["fastest_ms"] <= v["ms_per_step"] + 1e-9 for v in result["kinds"].values())
 
 
 @pytest.mark.slow  # trains LeNet in both frameworks: CI runs it, the quick lane does not

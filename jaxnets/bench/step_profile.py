@@ -11,10 +11,24 @@ convolutions, XLA's own convolutions, layout copies (`transpose_copy_fusion`:
 the activations XLA transposes for weight-gradient convolutions), YNNPACK
 fusions (reductions, dots) and each other fusion by the name XLA gives it.
 
+jaxnets' own oneDNN calls (XLA names each `ffi_call.N`) are grouped by their
+custom-call target, read from the compiled program: `jaxnets_onednn_convolution`,
+`jaxnets_onednn_batch_norm_forward`, and so on.
+
 What the runtime does not report as an operation is the `unattributed` line:
 the step's wall time minus the operations' sum. XLA's Eigen convolutions
 run in their own thread pool and show up there, not as operations, so a
 float32 step on the Eigen path has most of its convolution time in that line.
+The operations' sum can also exceed the step: XLA runs independent
+operations side by side, and a oneDNN call waiting for its turn at the
+handlers' one-at-a-time lock (`common.h`) is timed from its start.
+
+Where the step-to-step spread goes: each operation runs once per step, so
+its fastest run over the recorded steps is what it costs undisturbed. The
+`fastest` column sums those minima per kind, and `over fastest` is what the
+kind took on average beyond them: the time lost to waits (a thread of an
+OpenMP team descheduled, a core lent to another process) rather than to
+work. Record more steps (`--steps 12`) to see it.
 """
 
 from __future__ import annotations
@@ -36,36 +50,64 @@ from jaxnets.bench import cases, host
 
 # Events of the runtime itself (not operations), skipped when summing.
 _NOT_OPERATIONS = ("ThunkExecutor", "$", "Pjit", "CommonPjRt", "Slinky", "ParseArguments", "Handle input",
-                   "AllocateOutput", "PythonRefManager", "end: ")
+                   "AllocateOutput", "PythonRefManager", "end: ", "Wait for ", "ThreadpoolListener")
 
 
-def kind_of(event_name: str) -> str | None:
+def custom_call_targets(hlo_text: str) -> dict[str, str]:
+    """`{instruction name: custom_call_target}` of the custom calls in a compiled program's HLO text.
+
+    `%ffi_call.245 = (...) custom-call(...), custom_call_target="jaxnets_onednn_batch_norm_forward", ...`
+    -> `{"ffi_call.245": "jaxnets_onednn_batch_norm_forward"}`.
+    """
+    return dict(re.findall(r"%?([\w.\-]+) = [^\n]*?custom-call\([^\n]*?custom_call_target=\"([^\"]+)\"", hlo_text))
+
+
+def kind_of(event_name: str, targets: dict[str, str] | None = None) -> str | None:
     """The kind an XLA:CPU profiler event belongs to, or None for the runtime's own events.
 
     `custom-call.3.clone__onednn$convolution` -> `onednn convolution`;
     `transpose_copy_fusion.58` -> `transpose_copy_fusion`; `convolution-base-dilated.1`
-    -> `convolution-base-dilated`.
+    -> `convolution-base-dilated`; a custom call named in `targets`
+    (`custom_call_targets`) -> its target.
     """
     if event_name.startswith(_NOT_OPERATIONS):
         return None
+    if targets and event_name in targets:
+        return targets[event_name]
     if "onednn$convolution" in event_name:
         return "onednn convolution"
     return re.sub(r"[._]\d+.*$", "", event_name.replace(".clone", ""))
 
 
-def summarize(events: list[dict], steps: int) -> dict[str, dict[str, float]]:
-    """`{kind: {"ms_per_step", "calls_per_step"}}` from Chrome-trace complete events (`ph == 'X'`, `dur` in us)."""
-    total: dict[str, float] = collections.Counter()
-    calls: dict[str, int] = collections.Counter()
+def summarize(events: list[dict], steps: int, targets: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+    """Per kind of operation: `{"ms_per_step", "calls_per_step", "fastest_ms", "over_fastest_ms"}`, largest first.
+
+    From Chrome-trace complete events (`ph == 'X'`, `dur` in us) of `steps`
+    steps of one program. `fastest_ms` sums each operation's (event name's)
+    fastest run, `over_fastest_ms` its mean time beyond that per step: how
+    much of the kind's time the slower steps added.
+    """
+    durations: dict[str, list[float]] = collections.defaultdict(list)
+    kind_of_name: dict[str, str] = {}
     for event in events:
         if event.get("ph") != "X":
             continue
-        kind = kind_of(str(event.get("name", "")))
+        name = str(event.get("name", ""))
+        kind = kind_of(name, targets)
         if kind is None:
             continue
-        total[kind] += float(event.get("dur", 0.0))
-        calls[kind] += 1
-    return {k: {"ms_per_step": total[k] / steps / 1e3, "calls_per_step": calls[k] / steps}
+        durations[name].append(float(event.get("dur", 0.0)))
+        kind_of_name[name] = kind
+    total: dict[str, float] = collections.Counter()
+    calls: dict[str, int] = collections.Counter()
+    fastest: dict[str, float] = collections.Counter()
+    for name, runs in durations.items():
+        kind = kind_of_name[name]
+        total[kind] += sum(runs)
+        calls[kind] += len(runs)
+        fastest[kind] += min(runs) * len(runs) / steps  # an operation run k times a step counts its minimum k times
+    return {k: {"ms_per_step": total[k] / steps / 1e3, "calls_per_step": calls[k] / steps,
+                "fastest_ms": fastest[k] / 1e3, "over_fastest_ms": (total[k] / steps - fastest[k]) / 1e3}
             for k in sorted(total, key=total.get, reverse=True)}
 
 
@@ -94,7 +136,7 @@ def run(model_name: str, batch_size: int = 32, dtype: str = "float32", steps: in
             jax.block_until_ready(state)
         wall_ms = (time.perf_counter() - start) / steps * 1e3
         jax.profiler.stop_trace()
-        kinds = summarize(_read_trace(folder), steps)
+        kinds = summarize(_read_trace(folder), steps, custom_call_targets(step.as_text()))
     attributed = sum(k["ms_per_step"] for k in kinds.values())
     return {"model": model_name, "batch_size": batch_size, "dtype": dtype, "steps": steps,
             "conv_library": backend.conv_library(dtype), "step_ms": wall_ms, "attributed_ms": attributed,
@@ -105,15 +147,19 @@ def table(result: dict, top: int = 15) -> str:
     """Markdown: the `top` kinds by time, the rest folded into one line, then `unattributed` and the step."""
     step = result["step_ms"]
     rows = list(result["kinds"].items())
-    cells = [[kind, f"{v['ms_per_step']:.1f}", f"{v['calls_per_step']:.0f}", f"{v['ms_per_step'] / step:.0%}"]
-             for kind, v in rows[:top]]
-    rest = sum(v["ms_per_step"] for _, v in rows[top:])
-    if rest:
-        cells.append([f"{len(rows) - top} other kinds", f"{rest:.1f}", "", f"{rest / step:.0%}"])
+    cells = [[kind, f"{v['ms_per_step']:.1f}", f"{v['calls_per_step']:.0f}", f"{v['ms_per_step'] / step:.0%}",
+              f"{v['fastest_ms']:.1f}", f"{v['over_fastest_ms']:.1f}"] for kind, v in rows[:top]]
+    rest = {key: sum(v[key] for _, v in rows[top:]) for key in ("ms_per_step", "fastest_ms", "over_fastest_ms")}
+    if rows[top:]:
+        cells.append([f"{len(rows) - top} other kinds", f"{rest['ms_per_step']:.1f}", "",
+                      f"{rest['ms_per_step'] / step:.0%}", f"{rest['fastest_ms']:.1f}",
+                      f"{rest['over_fastest_ms']:.1f}"])
     unattributed = max(step - result["attributed_ms"], 0.0)
-    cells.append(["unattributed (Eigen convolutions, waits)", f"{unattributed:.1f}", "", f"{unattributed / step:.0%}"])
-    cells.append(["**step (wall, under the profiler)**", f"**{step:.1f}**", "", "100%"])
-    return report.markdown_table(["kind", "ms / step", "calls / step", "share"], cells, "lrrr")
+    cells.append(["unattributed (Eigen convolutions, waits)", f"{unattributed:.1f}", "", f"{unattributed / step:.0%}",
+                  "", ""])
+    cells.append(["**step (wall, under the profiler)**", f"**{step:.1f}**", "", "100%", "", ""])
+    return report.markdown_table(["kind", "ms / step", "calls / step", "share", "fastest (ms)", "over fastest (ms)"],
+                                 cells, "lrrrrr")
 
 
 def main(argv: list[str] | None = None) -> int:
