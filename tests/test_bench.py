@@ -128,6 +128,24 @@ def test_infer_mode_and_skips(monkeypatch, jax_modes_here):
                                    "jit_over_xla_default": None, "jit_over_best_torch": None}]
 
 
+def test_pytorch_races_on_jaxs_device_or_says_why_not():
+    assert cases.torch_device("cpu", cuda_available=False) == "cpu"
+    assert cases.torch_device("gpu", cuda_available=True) == "cuda"
+    with pytest.raises(ValueError, match="sees no CUDA device: its rows would time the CPU"):
+        cases.torch_device("gpu", cuda_available=False)
+    with pytest.raises(ValueError, match="PyTorch has no backend for it"):
+        cases.torch_device("tpu", cuda_available=True)
+
+
+@pytest.mark.skipif(not bench.torch_available(), reason="needs PyTorch (the torch extra)")
+def test_the_pytorch_child_is_told_jaxs_platform(monkeypatch):
+    # The bench's process tells each case where JAX runs; PyTorch's child refuses a platform it cannot race on
+    # (rather than timing the CPU beside a TPU), and the row says so.
+    monkeypatch.setattr(suite.jax, "default_backend", lambda: "tpu")
+    (row,) = bench.run(["mlp"], ["torch-eager"], batch_size=BATCH, steps=STEPS, log=None)
+    assert "PyTorch has no backend for it" in row["skipped"] and "step_s_median" not in row
+
+
 def _scan_program(model, state, batch, what, length=4):
     """`length` train steps per call, as one `jax.lax.scan` over a stack of the same batch."""
     if what != "train":

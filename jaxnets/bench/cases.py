@@ -57,6 +57,7 @@ class Case(NamedTuple):
     steps: int | None = None  # steps to time; None: enough for min_time
     min_time: float | None = 2.0
     seed: int = 0
+    platform: str = "cpu"  # JAX's platform in the bench's process ('cpu', 'gpu', 'tpu'); PyTorch runs on the same
 
 
 class Program(NamedTuple):
@@ -220,30 +221,59 @@ def in_child(case: Case, *, mode: str, cpu_conv: str | None = None, python: str 
 
 # ----------------------------------------------------------------- PyTorch
 
+# The PyTorch device that runs a case whose JAX modes run on a platform (`jax.default_backend()`).
+TORCH_DEVICES = {"cpu": "cpu", "gpu": "cuda"}
+
+
+def torch_device(platform: str, cuda_available: bool) -> str:
+    """The PyTorch device for JAX's `platform`: `'cpu'` or `'cuda'`, so both frameworks race on one device.
+
+    Raises:
+      ValueError: PyTorch cannot run there (no TPU backend; a CPU-only PyTorch beside JAX on a GPU): its rows
+        would time another device than JAX's, so they are skipped with this reason instead.
+    """
+    if platform not in TORCH_DEVICES:
+        raise ValueError(f"JAX runs on {platform!r} here and PyTorch has no backend for it: its modes are skipped "
+                         f"(PyTorch runs on {', '.join(TORCH_DEVICES)})")
+    if TORCH_DEVICES[platform] == "cuda" and not cuda_available:
+        raise ValueError("JAX runs on the GPU here but this PyTorch sees no CUDA device: its rows would time the "
+                         "CPU; install a CUDA build of torch (or run the bench with JAX on the CPU: "
+                         "JAX_PLATFORMS=cpu)")
+    return TORCH_DEVICES[platform]
+
+
 
 def torch_case(case: Case, *, compiled: bool) -> dict:
     """The same model (`jaxnets.interop.torch_models`), batch and SGD in PyTorch; `torch.compile` when `compiled`.
 
-    `--dtype bfloat16` is PyTorch's mixed precision, `torch.autocast('cpu',
-    torch.bfloat16)` around the forward pass with float32 weights, optimizer and
-    loss: the same recipe as jaxnets' bfloat16 (float32 master weights,
-    bfloat16 compute). FLOPs come from PyTorch's `FlopCounterMode` on the
-    uncompiled net (the same model FLOPs); `compile_s` is the first step
-    (torch.compile compiles then).
+    It runs on the device of JAX's platform (`torch_device(case.platform)`:
+    the CPU, or CUDA beside JAX on a GPU), each step ending in a device sync as
+    JAX's do. `--dtype bfloat16` is PyTorch's mixed precision,
+    `torch.autocast(device, torch.bfloat16)` around the forward pass with
+    float32 weights, optimizer and loss: the same recipe as jaxnets' bfloat16
+    (float32 master weights, bfloat16 compute). FLOPs come from PyTorch's
+    `FlopCounterMode` on the uncompiled net (the same model FLOPs);
+    `compile_s` is the first step (torch.compile compiles then).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from jaxnets.interop import torch_models
 
+    device = torch_device(case.platform, torch.cuda.is_available())
     torch.manual_seed(case.seed)
     mixed = jnp.dtype(case.dtype) == jnp.bfloat16
-    net = torch_models.create(case.model, **BENCH_KWARGS.get(case.model, {}))
+    net = torch_models.create(case.model, **BENCH_KWARGS.get(case.model, {})).to(device)
     batch = data.synthetic_batch(bench_model(case.model).input_shape, case.batch_size, num_classes=NUM_CLASSES,
                                  seed=case.seed)  # the JAX cases' batch, float32 (autocast casts it)
     x = np.array(batch.image)  # a writable copy: torch refuses read-only buffers
-    x = torch.from_numpy(x if x.ndim == 2 else x.transpose(0, 3, 1, 2).copy())  # NHWC -> NCHW
-    y = torch.from_numpy(np.array(batch.label)).long()
+    x = torch.from_numpy(x if x.ndim == 2 else x.transpose(0, 3, 1, 2).copy()).to(device)  # NHWC -> NCHW
+    y = torch.from_numpy(np.array(batch.label)).long().to(device)
+
+    def sync():  # a CUDA step is queued, not done, when its Python returns
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     runner = torch.compile(net) if compiled else net
 
@@ -252,17 +282,19 @@ def torch_case(case: Case, *, compiled: bool) -> dict:
 
         def step():
             opt.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=mixed):
                 logits = runner(x)
             loss = torch.nn.functional.cross_entropy(logits.float(), y)
             loss.backward()
             opt.step()
+            sync()
     else:
         net.eval()
 
         def step():
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+            with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=mixed):
                 runner(x)
+            sync()
 
     counter = FlopCounterMode(display=False)
     with counter:  # count on the uncompiled net: the same model FLOPs

@@ -62,8 +62,9 @@ def run(model_names: Sequence[str] = ("mlp", "lenet", "resnet18", "vgg16"), mode
     for round_number in range(1, rounds + 1):
         for name in model_names:
             for mode in modes:
-                row = _measure_row(name, mode, cases.Case(name, what, batch_size, jnp.dtype(dtype).name, steps,
-                                                          min_time), peak, torch_python)
+                case = cases.Case(name, what, batch_size, jnp.dtype(dtype).name, steps, min_time,
+                                  platform=jax.default_backend())
+                row = _measure_row(name, mode, case, peak, torch_python)
                 rows.append(row)
                 if log:
                     log((f"round {round_number}/{rounds} " if rounds > 1 else "") + report.speed_line(row))
