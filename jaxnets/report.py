@@ -157,6 +157,11 @@ SPEED_HEADER = ("model", "what", "batch", "mode", "compile / first step (s)", "s
 SPEED_ALIGN = "lllrrlrrrrr"
 
 
+def _number(value: float | None) -> str:
+    """A table cell: one decimal, or '-' where the figure is unknown (no FLOP count for the case)."""
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _speed_cells(r: dict) -> list[str]:
     head = [r["model"], r["what"], str(r["batch_size"]), r["mode"]]
     if "skipped" in r:
@@ -164,7 +169,7 @@ def _speed_cells(r: dict) -> list[str]:
     return head + [
         f"{r['compile_s']:.2f}",
         f"{1e3 * r['step_s_median']:.2f} [{1e3 * r['step_s_min']:.2f}-{1e3 * r['step_s_max']:.2f}]",
-        f"{r['images_per_s']:,.0f}", f"{r.get('gflops_per_s', 0):.1f}", f"{r.get('pct_of_peak', 0):.1f}",
+        f"{r['images_per_s']:,.0f}", _number(r.get("gflops_per_s")), _number(r.get("pct_of_peak")),
         f"{100 * r['cpu_util']:.0f}%", "-" if r["compilations"] is None else str(r["compilations"])]
 
 

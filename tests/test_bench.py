@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import platform
+import subprocess
 import sys
 
 import jax
@@ -18,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnets import bench
-from jaxnets.bench import cases, host, suite
+from jaxnets import bench, report
+from jaxnets.bench import cases, host, suite, timing
 from jaxnets.cli import bench as cli
 
 ROW_KEYS = {"model", "mode", "what", "batch_size", "dtype", "compile_s", "first_step_s", "trace_s", "step_s_median",
@@ -65,6 +66,7 @@ def test_cli_runs_mlp_in_every_mode_and_its_report_adds_up(tmp_path, capsys, mon
                      "--numerics", "--vary-batch", "--json", str(out_json), "--plot", str(out_png)])
     assert code == 0
     report = json.loads(out_json.read_text())
+    assert report["complete"] is True and "rows_measured" not in report
     assert report["machine"]["cpu"] == host.cpu_model() and report["machine"]["cores"] == os.cpu_count()
     assert report["peak_gflops"] == bench.peak_gflops() > 0
     rows = {r["mode"]: r for r in report["rows"]}
@@ -144,6 +146,79 @@ def test_the_pytorch_child_is_told_jaxs_platform(monkeypatch):
     monkeypatch.setattr(suite.jax, "default_backend", lambda: "tpu")
     (row,) = bench.run(["mlp"], ["torch-eager"], batch_size=BATCH, steps=STEPS, log=None)
     assert "PyTorch has no backend for it" in row["skipped"] and "step_s_median" not in row
+
+
+def test_a_bench_cut_short_keeps_the_cases_it_measured(tmp_path, monkeypatch):
+    # The second case is interrupted (a time limit, Ctrl-C): the JSON file already holds the first one.
+    out_json = tmp_path / "bench.json"
+    measure = cases.measure_case
+    calls = []
+
+    def interrupted_second(mode, case, torch_python=None):
+        calls.append(mode)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return measure(mode, case, torch_python)
+
+    monkeypatch.setattr(cases, "measure_case", interrupted_second)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["--models", "mlp", "--modes", "jit,eager", "--batch-size", str(BATCH), "--steps", str(STEPS),
+                  "--json", str(out_json)])
+    report = json.loads(out_json.read_text())
+    assert report["complete"] is False and "rows" not in report
+    assert [(r["model"], r["mode"]) for r in report["rows_measured"]] == [("mlp", "jit")]
+    assert report["rows_measured"][0]["step_s_median"] > 0 and report["peak_gflops"] > 0
+
+
+def test_flops_without_an_analysis_are_counted_on_the_cpu_and_shown_as_unknown_where_none(monkeypatch):
+    class NoAnalysis:  # what a GPU/TPU plugin's lowered program does (PJRT's C API)
+        def cost_analysis(self):
+            raise NotImplementedError("cost analysis")
+
+    assert timing.xla_flops(NoAnalysis()) is None
+    # On an accelerator the step is lowered again for the CPU and counted there: the same model FLOPs.
+    case = cases.Case("mlp", "train", BATCH)
+    model, state, batch = cases.case_inputs(case)
+    one_step = cases.step_program(model, state, batch, "train")
+    on_cpu = cases.step_flops(one_step, "float32")
+    counted = []
+
+    def first_unknown(lowered):
+        counted.append(lowered)
+        return None if len(counted) == 1 else timing.xla_flops.__wrapped__(lowered)
+
+    first_unknown.__wrapped__ = timing.xla_flops
+    monkeypatch.setattr(timing, "xla_flops", first_unknown)
+    monkeypatch.setattr(cases.jax, "default_backend", lambda: "gpu")
+    assert cases.step_flops(one_step, "float32") == on_cpu > 0 and len(counted) == 2
+    # A row without FLOPs prints '-' for GFLOP/s and % peak, not 0.0.
+    row = {key: 1.0 for key in cases.MEASURED_KEYS} | {"model": "mlp", "mode": "jit", "what": "train",
+                                                       "batch_size": BATCH, "dtype": "float32", "images_per_s": 8.0,
+                                                       "compilations": 1}
+    line = [cells for cells in report.speed_table([row]).splitlines() if cells.startswith("| mlp")][0]
+    assert [c.strip() for c in line.split("|")[8:10]] == ["-", "-"]
+
+
+def test_the_peak_matmul_is_large_enough_to_time_on_an_accelerator():
+    assert host.peak_matmul_size("cpu") == host.PEAK_MATMUL_SIZE == 2048
+    assert host.peak_matmul_size("gpu") == host.peak_matmul_size("tpu") == host.PEAK_MATMUL_SIZE_ACCELERATOR == 8192
+
+
+def test_pytorch_children_build_their_batch_with_jax_on_the_cpu(monkeypatch):
+    # JAX in PyTorch's child makes the synthetic batch only: on a GPU host it must not start a second CUDA client.
+    seen = {}
+
+    def fake_run(argv, env, **kwargs):
+        seen[argv[3]] = env
+        row = {key: 1.0 for key in cases.MEASURED_KEYS}
+        return subprocess.CompletedProcess(argv, 0, stdout=cases.ROW_MARK + json.dumps(row) + "\n", stderr="")
+
+    monkeypatch.setattr(cases.subprocess, "run", fake_run)
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    case = cases.Case("mlp", "train", BATCH)
+    cases.in_child(case, mode="torch-eager")
+    cases.in_child(case, mode="jit")
+    assert seen["torch-eager"]["JAX_PLATFORMS"] == "cpu" and "JAX_PLATFORMS" not in seen["jit"]
 
 
 def _scan_program(model, state, batch, what, length=4):

@@ -125,6 +125,25 @@ def _lower(program: Program, dtype: str):
     return backend.jit(program.fn, dtype=dtype, donate_argnums=(0,) if program.carry else ()).lower(*program.args)
 
 
+def step_flops(one_step: Program, dtype: str) -> float | None:
+    """FLOPs of ONE step (`one_step`'s program), from XLA's HLO cost analysis; None where XLA gives none.
+
+    Traced without jaxnets' oneDNN custom calls (XLA counts no FLOPs inside a
+    custom call); a loop body counts once whatever its trip count, so a
+    one-step program is what is counted. Where the platform gives no analysis
+    (a GPU or TPU through PJRT's C API), the same step is lowered for the CPU
+    and counted there: the model's FLOPs do not depend on the device.
+    """
+    jax.clear_caches()
+    with backend.serializable():
+        flops = timing.xla_flops(_lower(one_step, dtype))
+        if flops is None and jax.default_backend() != "cpu":
+            cpu = jax.devices("cpu")[0]
+            with jax.default_device(cpu):
+                flops = timing.xla_flops(_lower(one_step._replace(args=jax.device_put(one_step.args, cpu)), dtype))
+    return flops
+
+
 def jax_case(case: Case, *, program: ProgramBuilder = step_program, compiled: bool) -> dict:
     """Measure `program` on `case`: compiled once with `jax.jit` (`compiled=True`) or run op by op.
 
@@ -140,11 +159,7 @@ def jax_case(case: Case, *, program: ProgramBuilder = step_program, compiled: bo
     model, state, batch = case_inputs(case)
     one_step = step_program(model, state, batch, case.what)
     prog = one_step if program is step_program else program(model, state, batch, case.what)
-    # FLOPs of ONE step, from the single step's HLO (XLA counts a loop body once, whatever its trip count), traced
-    # without jaxnets' oneDNN custom calls: XLA counts no FLOPs inside a custom call.
-    jax.clear_caches()
-    with backend.serializable():
-        flops = timing.xla_flops(_lower(one_step, case.dtype))
+    flops = step_flops(one_step, case.dtype)
     jax.clear_caches()  # traces are cached per function: the timed program is traced afresh
 
     start = time.perf_counter()
@@ -162,7 +177,8 @@ def jax_case(case: Case, *, program: ProgramBuilder = step_program, compiled: bo
         out = run(*args)
         if prog.carry:
             args[0], out = out
-        jax.block_until_ready(out)
+        # The new state too: op by op, the optimizer's update is still queued when the metrics are ready.
+        jax.block_until_ready((args[0], out) if prog.carry else out)
 
     counter = timing.compile_counter()
     with counter.counting():
@@ -210,6 +226,8 @@ def in_child(case: Case, *, mode: str, cpu_conv: str | None = None, python: str 
     env.setdefault(NO_PREALLOCATION[0], NO_PREALLOCATION[1])
     if mode.startswith("torch") or cpu_conv == "xla":  # glibc's malloc defaults, as plain PyTorch / JAX users have
         env[host_memory.ENV_VAR] = "system"
+    if mode.startswith("torch"):  # the child builds its batch with JAX: on the CPU, not beside PyTorch on a GPU
+        env["JAX_PLATFORMS"] = "cpu"
     argv = [python or sys.executable, "-c", code, mode, json.dumps(case._asdict()), compile_cache.in_use()]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     rows = [line for line in done.stdout.splitlines() if line.startswith(ROW_MARK)]
@@ -248,7 +266,8 @@ def torch_case(case: Case, *, compiled: bool) -> dict:
 
     It runs on the device of JAX's platform (`torch_device(case.platform)`:
     the CPU, or CUDA beside JAX on a GPU), each step ending in a device sync as
-    JAX's do. `--dtype bfloat16` is PyTorch's mixed precision,
+    JAX's do; on CUDA with JAX's GPU defaults (TF32 float32 products,
+    autotuned convolutions), not PyTorch's stricter float32 matmuls. `--dtype bfloat16` is PyTorch's mixed precision,
     `torch.autocast(device, torch.bfloat16)` around the forward pass with
     float32 weights, optimizer and loss: the same recipe as jaxnets' bfloat16
     (float32 master weights, bfloat16 compute). FLOPs come from PyTorch's
@@ -261,6 +280,10 @@ def torch_case(case: Case, *, compiled: bool) -> dict:
     from jaxnets.interop import torch_models
 
     device = torch_device(case.platform, torch.cuda.is_available())
+    if device == "cuda":  # what JAX does on a GPU by default: TF32 float32 products, autotuned convolutions
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(case.seed)
     mixed = jnp.dtype(case.dtype) == jnp.bfloat16
     net = torch_models.create(case.model, **BENCH_KWARGS.get(case.model, {})).to(device)

@@ -15,7 +15,15 @@ import jax.numpy as jnp
 
 from jaxnets import backend
 
-PEAK_MATMUL_SIZE = 2048  # the side of the square float32 matmul that `peak_gflops` times
+PEAK_MATMUL_SIZE = 2048  # the side of the square float32 matmul that `peak_gflops` times on a CPU
+# ... and on a GPU/TPU, where a 2048^2 product takes tens of microseconds, as long as its dispatch and sync: timing
+# it there would halve the peak. (XLA's default float32 precision there: TF32 on NVIDIA GPUs.)
+PEAK_MATMUL_SIZE_ACCELERATOR = 8192
+
+
+def peak_matmul_size(platform: str | None = None) -> int:
+    """The side of the square matmul `peak_gflops` times on `platform` (default: JAX's)."""
+    return PEAK_MATMUL_SIZE if (platform or jax.default_backend()) == "cpu" else PEAK_MATMUL_SIZE_ACCELERATOR
 
 
 def torch_available() -> bool:
@@ -101,8 +109,12 @@ def machine(torch_python: str | None = None) -> dict:
 
 
 @functools.cache
-def peak_gflops(n: int = PEAK_MATMUL_SIZE, dtype: str = "float32", repeats: int = 10) -> float:
-    """This machine's practical peak: GFLOP/s of a jitted `n` x `n` matmul, best of `repeats` (cached per process)."""
+def peak_gflops(n: int | None = None, dtype: str = "float32", repeats: int = 10) -> float:
+    """This machine's practical peak: GFLOP/s of a jitted `n` x `n` matmul, best of `repeats` (cached per process).
+
+    `n` defaults to `peak_matmul_size()`: 2048 on a CPU, 8192 on an accelerator.
+    """
+    n = peak_matmul_size() if n is None else n
     a = jnp.ones((n, n), dtype)
     matmul = jax.jit(lambda x, y: x @ y)
     matmul(a, a).block_until_ready()

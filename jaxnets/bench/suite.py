@@ -21,7 +21,7 @@ STEP_MODES = ("eager", "jit")
 def run(model_names: Sequence[str] = ("mlp", "lenet", "resnet18", "vgg16"), modes: Sequence[str] = cases.MODES,
         batch_size: int = 128, steps: int | None = None, min_time: float | None = 2.0, dtype: str = "float32",
         what: str = "train", log: Callable[[str], None] | None = print, rounds: int = 1,
-        torch_python: str | None = None) -> list[dict]:
+        torch_python: str | None = None, on_row: Callable[[dict], None] | None = None) -> list[dict]:
     """Benchmark every model x mode, one framework and one case at a time, `rounds` times over.
 
     Args:
@@ -37,6 +37,8 @@ def run(model_names: Sequence[str] = ("mlp", "lenet", "resnet18", "vgg16"), mode
         shared machine a slow spell then lands in one round of every mode, not in every round of one mode.
       torch_python: the Python interpreter the PyTorch modes' child processes run (`host.torch_interpreter`;
         None: this one).
+      on_row: called with each case's row as soon as it is measured (every round's, before `combine_rounds`):
+        `jaxnets-bench --json` keeps the file current with it, so a run cut short keeps what it measured.
 
     Returns:
       one dict per case: model, mode, what, batch_size, dtype, then either
@@ -66,6 +68,8 @@ def run(model_names: Sequence[str] = ("mlp", "lenet", "resnet18", "vgg16"), mode
                                   platform=jax.default_backend())
                 row = _measure_row(name, mode, case, peak, torch_python)
                 rows.append(row)
+                if on_row:
+                    on_row(row)
                 if log:
                     log((f"round {round_number}/{rounds} " if rounds > 1 else "") + report.speed_line(row))
     return combine_rounds(rows, rounds, peak) if rounds > 1 else rows

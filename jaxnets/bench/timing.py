@@ -99,8 +99,15 @@ def peak_memory() -> int | None:
 
 
 def xla_flops(lowered_or_compiled) -> float | None:
-    """FLOPs of a lowered (or compiled) program from XLA's HLO cost analysis; None where XLA gives none."""
-    cost = lowered_or_compiled.cost_analysis()
+    """FLOPs of a lowered (or compiled) program from XLA's HLO cost analysis; None where XLA gives none.
+
+    Backends reached through PJRT's C API (the CUDA and TPU plugins) raise
+    `NotImplementedError` for the analysis: None there too.
+    """
+    try:
+        cost = lowered_or_compiled.cost_analysis()
+    except NotImplementedError:
+        return None
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
     return float(cost["flops"]) if cost and "flops" in cost else None

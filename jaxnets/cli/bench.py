@@ -7,7 +7,7 @@ import os
 import sys
 
 from jaxnets import bench, compile_cache, models
-from jaxnets.bench import cases
+from jaxnets.bench import cases, host
 from jaxnets.report import write_json
 
 
@@ -71,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
                    help="run the PyTorch modes under this Python interpreter (it needs torch and this checkout of "
                         "jaxnets: pip install -e '.[torch]'), e.g. a Python 3.11 environment's when this one has jax "
                         "0.12 and no torch, so that both are timed in one run")
-    p.add_argument("--json", default=None, help="write results here")
+    p.add_argument("--json", default=None, help="write results here (rewritten after every case, with \"complete\": "
+                   "false until the run ends, so a run cut short keeps what it measured)")
     p.add_argument("--plot", default=None, help="write a bar chart here (PNG)")
     return p
 
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     report: dict = {"machine": bench.machine(torch_python), "peak_gflops": bench.peak_gflops(),
                     "command": " ".join(sys.argv)}
-    print(f"machine: {report['machine']}  peak {report['peak_gflops']:.1f} GFLOP/s (jitted 2048^2 matmul)")
+    size = host.peak_matmul_size()
+    print(f"machine: {report['machine']}  peak {report['peak_gflops']:.1f} GFLOP/s (jitted {size}^2 matmul)")
     if args.what == ["pipeline"]:
         from jaxnets.bench import pipeline
 
@@ -120,10 +122,17 @@ def main(argv: list[str] | None = None) -> int:
               f"device {result['resident']['images_per_s']:,.0f}); {result['model']} jit train step: "
               f"{result['train']['images_per_s']:,.1f} img/s; ratio {result['ratio']:,.0f}x")
     else:
+        measured: list[dict] = []
+
+        def keep(row: dict) -> None:  # the JSON file holds every case measured so far (a run cut short keeps them)
+            measured.append(row)
+            if args.json:
+                write_json(args.json, {**report, "complete": False, "rows_measured": measured}, default=str)
+
         rows = [row for what in args.what for batch_size in args.batch_size
                 for row in bench.run(names, modes, batch_size, steps=args.steps,
                                      min_time=args.min_time if args.steps is None else None, dtype=args.dtype,
-                                     what=what, rounds=args.rounds, torch_python=torch_python)]
+                                     what=what, rounds=args.rounds, torch_python=torch_python, on_row=keep)]
         report["rows"], report["ratios"] = rows, bench.ratios(rows)
         print()
         bench.print_table(rows)
@@ -142,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vary-batch {r['mode']:>5} batch {r['batch_size']:>3} {'new' if r['new_shape'] else 'seen':>4}: "
                   f"{r['compilations']:>3} compilations ({r['compile_s']:.2f}s compiling), {r['seconds']:.3f}s")
     if args.json:
-        write_json(args.json, report, default=str)
+        write_json(args.json, {**report, "complete": True}, default=str)
         print(f"json: {args.json}")
     return 0
 
