@@ -57,7 +57,7 @@ class Case(NamedTuple):
     steps: int | None = None  # steps to time; None: enough for min_time
     min_time: float | None = 2.0
     seed: int = 0
-    platform: str = "cpu"  # JAX's platform in the bench's process ('cpu', 'gpu', 'tpu'); PyTorch runs on the same
+    platform: str = "cpu"  # JAX's platform in the bench's process ('cpu', 'gpu', 'tpu'): PyTorch's device follows it
 
 
 class Program(NamedTuple):
@@ -262,19 +262,19 @@ def torch_device(platform: str, cuda_available: bool) -> str:
     return TORCH_DEVICES[platform]
 
 
-
 def torch_case(case: Case, *, compiled: bool) -> dict:
     """The same model (`jaxnets.interop.torch_models`), batch and SGD in PyTorch; `torch.compile` when `compiled`.
 
     It runs on the device of JAX's platform (`torch_device(case.platform)`:
     the CPU, or CUDA beside JAX on a GPU), each step ending in a device sync as
     JAX's do; on CUDA with JAX's GPU defaults (TF32 float32 products,
-    autotuned convolutions), not PyTorch's stricter float32 matmuls. `--dtype bfloat16` is PyTorch's mixed precision,
-    `torch.autocast(device, torch.bfloat16)` around the forward pass with
-    float32 weights, optimizer and loss: the same recipe as jaxnets' bfloat16
-    (float32 master weights, bfloat16 compute). FLOPs come from PyTorch's
-    `FlopCounterMode` on the uncompiled net (the same model FLOPs);
-    `compile_s` is the first step (torch.compile compiles then).
+    autotuned convolutions), not PyTorch's stricter float32 matmuls.
+    `--dtype bfloat16` is PyTorch's mixed precision, `torch.autocast(device,
+    torch.bfloat16)` around the forward pass with float32 weights, optimizer
+    and loss: the same recipe as jaxnets' bfloat16 (float32 master weights,
+    bfloat16 compute). FLOPs come from PyTorch's `FlopCounterMode` on the
+    uncompiled net (the same model FLOPs); `compile_s` is the first step
+    (torch.compile compiles then).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
