@@ -192,9 +192,7 @@ def test_flops_without_an_analysis_are_counted_on_the_cpu_and_shown_as_unknown_w
     monkeypatch.setattr(cases.jax, "default_backend", lambda: "gpu")
     assert cases.step_flops(one_step, "float32") == on_cpu > 0 and len(counted) == 2
     # A row without FLOPs prints '-' for GFLOP/s and % peak, not 0.0.
-    row = {key: 1.0 for key in cases.MEASURED_KEYS} | {"model": "mlp", "mode": "jit", "what": "train",
-                                                       "batch_size": BATCH, "dtype": "float32", "images_per_s": 8.0,
-                                                       "compilations": 1}
+    row = _row("jit", 1.0) | {"flops_per_step": None}  # no gflops_per_s / pct_of_peak, as `_derive` leaves it
     line = [cells for cells in report.speed_table([row]).splitlines() if cells.startswith("| mlp")][0]
     assert [c.strip() for c in line.split("|")[8:10]] == ["-", "-"]
 
